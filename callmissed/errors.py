@@ -1,0 +1,227 @@
+"""One error tree and one renderer: every API error leaves as the same envelope.
+
+``{"error": {"code", "message", "fields", "request_id"}}`` — typed application errors,
+DRF's validation/auth/throttling errors and Django's 404/403 all pass through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from enum import StrEnum
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework import status
+from rest_framework.response import Response
+
+from callmissed.middleware import current_request_id
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    VALIDATION_ERROR = "validation_error"
+    UNAUTHENTICATED = "unauthenticated"
+    INVALID_API_KEY = "invalid_api_key"
+    REVOKED_API_KEY = "revoked_api_key"
+    EXPIRED_API_KEY = "expired_api_key"
+    PERMISSION_DENIED = "permission_denied"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    NOT_ACCEPTABLE = "not_acceptable"
+    CONFLICT = "conflict"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    PAYMENT_REQUIRED = "payment_required"
+    RATE_LIMITED = "rate_limited"
+    CONCURRENCY_LIMIT = "concurrency_limit"
+    CAPACITY_EXHAUSTED = "capacity_exhausted"
+    UPSTREAM_ERROR = "upstream_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class ApplicationError(Exception):
+    """Base of every error a service raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INVALID_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
+    default_message = "The request could not be processed."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        fields: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.fields = fields or {}
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+
+class ValidationFailed(ApplicationError):
+    code = ErrorCode.VALIDATION_ERROR
+    default_message = "The request has invalid fields."
+
+
+class NotFound(ApplicationError):
+    code = ErrorCode.NOT_FOUND
+    status_code = status.HTTP_404_NOT_FOUND
+    default_message = "Not found."
+
+
+class Conflict(ApplicationError):
+    code = ErrorCode.CONFLICT
+    status_code = status.HTTP_409_CONFLICT
+
+
+class IdempotencyConflict(ApplicationError):
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "This Idempotency-Key was already used with a different request body."
+
+
+class PaymentRequired(ApplicationError):
+    code = ErrorCode.PAYMENT_REQUIRED
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    default_message = "Insufficient balance or spend cap reached."
+
+
+class ConcurrencyLimit(ApplicationError):
+    code = ErrorCode.CONCURRENCY_LIMIT
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_message = "Too many live sessions for this organization."
+
+
+class CapacityExhausted(ApplicationError):
+    code = ErrorCode.CAPACITY_EXHAUSTED
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_message = "Voice capacity is exhausted right now; try again shortly."
+
+
+class UpstreamError(ApplicationError):
+    code = ErrorCode.UPSTREAM_ERROR
+    status_code = status.HTTP_502_BAD_GATEWAY
+    default_message = "An upstream service failed."
+
+
+def envelope(
+    code: str, message: str, *, fields: dict[str, Any] | None = None, request_id: str | None = None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": str(code),
+            "message": message,
+            "fields": fields or {},
+            "request_id": request_id if request_id is not None else current_request_id(),
+        }
+    }
+
+
+def _flatten_detail(detail: Any) -> Any:
+    """DRF's ErrorDetail trees → plain strings (lists of messages per field)."""
+    if isinstance(detail, dict):
+        return {str(k): _flatten_detail(v) for k, v in detail.items()}
+    if isinstance(detail, list):
+        return [_flatten_detail(v) for v in detail]
+    return str(detail)
+
+
+_DRF_CODES: dict[type[drf_exceptions.APIException], ErrorCode] = {
+    drf_exceptions.ValidationError: ErrorCode.VALIDATION_ERROR,
+    drf_exceptions.ParseError: ErrorCode.INVALID_REQUEST,
+    drf_exceptions.AuthenticationFailed: ErrorCode.UNAUTHENTICATED,
+    drf_exceptions.NotAuthenticated: ErrorCode.UNAUTHENTICATED,
+    drf_exceptions.PermissionDenied: ErrorCode.PERMISSION_DENIED,
+    drf_exceptions.NotFound: ErrorCode.NOT_FOUND,
+    drf_exceptions.MethodNotAllowed: ErrorCode.METHOD_NOT_ALLOWED,
+    drf_exceptions.NotAcceptable: ErrorCode.NOT_ACCEPTABLE,
+    drf_exceptions.UnsupportedMediaType: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    drf_exceptions.Throttled: ErrorCode.RATE_LIMITED,
+}
+
+
+def _drf_code(exc: drf_exceptions.APIException) -> str:
+    explicit = getattr(exc, "callmissed_code", None)
+    if explicit:
+        return str(explicit)
+    for cls in type(exc).__mro__:
+        if cls in _DRF_CODES:
+            return _DRF_CODES[cls]
+    return ErrorCode.INVALID_REQUEST
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF EXCEPTION_HANDLER: render any exception as the envelope."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, ApplicationError):
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return Response(envelope(exc.code, exc.message, fields=exc.fields), status=exc.status_code, headers=headers)
+
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+
+    if isinstance(exc, drf_exceptions.APIException):
+        code = _drf_code(exc)
+        if isinstance(exc, drf_exceptions.ValidationError):
+            detail = exc.detail
+            if not isinstance(detail, dict):
+                detail = {"non_field_errors": detail}
+            fields = _flatten_detail(detail)
+            message = _validation_message(fields)
+            body = envelope(code, message, fields=fields)
+        else:
+            body = envelope(code, str(_flatten_detail(exc.detail)))
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, drf_exceptions.Throttled) and wait is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
+        return Response(body, status=exc.status_code, headers=headers)
+
+    logger.exception("Unhandled API error", exc_info=exc)
+    return Response(envelope(ErrorCode.INTERNAL_ERROR, "Internal server error."), status=500)
+
+
+def _validation_message(fields: dict[str, Any]) -> str:
+    names = [k for k in fields if k != "non_field_errors"]
+    if not names:
+        first = fields.get("non_field_errors") or ["Invalid request."]
+        return str(first[0] if isinstance(first, list) else first)
+    first_name = names[0]
+    first_msg = fields[first_name]
+    while isinstance(first_msg, list | dict):
+        first_msg = (list(first_msg.values()) if isinstance(first_msg, dict) else first_msg)[0]
+    return f"{first_name}: {first_msg}"
+
+
+# --- Django-level handlers (URLs outside DRF views) -------------------------------------------
+
+
+def _json_error(request: HttpRequest, status_code: int, code: ErrorCode, message: str) -> JsonResponse:
+    return JsonResponse(envelope(code, message), status=status_code)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return _json_error(request, 404, ErrorCode.NOT_FOUND, "Not found.")
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return _json_error(request, 403, ErrorCode.PERMISSION_DENIED, "Permission denied.")
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return _json_error(request, 400, ErrorCode.INVALID_REQUEST, "Bad request.")
+
+
+def handler500(request: HttpRequest) -> JsonResponse:
+    return _json_error(request, 500, ErrorCode.INTERNAL_ERROR, "Internal server error.")

@@ -1,0 +1,203 @@
+"""CallMissed settings: one module, every value from the environment with a developer default.
+
+Unset ``DATABASE_URL`` → SQLite; unset ``REDIS_URL`` → in-memory channel layer, local-memory
+cache and eager Celery; unset provider keys → offline speech and a scripted LLM.
+``DJANGO_ENV=production`` refuses unsafe values instead of defaulting them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from callmissed.env import env_bool, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+ENVIRONMENT = env_str("DJANGO_ENV", "development")
+PRODUCTION = ENVIRONMENT == "production"
+
+_DEV_SECRET_KEY = "dev-insecure-callmissed-secret-key-change-me-in-production-0123456789"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", _DEV_SECRET_KEY)
+DEBUG = env_bool("DJANGO_DEBUG", not PRODUCTION)
+_DEV_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else _DEV_HOSTS)
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+if PRODUCTION:
+    if SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set to a long random value in production")
+    if DEBUG:
+        raise ImproperlyConfigured("DJANGO_DEBUG must be off in production")
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set in production")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "accounts",
+    "voice",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "callmissed.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "callmissed.urls"
+ASGI_APPLICATION = "callmissed.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "/admin/login/"
+
+# --- Redis: channel layer, cache, Celery broker ------------------------------------------
+REDIS_URL = env_str("REDIS_URL", "")
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Every countdown/ETA we use stays well below this, so Redis never redelivers a task early.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "voice-reap-sessions": {"task": "voice.reap_sessions", "schedule": timedelta(seconds=30)},
+}
+
+# --- API -----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.ApiKeyRateThrottle"],
+    "EXCEPTION_HANDLER": "callmissed.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+API_RATE_LIMIT = env_str("API_RATE_LIMIT", "600/min")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CallMissed API",
+    "DESCRIPTION": "Hosted voice agents for Indian languages: sessions, transcripts, usage.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Voice sessions ------------------------------------------------------------------------
+LIVEKIT_URL = env_str("LIVEKIT_URL", "ws://localhost:7880")
+LIVEKIT_API_URL = env_str("LIVEKIT_API_URL", "")  # defaults to LIVEKIT_URL with http(s)
+LIVEKIT_API_KEY = env_str("LIVEKIT_API_KEY", "devkey")
+LIVEKIT_API_SECRET = env_str("LIVEKIT_API_SECRET", "secret")
+LIVEKIT_AGENT_NAME = env_str("LIVEKIT_AGENT_NAME", "callmissed-agent")
+LIVEKIT_TOKEN_TTL_SECONDS = env_int("LIVEKIT_TOKEN_TTL_SECONDS", 600)
+SESSION_JOIN_TIMEOUT_SECONDS = env_int("SESSION_JOIN_TIMEOUT_SECONDS", 60)
+SESSION_LOST_GRACE_SECONDS = env_int("SESSION_LOST_GRACE_SECONDS", 120)
+IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24)
+# Sarvam caps concurrent streams per account: live sessions above this get 503 at create.
+PROVIDER_MAX_LIVE_SESSIONS = env_int("PROVIDER_MAX_LIVE_SESSIONS", 20)
+
+if PRODUCTION and (LIVEKIT_API_KEY, LIVEKIT_API_SECRET) == ("devkey", "secret"):
+    raise ImproperlyConfigured("LIVEKIT_API_KEY / LIVEKIT_API_SECRET must be set in production")
+
+# --- Providers (unset keys → offline providers) ---------------------------------------------
+SARVAM_API_KEY = env_str("SARVAM_API_KEY", "")
+SARVAM_BASE_URL = env_str("SARVAM_BASE_URL", "https://api.sarvam.ai")
+CLARIFAI_PAT = env_str("CLARIFAI_PAT", "")
+CLARIFAI_BASE_URL = env_str("CLARIFAI_BASE_URL", "https://api.clarifai.com/v2/ext/openai/v1")
+OPENROUTER_API_KEY = env_str("OPENROUTER_API_KEY", "")
+OPENROUTER_BASE_URL = env_str("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1")
+
+# --- Billing -------------------------------------------------------------------------------
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # loopback fake in tests; empty = Stripe
+
+# --- Security ------------------------------------------------------------------------------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
+SECURE_HSTS_PRELOAD = PRODUCTION
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,14 @@
+"""Test settings: the real settings with fast hashing and locmem email."""
+
+import uuid
+
+from callmissed.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+API_RATE_LIMIT = "100000/min"
+# A run's cache keys (rate-limit counters) never meet another run's in a shared Redis.
+CACHES["default"]["KEY_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"  # noqa: F405
+# Tasks queued by services run inline in the test process; tests of the broker path start a
+# real Celery worker (send_task ignores eager mode anyway).
+CELERY_TASK_ALWAYS_EAGER = True
