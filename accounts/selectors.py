@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from accounts.keys import hash_key, looks_like_key
+from accounts.models import ApiKey, Organization
+from callmissed.errors import ApplicationError, ErrorCode
+
+
+class InvalidApiKey(ApplicationError):
+    code = ErrorCode.INVALID_API_KEY
+    status_code = 401
+    default_message = "Invalid API key."
+
+
+class RevokedApiKey(InvalidApiKey):
+    code = ErrorCode.REVOKED_API_KEY
+    default_message = "This API key has been revoked."
+
+
+class ExpiredApiKey(InvalidApiKey):
+    code = ErrorCode.EXPIRED_API_KEY
+    default_message = "This API key has expired."
+
+
+def api_key_authenticate(*, plaintext: str) -> ApiKey:
+    """The live key for a plaintext secret; raises a typed 401 error for every other case."""
+    if not looks_like_key(plaintext):
+        raise InvalidApiKey()
+    try:
+        key = ApiKey.objects.select_related("organization").get(hashed_secret=hash_key(plaintext))
+    except ApiKey.DoesNotExist:
+        raise InvalidApiKey() from None
+    if key.revoked_at is not None:
+        raise RevokedApiKey()
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        raise ExpiredApiKey()
+    return key
+
+
+def api_key_list(*, organization: Organization) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(organization=organization).order_by("-created_at")

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.keys import VISIBLE_PREFIX_CHARS, generate_key, hash_key
+from accounts.models import ApiKey, AuditLog, Organization
+
+
+@dataclass(frozen=True)
+class CreatedApiKey:
+    api_key: ApiKey
+    plaintext: str  # returned exactly once, never stored
+
+
+def organization_get_or_create(*, name: str) -> Organization:
+    org, _ = Organization.objects.get_or_create(name=name)
+    return org
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    organization: Organization,
+    name: str = "",
+    created_by: User | None = None,
+    expires_at: datetime | None = None,
+) -> CreatedApiKey:
+    plaintext = generate_key()
+    key = ApiKey(
+        organization=organization,
+        name=name,
+        prefix=plaintext[:VISIBLE_PREFIX_CHARS],
+        last4=plaintext[-4:],
+        hashed_secret=hash_key(plaintext),
+        created_by=created_by,
+        expires_at=expires_at,
+    )
+    key.full_clean()
+    key.save()
+    AuditLog.objects.create(
+        organization=organization,
+        actor=created_by,
+        action=AuditLog.Action.API_KEY_CREATED,
+        target=str(key.id),
+        detail={"prefix": key.prefix, "name": name},
+    )
+    return CreatedApiKey(api_key=key, plaintext=plaintext)
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey, actor: User | None = None) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+        AuditLog.objects.create(
+            organization=api_key.organization,
+            actor=actor,
+            action=AuditLog.Action.API_KEY_REVOKED,
+            target=str(api_key.id),
+            detail={"prefix": api_key.prefix},
+        )
+    return api_key
+
+
+# last_used_at is written at most once a minute per key so auth stays a single indexed read.
+LAST_USED_RESOLUTION_SECONDS = 60
+
+
+def api_key_touch(*, api_key: ApiKey) -> None:
+    now = timezone.now()
+    last = api_key.last_used_at
+    if last is None or (now - last).total_seconds() >= LAST_USED_RESOLUTION_SECONDS:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import factory
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+
+from accounts import services
+from accounts.models import Organization
+
+
+class OrganizationFactory(factory.django.DjangoModelFactory[Organization]):
+    class Meta:
+        model = Organization
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"Org {n}")
+
+
+class UserFactory(factory.django.DjangoModelFactory[User]):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", "correct horse battery staple")
+
+
+def make_org(**fields: object) -> Organization:
+    org: Organization = OrganizationFactory.create(**fields)
+    return org
+
+
+def make_key(organization: Organization | None = None, name: str = "test") -> services.CreatedApiKey:
+    return services.api_key_create(organization=organization or make_org(), name=name)
