@@ -1,0 +1,144 @@
+"""The one definition of what crosses the boundary between the agent worker and Django.
+
+The worker receives a ``DispatchMetadata`` (JSON in the LiveKit dispatch metadata) and reports
+back with Celery ``send_task`` to the task names below, each with one pydantic payload. Django
+imports this module; this module imports nothing from Django.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Keep your answers short and conversational, and speak in the user's language."
+)
+DEFAULT_VOICE = "shubh"
+DEFAULT_LANGUAGE = "en-IN"
+DEFAULT_LLM_MODEL = "kimi-k2.5"
+DEFAULT_TTS_PROVIDER = "sarvam"
+DEFAULT_MAX_DURATION_SECONDS = 300
+MIN_MAX_DURATION_SECONDS = 30
+MAX_MAX_DURATION_SECONDS = 3600
+MAX_SYSTEM_PROMPT_CHARS = 8000
+
+
+class Transport(StrEnum):
+    LIVEKIT = "livekit"
+    WEBSOCKET = "websocket"
+
+
+class EndReason(StrEnum):
+    COMPLETED = "completed"
+    USER_LEFT = "user_left"
+    MAX_DURATION = "max_duration"
+    DELETED = "deleted"
+    IDLE = "idle"
+    UNJOINED = "unjoined"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    PROVIDER_ERROR = "provider_error"
+    LOST = "lost"
+    ERROR = "error"
+
+
+# Reasons that mean the session failed rather than ended normally.
+FAILURE_REASONS = frozenset({EndReason.UNJOINED, EndReason.PROVIDER_ERROR, EndReason.LOST, EndReason.ERROR})
+
+
+class UsageComponent(StrEnum):
+    STT_SECONDS = "stt_seconds"
+    TTS_CHARACTERS = "tts_characters"
+    LLM_INPUT_TOKENS = "llm_input_tokens"
+    LLM_OUTPUT_TOKENS = "llm_output_tokens"
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SessionConfig(_Payload):
+    """What the pipeline needs to run one conversation; validated on the Django side."""
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    voice: str = DEFAULT_VOICE
+    language: str = DEFAULT_LANGUAGE
+    llm_model: str = DEFAULT_LLM_MODEL
+    tts_provider: str = DEFAULT_TTS_PROVIDER
+    max_duration_seconds: int = DEFAULT_MAX_DURATION_SECONDS
+
+
+class DispatchMetadata(_Payload):
+    """JSON carried in the LiveKit agent dispatch for one session."""
+
+    session_id: str
+    config: SessionConfig = Field(default_factory=SessionConfig)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WorkerEvent(_Payload):
+    """Every event carries a unique id: Django applies each id at most once."""
+
+    event_id: str = Field(default_factory=new_event_id)
+    session_id: str
+    occurred_at: datetime = Field(default_factory=_now)
+
+
+class SessionStarted(WorkerEvent):
+    providers: str = ""  # e.g. "offline" or "sarvam+clarifai"; shown in session data
+
+
+class TranscriptSegment(WorkerEvent):
+    role: Literal["user", "agent"]
+    text: str
+    language: str = ""
+    start_offset_ms: int = Field(ge=0)
+    end_offset_ms: int = Field(ge=0)
+
+
+class UsageItem(_Payload):
+    component: UsageComponent
+    model: str
+    provider: str
+    quantity: float = Field(ge=0)
+
+
+class UsageReported(WorkerEvent):
+    items: list[UsageItem]
+
+
+class TurnLatency(_Payload):
+    end_of_speech_to_first_audio_ms: float | None = None
+    llm_ttft_ms: float | None = None
+    tts_ttfb_ms: float | None = None
+
+
+class SessionEnded(WorkerEvent):
+    reason: EndReason
+    duration_seconds: float = Field(ge=0)
+    turn_latencies: list[TurnLatency] = Field(default_factory=list)
+    error: str = ""
+
+
+# Celery task names: the worker's send_task and Django's @shared_task(name=...) both use these.
+TASK_SESSION_STARTED = "voice.session_started"
+TASK_TRANSCRIPT_SEGMENT = "voice.transcript_segment"
+TASK_USAGE_REPORTED = "voice.usage_reported"
+TASK_SESSION_ENDED = "voice.session_ended"
+
+TASK_PAYLOADS: dict[str, type[WorkerEvent]] = {
+    TASK_SESSION_STARTED: SessionStarted,
+    TASK_TRANSCRIPT_SEGMENT: TranscriptSegment,
+    TASK_USAGE_REPORTED: UsageReported,
+    TASK_SESSION_ENDED: SessionEnded,
+}
