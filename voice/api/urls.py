@@ -1,0 +1,16 @@
+from django.urls import path
+
+from voice.api import catalog_views, views
+
+urlpatterns = [
+    path("voice/sessions", views.VoiceSessionsApi.as_view(), name="voice-sessions"),
+    path("voice/sessions/<str:session_id>", views.VoiceSessionDetailApi.as_view(), name="voice-session-detail"),
+    path(
+        "voice/sessions/<str:session_id>/transcripts",
+        views.VoiceSessionTranscriptsApi.as_view(),
+        name="voice-session-transcripts",
+    ),
+    path("catalog/voices", catalog_views.VoiceListApi.as_view(), name="catalog-voices"),
+    path("catalog/languages", catalog_views.LanguageListApi.as_view(), name="catalog-languages"),
+    path("catalog/models", catalog_views.ModelListApi.as_view(), name="catalog-models"),
+]

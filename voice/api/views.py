@@ -1,0 +1,205 @@
+"""Thin adapters: parse input, call one service or selector, serialize."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import ApiKey
+from callmissed.errors import ValidationFailed
+from voice import selectors, services
+from voice.api.pagination import NewestFirstCursorPagination
+from voice.api.serializers import SessionSummarySerializer, TranscriptSegmentSerializer
+from voice.config import SessionConfigSerializer
+from voice.models import TRANSPORT_CHOICES, VoiceSession
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+_METADATA_FILTER_KEY = re.compile(r"^metadata\.([A-Za-z0-9_-]{1,64})$")
+
+
+def _api_key(request: Request) -> ApiKey:
+    assert isinstance(request.auth, ApiKey)  # guaranteed by ApiKeyAuthentication + IsAuthenticated
+    return request.auth
+
+
+class VoiceSessionCreateOutputSerializer(SessionSummarySerializer):
+    ws_url = serializers.CharField()
+    token = serializers.CharField()
+    join_deadline = serializers.DateTimeField()
+
+    class Meta(SessionSummarySerializer.Meta):
+        fields = ["id", "ws_url", "token", "join_deadline", *SessionSummarySerializer.Meta.fields[1:]]
+
+
+class VoiceSessionFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=VoiceSession.Status.choices, required=False)
+    transport = serializers.ChoiceField(choices=TRANSPORT_CHOICES, required=False)
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+
+
+def paginated(item: type[serializers.Serializer], name: str) -> serializers.Serializer:
+    return inline_serializer(
+        name,
+        {
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item(many=True),
+        },
+    )
+
+
+def _metadata_filters(params: Any) -> dict[str, str]:
+    """``metadata.KEY=VALUE`` query parameters."""
+    filters: dict[str, str] = {}
+    for name in params:
+        if not name.startswith("metadata"):
+            continue
+        match = _METADATA_FILTER_KEY.match(name)
+        if match is None or "__" in match.group(1):
+            raise ValidationFailed(
+                "Metadata filters look like metadata.KEY=VALUE.",
+                fields={name: ["Use metadata.KEY=VALUE with KEY made of letters, digits, '-' and '_'."]},
+            )
+        filters[match.group(1)] = params.get(name)
+    return filters
+
+
+class VoiceSessionsApi(APIView):
+    """``POST`` creates a session; ``GET`` lists the caller's sessions, newest first."""
+
+    class InputSerializer(SessionConfigSerializer):
+        pass
+
+    @extend_schema(
+        operation_id="voice_sessions_create",
+        request=InputSerializer,
+        responses={201: VoiceSessionCreateOutputSerializer},
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description="Retrying with the same key and body returns the same session.",
+            )
+        ],
+    )
+    def post(self, request: Request) -> Response:
+        key = _api_key(request)
+        idempotency_key = request.headers.get(IDEMPOTENCY_HEADER) or None
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise ValidationFailed(
+                f"{IDEMPOTENCY_HEADER} must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters.",
+                fields={IDEMPOTENCY_HEADER: [f"At most {MAX_IDEMPOTENCY_KEY_CHARS} characters."]},
+            )
+        if not isinstance(request.data, dict):
+            raise ValidationFailed(
+                "The body must be a JSON object.", fields={"non_field_errors": ["Expected an object."]}
+            )
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        created = services.voice_session_create(
+            organization=key.organization,
+            api_key=key,
+            config=dict(body.validated_data),
+            idempotency_key=idempotency_key,
+        )
+        session = created.session
+        session.ws_url = created.ws_url  # type: ignore[attr-defined]
+        session.token = created.token  # type: ignore[attr-defined]
+        headers = {"Idempotent-Replayed": "true"} if created.replayed else {}
+        return Response(
+            VoiceSessionCreateOutputSerializer(session).data, status=status.HTTP_201_CREATED, headers=headers
+        )
+
+    @extend_schema(
+        operation_id="voice_sessions_list",
+        parameters=[
+            VoiceSessionFilterSerializer,
+            OpenApiParameter(
+                "metadata.KEY",
+                str,
+                description="Only sessions whose metadata has KEY equal to this value (repeatable, any key).",
+            ),
+        ],
+        responses={200: paginated(SessionSummarySerializer, "VoiceSessionPage")},
+    )
+    def get(self, request: Request) -> Response:
+        key = _api_key(request)
+        filters = VoiceSessionFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        qs: QuerySet[VoiceSession] = selectors.voice_session_list(
+            organization=key.organization, metadata=_metadata_filters(request.query_params), **filters.validated_data
+        )
+        paginator = NewestFirstCursorPagination()
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response(SessionSummarySerializer(page, many=True).data)
+
+
+class VoiceSessionDetailOutputSerializer(SessionSummarySerializer):
+    providers = serializers.CharField()
+    error = serializers.CharField(source="error_message")
+    join_deadline = serializers.DateTimeField()
+    latency = serializers.SerializerMethodField()
+
+    class Meta(SessionSummarySerializer.Meta):
+        fields = [*SessionSummarySerializer.Meta.fields, "join_deadline", "providers", "error", "latency"]
+
+    @extend_schema_field(
+        inline_serializer(
+            "SessionLatency",
+            {
+                "turns": serializers.IntegerField(),
+                "first_audio_p50_ms": serializers.FloatField(allow_null=True),
+                "first_audio_p95_ms": serializers.FloatField(allow_null=True),
+                "per_turn": serializers.ListField(child=serializers.DictField()),
+            },
+        )
+    )
+    def get_latency(self, obj: VoiceSession) -> dict[str, Any]:
+        return selectors.voice_session_latency(session=obj)
+
+
+class VoiceSessionDetailApi(APIView):
+    """``GET`` one session with its lifecycle and figures; ``DELETE`` ends it and drops its content."""
+
+    @extend_schema(operation_id="voice_sessions_retrieve", responses={200: VoiceSessionDetailOutputSerializer})
+    def get(self, request: Request, session_id: str) -> Response:
+        session = selectors.voice_session_get(organization=_api_key(request).organization, session_id=session_id)
+        return Response(VoiceSessionDetailOutputSerializer(session).data)
+
+    @extend_schema(operation_id="voice_sessions_destroy", responses={204: None})
+    def delete(self, request: Request, session_id: str) -> Response:
+        key = _api_key(request)
+        session = selectors.voice_session_get(organization=key.organization, session_id=session_id)
+        services.voice_session_delete(session=session, actor_key=key)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class VoiceSessionTranscriptsApi(APIView):
+    @extend_schema_serializer(component_name="VoiceSessionTranscripts")
+    class OutputSerializer(serializers.Serializer):
+        session_id = serializers.UUIDField()
+        status = serializers.CharField()
+        segments = TranscriptSegmentSerializer(many=True)
+
+    @extend_schema(operation_id="voice_sessions_transcripts", responses={200: OutputSerializer})
+    def get(self, request: Request, session_id: str) -> Response:
+        session = selectors.voice_session_get(organization=_api_key(request).organization, session_id=session_id)
+        segments = selectors.transcript_list(session=session)
+        data = {"session_id": session.id, "status": session.status, "segments": segments}
+        return Response(self.OutputSerializer(data).data)

@@ -1,0 +1,115 @@
+"""Reads for voice sessions. Every lookup is scoped to the caller's organization, so another
+tenant's session is simply not found."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from accounts.models import Organization
+from agent_worker import catalog, contracts
+from callmissed.errors import NotFound
+from voice.models import TranscriptSegment, VoiceSession
+
+
+def _visible(organization: Organization) -> QuerySet[VoiceSession]:
+    return VoiceSession.objects.filter(organization=organization, content_deleted_at__isnull=True)
+
+
+def voice_session_get(*, organization: Organization, session_id: str | uuid.UUID) -> VoiceSession:
+    try:
+        pk = uuid.UUID(str(session_id))
+    except ValueError:
+        raise NotFound("Voice session not found.") from None
+    session = _visible(organization).filter(pk=pk).first()
+    if session is None:
+        raise NotFound("Voice session not found.")
+    return session
+
+
+def voice_session_list(
+    *,
+    organization: Organization,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    transport: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> QuerySet[VoiceSession]:
+    qs = _visible(organization)
+    if status:
+        qs = qs.filter(status=status)
+    if transport:
+        qs = qs.filter(transport=transport)
+    if created_after:
+        qs = qs.filter(created_at__gte=created_after)
+    if created_before:
+        qs = qs.filter(created_at__lt=created_before)
+    for key, raw in (metadata or {}).items():
+        qs = qs.filter(_metadata_equals(key, raw))
+    return qs.order_by("-created_at", "-id")
+
+
+def _metadata_equals(key: str, raw: str) -> Q:
+    """Query strings are text; ``?metadata.plan=2`` should still match ``{"plan": 2}``."""
+    condition = Q(**{f"metadata__{key}": raw})
+    try:
+        typed = json.loads(raw)
+    except ValueError:
+        return condition
+    if typed != raw and (typed is None or isinstance(typed, bool | int | float)):
+        condition |= Q(**{f"metadata__{key}": typed})
+    return condition
+
+
+def voice_session_latency(*, session: VoiceSession) -> dict[str, Any]:
+    """Per-turn latency figures as the worker reported them, with p50/p95 of time to first audio."""
+    turns = list(session.turn_latencies or [])
+    first_audio = sorted(
+        float(t["end_of_speech_to_first_audio_ms"])
+        for t in turns
+        if isinstance(t, dict) and t.get("end_of_speech_to_first_audio_ms") is not None
+    )
+    return {
+        "turns": len(turns),
+        "first_audio_p50_ms": _percentile(first_audio, 50),
+        "first_audio_p95_ms": _percentile(first_audio, 95),
+        "per_turn": turns,
+    }
+
+
+def _percentile(sorted_values: list[float], pct: int) -> float | None:
+    if not sorted_values:
+        return None
+    # Nearest-rank: always a value that was actually observed.
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return round(sorted_values[rank - 1], 1)
+
+
+def transcript_list(*, session: VoiceSession) -> QuerySet[TranscriptSegment]:
+    return TranscriptSegment.objects.filter(session=session).order_by("start_offset_ms", "end_offset_ms", "id")
+
+
+def catalog_voices() -> list[dict[str, Any]]:
+    return [{"id": v.id, "gender": v.gender, "default": v.id == contracts.DEFAULT_VOICE} for v in catalog.voices()]
+
+
+def catalog_models() -> list[dict[str, Any]]:
+    """Named models with their status and current prices. Any OpenRouter ``vendor/model`` id is
+    accepted besides these; it is priced by its own admin row or the OpenRouter default."""
+    return [
+        {
+            "id": m.id,
+            "status": m.status,
+            "provider": m.provider,
+            "message": m.message,
+            "default": m.id == contracts.DEFAULT_LLM_MODEL,
+            "prices": [],
+        }
+        for m in catalog.llm_models()
+    ]
