@@ -1,0 +1,49 @@
+"""Fixtures shared by every app's tests: organizations with keys, an authenticated API client,
+and the loopback LiveKit server API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from testsupport.fakes.livekit_server import FakeLiveKitServer
+
+
+class KeyClient(APIClient):
+    """An API client that sends one organization's ``cm_…`` key; ``.key``/``.org`` say whose."""
+
+    def __init__(self, plaintext: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plaintext = plaintext
+        self.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+
+
+@pytest.fixture
+def make_client(db: None) -> Any:
+    from accounts.tests.factories import make_key, make_org
+
+    def _make(org_name: str | None = None) -> KeyClient:
+        org = make_org(name=org_name) if org_name else make_org()
+        created = make_key(org)
+        client = KeyClient(created.plaintext)
+        client.org = org  # type: ignore[attr-defined]
+        client.key = created.api_key  # type: ignore[attr-defined]
+        return client
+
+    return _make
+
+
+@pytest.fixture
+def api(make_client: Any) -> KeyClient:
+    return make_client()
+
+
+@pytest.fixture
+def livekit_server(settings: Any) -> Iterator[FakeLiveKitServer]:
+    server = FakeLiveKitServer(api_key=settings.LIVEKIT_API_KEY, api_secret=settings.LIVEKIT_API_SECRET).start()
+    settings.LIVEKIT_API_URL = server.url
+    yield server
+    server.stop()

@@ -1,0 +1,57 @@
+"""Every error, whatever raised it, leaves as the one envelope with a request id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+
+def _assert_envelope(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status
+    assert response["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert isinstance(error["fields"], dict)
+    assert error["request_id"] == response["X-Request-ID"]
+    return error
+
+
+def test_unknown_api_path_is_json_404(api: Any) -> None:
+    _assert_envelope(api.get("/v1/does-not-exist"), 404, "not_found")
+
+
+def test_unknown_path_404_even_with_debug(api: Any, settings: Any) -> None:
+    settings.DEBUG = True
+    _assert_envelope(api.get("/v1/voice/nothing/here"), 404, "not_found")
+
+
+def test_method_not_allowed_is_405(api: Any) -> None:
+    _assert_envelope(api.put("/v1/voice/sessions"), 405, "method_not_allowed")
+
+
+def test_caller_supplied_request_id_is_echoed(api: Any) -> None:
+    response = api.get("/v1/nope", HTTP_X_REQUEST_ID="trace-1234567890")
+    assert response["X-Request-ID"] == "trace-1234567890"
+    assert response.json()["error"]["request_id"] == "trace-1234567890"
+
+
+def test_unsafe_request_id_is_replaced() -> None:
+    response = APIClient().get("/v1/nope", HTTP_X_REQUEST_ID="<script>")
+    assert response["X-Request-ID"].startswith("req_")
+
+
+def test_unexpected_failure_is_500_envelope_without_internals(api: Any, monkeypatch: Any) -> None:
+    from voice import selectors
+
+    def explode(**kwargs: Any) -> None:
+        raise RuntimeError("database password is hunter2")
+
+    # The failure is injected below our views to show what a caller sees when anything breaks.
+    monkeypatch.setattr(selectors, "voice_session_list", explode)
+    error = _assert_envelope(api.get("/v1/voice/sessions"), 500, "internal_error")
+    assert "hunter2" not in error["message"]
