@@ -1,0 +1,53 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything installs into .venv.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test install install-dev lint typecheck pytest worker celery browser
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+## Run the platform on embedded defaults: SQLite, in-memory channels, eager Celery, offline speech.
+run: install
+	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py collectstatic --noinput -v0
+	@KEY=$$($(PY) manage.py create_api_key "Demo" --name "make run" | tail -1); \
+	echo ""; \
+	echo "Demo API key (shown once): $$KEY"; \
+	echo "Try it:"; \
+	echo "  curl -X POST http://$(HOST):$(PORT)/v1/voice/sessions \\"; \
+	echo "    -H \"Authorization: Bearer $$KEY\" -H \"Content-Type: application/json\" \\"; \
+	echo "    -d '{\"system_prompt\": \"You are a helpful assistant.\", \"voice\": \"shubh\", \"language\": \"en-IN\", \"llm_model\": \"kimi-k2.5\"}'"; \
+	echo "API docs: http://$(HOST):$(PORT)/v1/docs"; \
+	echo ""
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) callmissed.asgi:application
+
+## Lint, type-check and run every test (PostgreSQL/Redis when DATABASE_URL/REDIS_URL are set).
+test: install-dev browser lint typecheck pytest
+
+browser:
+	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)) || \
+	  (echo "Chromium is required for the browser tests: install Debian's 'chromium' package" >&2; exit 1)
+
+lint:
+	$(VENV)/bin/ruff check .
+
+typecheck:
+	$(VENV)/bin/mypy .
+
+pytest:
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
