@@ -68,6 +68,7 @@ class AuditLog(models.Model):
     """Security- and money-relevant changes, written in the same transaction as the change."""
 
     class Action(models.TextChoices):
+        ORGANIZATION_CREATED = "organization.created"
         API_KEY_CREATED = "api_key.created"
         API_KEY_REVOKED = "api_key.revoked"
         BALANCE_CREDITED = "balance.credited"

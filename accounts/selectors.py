@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.keys import hash_key, looks_like_key
-from accounts.models import ApiKey, Organization
-from callmissed.errors import ApplicationError, ErrorCode
+from accounts.models import ApiKey, Membership, Organization
+from callmissed.errors import ApplicationError, ErrorCode, NotFound
 
 
 class InvalidApiKey(ApplicationError):
@@ -41,3 +44,21 @@ def api_key_authenticate(*, plaintext: str) -> ApiKey:
 
 def api_key_list(*, organization: Organization) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(organization=organization).order_by("-created_at")
+
+
+def organization_for_user(*, user: AbstractBaseUser | AnonymousUser) -> Organization | None:
+    """The organization a dashboard user acts for: their oldest membership (one per user today)."""
+    if not user.is_authenticated:
+        return None
+    membership = (
+        Membership.objects.select_related("organization").filter(user_id=user.pk).order_by("created_at", "id").first()
+    )
+    return membership.organization if membership else None
+
+
+def api_key_get(*, organization: Organization, key_id: str) -> ApiKey:
+    """One of the organization's keys; another organization's key is simply not found."""
+    try:
+        return ApiKey.objects.get(organization=organization, pk=key_id)
+    except (ApiKey.DoesNotExist, ValueError, ValidationError):
+        raise NotFound("API key not found.") from None

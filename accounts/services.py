@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.keys import VISIBLE_PREFIX_CHARS, generate_key, hash_key
-from accounts.models import ApiKey, AuditLog, Organization
+from accounts.models import ApiKey, AuditLog, Membership, Organization
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,23 @@ class CreatedApiKey:
 def organization_get_or_create(*, name: str) -> Organization:
     org, _ = Organization.objects.get_or_create(name=name)
     return org
+
+
+@transaction.atomic
+def account_signup(*, username: str, email: str, password: str, organization_name: str) -> User:
+    """A new customer: their user, their organization, and owner membership of it, together or not at all."""
+    user = User(username=username, email=email)
+    user.set_password(password)
+    user.full_clean()
+    user.save()
+    organization = Organization(name=organization_name)
+    organization.full_clean()
+    organization.save()
+    Membership.objects.create(user=user, organization=organization, role=Membership.Role.OWNER)
+    AuditLog.objects.create(
+        organization=organization, actor=user, action=AuditLog.Action.ORGANIZATION_CREATED, target=str(organization.id)
+    )
+    return user
 
 
 @transaction.atomic
