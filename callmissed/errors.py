@@ -12,7 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -207,21 +208,32 @@ def _validation_message(fields: dict[str, Any]) -> str:
 # --- Django-level handlers (URLs outside DRF views) -------------------------------------------
 
 
-def _json_error(request: HttpRequest, status_code: int, code: ErrorCode, message: str) -> JsonResponse:
+def _wants_html(request: HttpRequest) -> bool:
+    """Dashboard and admin pages get an HTML error page; the API and every JSON client get the envelope."""
+    if request.path.startswith("/v1/") or request.path.startswith("/ws/"):
+        return False
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept
+
+
+def _error_response(request: HttpRequest, status_code: int, code: ErrorCode, message: str) -> HttpResponse:
+    if _wants_html(request):
+        context = {"status": status_code, "message": message, "request_id": current_request_id()}
+        return render(request, "error.html", context, status=status_code)
     return JsonResponse(envelope(code, message), status=status_code)
 
 
-def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return _json_error(request, 404, ErrorCode.NOT_FOUND, "Not found.")
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return _error_response(request, 404, ErrorCode.NOT_FOUND, "Not found.")
 
 
-def handler403(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return _json_error(request, 403, ErrorCode.PERMISSION_DENIED, "Permission denied.")
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return _error_response(request, 403, ErrorCode.PERMISSION_DENIED, "Permission denied.")
 
 
-def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return _json_error(request, 400, ErrorCode.INVALID_REQUEST, "Bad request.")
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return _error_response(request, 400, ErrorCode.INVALID_REQUEST, "Bad request.")
 
 
-def handler500(request: HttpRequest) -> JsonResponse:
-    return _json_error(request, 500, ErrorCode.INTERNAL_ERROR, "Internal server error.")
+def handler500(request: HttpRequest) -> HttpResponse:
+    return _error_response(request, 500, ErrorCode.INTERNAL_ERROR, "Internal server error.")

@@ -23,6 +23,7 @@ urlpatterns = [
         SpectacularRedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
         name="redoc",
     ),
+    path("", include("dashboard.urls")),
     # Unknown API paths answer with the error envelope even when DEBUG shows HTML 404 pages elsewhere.
     re_path(r"^v1/", api_not_found),
 ]

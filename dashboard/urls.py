@@ -1,0 +1,19 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+from django.views.generic import RedirectView
+
+from dashboard import views
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="dashboard:overview"), name="home"),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("signup/", views.signup, name="signup"),
+    path("dashboard/", views.overview, name="overview"),
+    path("dashboard/keys/", views.keys, name="keys"),
+    path("dashboard/keys/<uuid:key_id>/revoke/", views.key_revoke, name="key_revoke"),
+    path("dashboard/sessions/", views.sessions, name="sessions"),
+    path("dashboard/sessions/<uuid:session_id>/", views.session_detail, name="session_detail"),
+]

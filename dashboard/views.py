@@ -1,0 +1,139 @@
+"""The customer dashboard: keys are managed only from a logged-in session, never with a key.
+
+Views are adapters: they resolve the user's organization, call one service or selector and render.
+Every object lookup is scoped to that organization, so another tenant's id is a 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts import selectors as account_selectors
+from accounts import services as account_services
+from accounts.models import Organization
+from callmissed.errors import NotFound
+from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm
+from voice import selectors as voice_selectors
+from voice.models import VoiceSession
+
+SESSIONS_PER_PAGE = 25
+
+View = Callable[..., HttpResponse]
+
+
+def organization_required(view: Callable[..., HttpResponse]) -> View:
+    """Log in first; then act for the user's organization, or explain that they have none."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        organization = account_selectors.organization_for_user(user=request.user)
+        if organization is None:
+            return render(request, "dashboard/no_organization.html", status=403)
+        try:
+            return view(request, organization, *args, **kwargs)
+        except NotFound:
+            raise Http404 from None
+
+    return wrapper
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("dashboard:overview")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = account_services.account_signup(
+            username=form.cleaned_data["username"],
+            email=form.cleaned_data["email"],
+            password=form.cleaned_data["password1"],
+            organization_name=form.cleaned_data["organization_name"],
+        )
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        messages.success(request, "Welcome! Create an API key to start your first voice session.")
+        return redirect("dashboard:keys")
+    return render(request, "dashboard/signup.html", {"form": form})
+
+
+@organization_required
+def overview(request: HttpRequest, organization: Organization) -> HttpResponse:
+    sessions = voice_selectors.voice_session_list(organization=organization)
+    recent = sessions.filter(created_at__gte=timezone.now() - timedelta(days=30))
+    by_status = dict(recent.order_by().values_list("status").annotate(n=Count("id")))
+    active_keys = account_selectors.api_key_list(organization=organization).filter(revoked_at__isnull=True)
+    context = {
+        "organization": organization,
+        "recent_sessions": sessions[:5],
+        "status_counts": [(status.label, by_status.get(status.value, 0)) for status in VoiceSession.Status],
+        "active_keys": active_keys.count(),
+    }
+    return render(request, "dashboard/overview.html", context)
+
+
+@never_cache  # the page that shows a new key must never be cached by a browser or proxy
+@require_http_methods(["GET", "POST"])
+@organization_required
+def keys(request: HttpRequest, organization: Organization) -> HttpResponse:
+    form = ApiKeyCreateForm(request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        days = form.cleaned_data["lifetime_days"]
+        created = account_services.api_key_create(
+            organization=organization,
+            name=form.cleaned_data["name"],
+            created_by=request.user if request.user.is_authenticated else None,
+            expires_at=timezone.now() + timedelta(days=days) if days else None,
+        )
+        form = ApiKeyCreateForm()
+    context = {
+        "organization": organization,
+        "form": form,
+        "created": created,
+        "keys": account_selectors.api_key_list(organization=organization).select_related("created_by"),
+        "now": timezone.now(),
+    }
+    return render(request, "dashboard/keys.html", context)
+
+
+@require_POST
+@organization_required
+def key_revoke(request: HttpRequest, organization: Organization, key_id: str) -> HttpResponse:
+    api_key = account_selectors.api_key_get(organization=organization, key_id=key_id)
+    account_services.api_key_revoke(api_key=api_key, actor=request.user if request.user.is_authenticated else None)
+    messages.success(request, f"Key {api_key.prefix}…{api_key.last4} revoked. Requests with it now fail.")
+    return redirect("dashboard:keys")
+
+
+@organization_required
+def sessions(request: HttpRequest, organization: Organization) -> HttpResponse:
+    filters = SessionFilterForm(request.GET or None, status_choices=list(VoiceSession.Status.choices))
+    status = filters.cleaned_data["status"] if filters.is_valid() else ""
+    queryset = voice_selectors.voice_session_list(organization=organization, status=status or None)
+    page = Paginator(queryset, SESSIONS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "dashboard/sessions.html", {"page": page, "filters": filters, "status": status})
+
+
+@organization_required
+def session_detail(request: HttpRequest, organization: Organization, session_id: str) -> HttpResponse:
+    session = voice_selectors.voice_session_get(organization=organization, session_id=session_id)
+    context = {
+        "session": session,
+        "segments": voice_selectors.transcript_list(session=session),
+        "latency": voice_selectors.voice_session_latency(session=session),
+    }
+    return render(request, "dashboard/session_detail.html", context)
