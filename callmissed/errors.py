@@ -37,7 +37,6 @@ class ErrorCode(StrEnum):
     NOT_ACCEPTABLE = "not_acceptable"
     CONFLICT = "conflict"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
-    MODEL_UNAVAILABLE = "model_unavailable"
     PAYMENT_REQUIRED = "payment_required"
     RATE_LIMITED = "rate_limited"
     CONCURRENCY_LIMIT = "concurrency_limit"
