@@ -1,0 +1,393 @@
+"""Sarvam streaming speech-to-text (``saaras:v3`` on ``/speech-to-text/ws``) as a livekit STT.
+
+The livekit Sarvam plugin hard-codes ``wss://api.sarvam.ai``, so this thin client exists to let
+the base URL come from settings (and point at a loopback fake in tests). Wire protocol, as in
+the ``sarvamai`` SDK: query ``language-code``, ``model``, ``vad_signals=true``, ``sample_rate``,
+``input_audio_codec=pcm_s16le`` (raw PCM must be declared), ``flush_signal=true``; header
+``api-subscription-key``; audio goes up as ``{"audio": {"data": <base64 s16le>, "sample_rate",
+"encoding": "audio/wav"}}``; Sarvam answers with VAD ``events`` and one final ``data``
+transcript per utterance.
+
+Events produced: START_OF_SPEECH / END_OF_SPEECH from Sarvam's VAD signals (so the session can
+run ``turn_detection="stt"``), FINAL_TRANSCRIPT (always before its END_OF_SPEECH, which is what
+livekit's STT turn detection needs to commit the turn with its text), and RECOGNITION_USAGE
+carrying the seconds of audio actually sent, which is what Sarvam bills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from livekit import rtc
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
+    APIConnectOptions,
+    APIStatusError,
+    APITimeoutError,
+    LanguageCode,
+    stt,
+    utils,
+)
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+
+logger = logging.getLogger(__name__)
+
+PROVIDER = "sarvam"
+_CHUNK_MS = 50  # audio per message: small enough for VAD latency, large enough to keep JSON overhead low
+# Sarvam may send END_SPEECH just before the utterance's transcript; wait this long for it
+# before ending the turn without text.
+_FINAL_GRACE_S = 1.5
+# After the input ends, how long to wait for the transcript of speech that was still open,
+# and how long Sarvam must stay quiet before the stream is considered fully transcribed.
+_DRAIN_TIMEOUT_S = 5.0
+_DRAIN_QUIET_S = 0.5
+
+
+@dataclass(frozen=True)
+class _Options:
+    api_key: str
+    language: str
+    model: str
+    ws_url: str
+    sample_rate: int
+
+    def url(self) -> str:
+        query = {
+            "language-code": self.language,
+            "model": self.model,
+            "vad_signals": "true",
+            "flush_signal": "true",
+            "sample_rate": str(self.sample_rate),
+            "input_audio_codec": "pcm_s16le",
+        }
+        return f"{self.ws_url}/speech-to-text/ws?{urlencode(query)}"
+
+
+class SarvamSTT(stt.STT):
+    """Streaming Sarvam STT. ``language`` is a BCP-47 code Sarvam accepts (``en-IN``, ``hi-IN``
+    …, or ``unknown`` to auto-detect); ``sample_rate`` 16000 or 8000 (input is resampled)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        language: str,
+        ws_url: str = "wss://api.sarvam.ai",
+        model: str = "saaras:v3",
+        sample_rate: int = 16000,
+    ) -> None:
+        if not api_key:
+            raise ValueError("SarvamSTT needs an API key")
+        if sample_rate not in (8000, 16000):
+            raise ValueError(f"Sarvam streaming STT takes 8000 or 16000 Hz audio, not {sample_rate}")
+        super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False))
+        self._opts = _Options(
+            api_key=api_key, language=language, model=model, ws_url=ws_url.rstrip("/"), sample_rate=sample_rate
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def model(self) -> str:
+        return self._opts.model
+
+    @property
+    def provider(self) -> str:
+        return PROVIDER
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def _connect(self, connect_timeout: float) -> aiohttp.ClientWebSocketResponse:
+        headers = {"api-subscription-key": self._opts.api_key}
+        try:
+            return await asyncio.wait_for(self._http().ws_connect(self._opts.url(), headers=headers), connect_timeout)
+        except aiohttp.WSServerHandshakeError as e:
+            raise APIStatusError(
+                f"Sarvam STT refused the connection ({e.status})", status_code=e.status, body=e.message
+            ) from None
+        except TimeoutError:
+            raise APITimeoutError("Sarvam STT connection timed out") from None
+        except aiohttp.ClientError as e:
+            raise APIConnectionError(f"cannot reach Sarvam STT: {e}") from e
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> SarvamSpeechStream:
+        opts = self._opts
+        if isinstance(language, str) and language:
+            opts = _Options(
+                api_key=opts.api_key,
+                language=language,
+                model=opts.model,
+                ws_url=opts.ws_url,
+                sample_rate=opts.sample_rate,
+            )
+        return SarvamSpeechStream(stt=self, opts=opts, conn_options=conn_options)
+
+    async def _recognize_impl(
+        self,
+        buffer: utils.AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        """One-shot recognition over the same socket: send the buffer, flush, take the transcript."""
+        frame = rtc.combine_audio_frames(buffer)
+        if frame.sample_rate != self._opts.sample_rate or frame.num_channels != 1:
+            resampler = rtc.AudioResampler(frame.sample_rate, self._opts.sample_rate, num_channels=frame.num_channels)
+            frames = [*resampler.push(frame), *resampler.flush()]
+            frame = rtc.combine_audio_frames(frames)
+        pcm = frame.data.tobytes()
+        if frame.num_channels != 1:
+            raise ValueError("SarvamSTT recognizes mono audio only")
+        ws = await self._connect(conn_options.timeout)
+        try:
+            for message in _audio_messages(pcm, self._opts.sample_rate):
+                await ws.send_str(message)
+            await ws.send_str(json.dumps({"type": "flush"}))
+            while True:
+                msg = await ws.receive(timeout=conn_options.timeout)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise APIConnectionError(f"Sarvam STT closed before the transcript ({msg.type.name})")
+                data = _parse(msg.data)
+                if data is None:
+                    continue
+                _raise_if_error(data)
+                if data.get("type") == "data":
+                    body = _body(data)
+                    return stt.SpeechEvent(
+                        type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+                        request_id=str(body.get("request_id") or ""),
+                        alternatives=[
+                            _speech_data(body, language if isinstance(language, str) else self._opts.language)
+                        ],
+                    )
+        except TimeoutError:
+            raise APITimeoutError("Sarvam STT gave no transcript in time") from None
+        finally:
+            await ws.close()
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+
+class SarvamSpeechStream(stt.SpeechStream):
+    def __init__(self, *, stt: SarvamSTT, opts: _Options, conn_options: APIConnectOptions) -> None:
+        super().__init__(stt=stt, conn_options=conn_options, sample_rate=opts.sample_rate)
+        self._sarvam = stt
+        self._opts = opts
+        self._speaking = False
+        self._final_received = False
+        self._eos_pending: asyncio.TimerHandle | None = None
+        self._unbilled_seconds = 0.0
+        self._utterance_open = False  # speech started and its end-of-speech is not emitted yet
+        self._utterance_closed = asyncio.Event()
+        self._utterance_closed.set()
+        self._server_activity = asyncio.Event()
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _emit(self, event: stt.SpeechEvent) -> None:
+        with contextlib.suppress(utils.aio.ChanClosed):
+            self._event_ch.send_nowait(event)
+
+    def _report_usage(self) -> None:
+        """Bill what was sent so far; called per transcript and when a connection ends."""
+        if self._unbilled_seconds <= 0:
+            return
+        seconds, self._unbilled_seconds = self._unbilled_seconds, 0.0
+        self._emit(
+            stt.SpeechEvent(
+                type=stt.SpeechEventType.RECOGNITION_USAGE,
+                recognition_usage=stt.RecognitionUsage(audio_duration=seconds),
+            )
+        )
+
+    def _start_of_speech(self) -> None:
+        if self._speaking:
+            return
+        self._end_of_speech()  # a new utterance closes any previous one still waiting for text
+        self._speaking = True
+        self._final_received = False
+        self._utterance_open = True
+        self._utterance_closed.clear()
+        self._emit(stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH, speech_start_time=time.time()))
+
+    def _end_of_speech(self) -> None:
+        if self._eos_pending is not None:
+            self._eos_pending.cancel()
+            self._eos_pending = None
+        if not self._utterance_open:
+            return
+        self._speaking = False
+        self._utterance_open = False
+        self._utterance_closed.set()
+        self._emit(stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH, speech_end_time=time.time()))
+
+    def _on_vad(self, signal: str) -> None:
+        if signal == "START_SPEECH":
+            self._start_of_speech()
+        elif signal == "END_SPEECH" and self._speaking:
+            self._speaking = False
+            if self._final_received:
+                self._end_of_speech()
+            elif self._eos_pending is None:
+                self._eos_pending = asyncio.get_running_loop().call_later(_FINAL_GRACE_S, self._end_of_speech)
+
+    def _on_transcript(self, body: dict[str, Any]) -> None:
+        self._report_usage()
+        text = str(body.get("transcript") or "").strip()
+        if text:
+            self._emit(
+                stt.SpeechEvent(
+                    type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+                    request_id=str(body.get("request_id") or ""),
+                    alternatives=[_speech_data(body, self._opts.language)],
+                )
+            )
+        self._final_received = True
+        if not self._speaking:
+            self._end_of_speech()
+
+    # --- connection --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        ws = await self._sarvam._connect(self._conn_options.timeout)
+        sender = asyncio.create_task(self._send_audio(ws), name="SarvamSTT.send")
+        receiver = asyncio.create_task(self._receive(ws), name="SarvamSTT.receive")
+        try:
+            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if receiver in done:
+                receiver.result()  # raises why the server side ended
+                if not sender.done():
+                    raise APIConnectionError("Sarvam STT closed the connection mid-stream")
+            sender.result()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain(receiver), _DRAIN_TIMEOUT_S)
+            if receiver.done():
+                receiver.result()
+        finally:
+            await utils.aio.cancel_and_wait(sender, receiver)
+            await ws.close()
+            self._report_usage()
+            # A dropped socket must not leave the session believing the user is still talking.
+            self._end_of_speech()
+
+    async def _drain(self, receiver: asyncio.Task[None]) -> None:
+        """Input ended: let Sarvam finish the audio it has (it sends no acknowledgement, so
+        "finished" means no utterance open and a quiet moment), then hang up."""
+        while not receiver.done():
+            if self._utterance_open:
+                await self._utterance_closed.wait()
+                continue
+            self._server_activity.clear()
+            try:
+                await asyncio.wait_for(self._server_activity.wait(), _DRAIN_QUIET_S)
+            except TimeoutError:
+                if not self._utterance_open:
+                    return
+
+    async def _send_audio(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        chunk_bytes = self._opts.sample_rate * _CHUNK_MS // 1000 * 2
+        pending = bytearray()
+        try:
+            async for item in self._input_ch:
+                if isinstance(item, rtc.AudioFrame):
+                    pending += item.data.tobytes()
+                    while len(pending) >= chunk_bytes:
+                        await self._send_chunk(ws, bytes(pending[:chunk_bytes]))
+                        del pending[:chunk_bytes]
+                else:  # flush: send what is buffered and ask Sarvam to finalize now
+                    if pending:
+                        await self._send_chunk(ws, bytes(pending))
+                        pending.clear()
+                    if self._utterance_open:
+                        await ws.send_str(json.dumps({"type": "flush"}))
+            if pending:
+                await self._send_chunk(ws, bytes(pending))
+            # End of input: have Sarvam finalize whatever speech it still holds.
+            await ws.send_str(json.dumps({"type": "flush"}))
+        except (ConnectionResetError, aiohttp.ClientConnectionError) as e:
+            raise APIConnectionError(f"Sarvam STT connection lost while sending audio: {e}") from e
+
+    async def _send_chunk(self, ws: aiohttp.ClientWebSocketResponse, pcm: bytes) -> None:
+        await ws.send_str(_audio_message(pcm, self._opts.sample_rate))
+        self._unbilled_seconds += len(pcm) / 2 / self._opts.sample_rate
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            msg = await ws.receive()
+            self._server_activity.set()
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                data = _parse(msg.data)
+                if data is None:
+                    logger.warning("ignored a malformed frame from Sarvam STT")
+                    continue
+                _raise_if_error(data)
+                kind = data.get("type")
+                body = _body(data)
+                if kind == "events":
+                    self._on_vad(str(body.get("signal_type") or ""))
+                elif kind == "data":
+                    self._on_transcript(body)
+                continue
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                if ws.close_code in (1000, 1001) and not self._utterance_open:
+                    return
+                raise APIConnectionError(f"Sarvam STT connection closed (code {ws.close_code})")
+            if msg.type == aiohttp.WSMsgType.ERROR:
+                raise APIConnectionError(f"Sarvam STT connection failed: {ws.exception()}")
+
+
+def _audio_message(pcm: bytes, sample_rate: int) -> str:
+    audio = {"data": base64.b64encode(pcm).decode("ascii"), "sample_rate": sample_rate, "encoding": "audio/wav"}
+    return json.dumps({"audio": audio})
+
+
+def _audio_messages(pcm: bytes, sample_rate: int) -> list[str]:
+    step = sample_rate * _CHUNK_MS // 1000 * 2
+    return [_audio_message(pcm[i : i + step], sample_rate) for i in range(0, len(pcm), step)]
+
+
+def _body(data: dict[str, Any]) -> dict[str, Any]:
+    body = data.get("data")
+    return body if isinstance(body, dict) else {}
+
+
+def _parse(raw: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _raise_if_error(data: dict[str, Any]) -> None:
+    if data.get("type") not in ("error", "errors"):
+        return
+    body = _body(data)
+    code = body.get("code")
+    status = int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else 400
+    # The provider's text may quote user data; keep it in the body, out of the message.
+    raise APIStatusError(f"Sarvam STT rejected the stream ({code or 'error'})", status_code=status, body=data)
+
+
+def _speech_data(body: dict[str, Any], requested_language: str) -> stt.SpeechData:
+    language = str(body.get("language_code") or requested_language)
+    return stt.SpeechData(language=LanguageCode(language), text=str(body.get("transcript") or "").strip())
