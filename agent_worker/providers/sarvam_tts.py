@@ -1,0 +1,339 @@
+"""Sarvam streaming text-to-speech (``bulbul:v3`` on ``/text-to-speech/ws``) as a livekit TTS.
+
+Wire protocol, as in the ``sarvamai`` SDK: connect to
+``{ws_url}/text-to-speech/ws?model=bulbul:v3&send_completion_event=true`` with header
+``api-subscription-key``; send ``{"type": "config", "data": {...}}`` (speaker,
+``target_language_code``, ``speech_sample_rate``, ``output_audio_codec: "linear16"``), then
+``{"type": "text", "data": {"text": …}}`` messages of at most 2500 characters and
+``{"type": "flush"}``; Sarvam answers with ``{"type": "audio", "data": {"audio": <base64 PCM>}}``
+chunks and ``{"type": "event", "data": {"event_type": "final"}}`` once the flushed text is spoken.
+
+Text is forwarded a sentence at a time while the LLM is still writing, so the first audio
+arrives before the reply is complete. Every character pushed is sent (whitespace rides along
+with the sentence it follows), so livekit's ``characters_count`` metric equals what Sarvam
+bills. Sockets are pooled and reused between turns to save the handshake on each reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
+    APIConnectOptions,
+    APIStatusError,
+    APITimeoutError,
+    tts,
+    utils,
+)
+
+logger = logging.getLogger(__name__)
+
+PROVIDER = "sarvam"
+MAX_TEXT_CHARS = 2500  # Sarvam's limit per text message
+SAMPLE_RATES = (8000, 16000, 22050, 24000)
+# Without a sentence end, send once this much text is waiting so long sentences still stream.
+_SOFT_CHUNK_CHARS = 150
+# Sarvam starts synthesising once this many characters are buffered (30 is its minimum).
+_MIN_BUFFER_SIZE = 30
+# Sarvam closes a socket after 60 s without traffic; retire pooled sockets well before that.
+_POOL_MAX_IDLE_S = 40.0
+_SENTENCE_END = re.compile(r"[.!?।॥]+[\"'”’)\]]*\s+")
+
+
+@dataclass(frozen=True)
+class _Options:
+    api_key: str
+    voice: str
+    language: str
+    ws_url: str
+    model: str
+    sample_rate: int
+
+    def url(self) -> str:
+        query = urlencode({"model": self.model, "send_completion_event": "true"})
+        return f"{self.ws_url}/text-to-speech/ws?{query}"
+
+    def config_message(self) -> str:
+        data = {
+            "target_language_code": self.language,
+            "speaker": self.voice,
+            "model": self.model,
+            "speech_sample_rate": self.sample_rate,
+            "output_audio_codec": "linear16",
+            "min_buffer_size": _MIN_BUFFER_SIZE,
+            "max_chunk_length": _SOFT_CHUNK_CHARS,
+        }
+        return json.dumps({"type": "config", "data": data})
+
+
+def split_for_sarvam(text: str) -> list[str]:
+    """Split ``text`` into messages within Sarvam's size limit, at whitespace where possible,
+    losing no characters."""
+    pieces = []
+    while len(text) > MAX_TEXT_CHARS:
+        cut = text.rfind(" ", 0, MAX_TEXT_CHARS)
+        cut = cut + 1 if cut > 0 else MAX_TEXT_CHARS
+        pieces.append(text[:cut])
+        text = text[cut:]
+    if text:
+        pieces.append(text)
+    return pieces
+
+
+def take_ready_text(buffer: str) -> tuple[str, str]:
+    """Split the buffered text into what is ready to speak now and what should wait for more."""
+    last_end = 0
+    for match in _SENTENCE_END.finditer(buffer):
+        last_end = match.end()
+    if last_end:
+        return buffer[:last_end], buffer[last_end:]
+    if len(buffer) >= _SOFT_CHUNK_CHARS:
+        cut = buffer.rfind(" ")
+        if cut > 0:
+            return buffer[: cut + 1], buffer[cut + 1 :]
+    return "", buffer
+
+
+class SarvamTTS(tts.TTS):
+    """Streaming Sarvam TTS producing 16-bit mono PCM at ``sample_rate``."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        voice: str,
+        language: str,
+        ws_url: str = "wss://api.sarvam.ai",
+        model: str = "bulbul:v3",
+        sample_rate: int = 16000,
+    ) -> None:
+        if not api_key:
+            raise ValueError("SarvamTTS needs an API key")
+        if sample_rate not in SAMPLE_RATES:
+            raise ValueError(f"Sarvam TTS sample rate must be one of {SAMPLE_RATES}, not {sample_rate}")
+        super().__init__(capabilities=tts.TTSCapabilities(streaming=True), sample_rate=sample_rate, num_channels=1)
+        self._opts = _Options(
+            api_key=api_key,
+            voice=voice,
+            language=language,
+            ws_url=ws_url.rstrip("/"),
+            model=model,
+            sample_rate=sample_rate,
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._pool = utils.ConnectionPool[aiohttp.ClientWebSocketResponse](
+            connect_cb=self._connect,
+            close_cb=self._close,
+            max_session_duration=_POOL_MAX_IDLE_S,
+            mark_refreshed_on_get=True,
+        )
+
+    @property
+    def model(self) -> str:
+        return self._opts.model
+
+    @property
+    def provider(self) -> str:
+        return PROVIDER
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def _connect(self, connect_timeout: float) -> aiohttp.ClientWebSocketResponse:
+        headers = {"api-subscription-key": self._opts.api_key}
+        try:
+            return await asyncio.wait_for(self._http().ws_connect(self._opts.url(), headers=headers), connect_timeout)
+        except aiohttp.WSServerHandshakeError as e:
+            raise APIStatusError(
+                f"Sarvam TTS refused the connection ({e.status})", status_code=e.status, body=e.message
+            ) from None
+        except TimeoutError:
+            raise APITimeoutError("Sarvam TTS connection timed out") from None
+        except aiohttp.ClientError as e:
+            raise APIConnectionError(f"cannot reach Sarvam TTS: {e}") from e
+
+    @staticmethod
+    async def _close(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.close()
+
+    def prewarm(self) -> None:
+        self._pool.prewarm()
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return self._synthesize_with_stream(text, conn_options=conn_options)
+
+    def stream(self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> SarvamSynthesizeStream:
+        return SarvamSynthesizeStream(tts=self, conn_options=conn_options)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+
+class SarvamSynthesizeStream(tts.SynthesizeStream):
+    def __init__(self, *, tts: SarvamTTS, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, conn_options=conn_options)
+        self._sarvam = tts
+        self._opts = tts._opts
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._opts.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+            stream=True,
+        )
+        async with self._sarvam._pool.connection(timeout=self._conn_options.timeout) as ws:
+            self._acquire_time = self._sarvam._pool.last_acquire_time
+            self._connection_reused = self._sarvam._pool.last_connection_reused
+            await _send(ws, self._opts.config_message())
+            exchange = _Exchange(ws=ws, emitter=output_emitter)
+            sender = asyncio.create_task(self._send_text(exchange), name="SarvamTTS.send")
+            receiver = asyncio.create_task(self._receive(exchange), name="SarvamTTS.receive")
+            try:
+                await self._wait(exchange, sender, receiver)
+            finally:
+                if not receiver.done():
+                    # Cancelling a pending receive leaves aiohttp's socket unusable: never pool it.
+                    self._sarvam._pool.remove(ws)
+                await utils.aio.cancel_and_wait(sender, receiver)
+
+    async def _wait(self, exchange: _Exchange, sender: asyncio.Task[None], receiver: asyncio.Task[None]) -> None:
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        if receiver in done:
+            receiver.result()
+            if not sender.done():
+                raise APIConnectionError("Sarvam TTS stopped answering before the text was sent")
+        sender.result()
+        # All text is sent: wait for its audio, failing if Sarvam goes quiet for too long.
+        while exchange.finals_received < exchange.flushes_sent and not receiver.done():
+            await asyncio.wait({receiver}, timeout=self._conn_options.timeout)
+            if not receiver.done() and time.monotonic() - exchange.last_message_at > self._conn_options.timeout:
+                raise APITimeoutError("Sarvam TTS stopped sending audio")
+        if receiver.done():
+            receiver.result()
+
+    async def _send_text(self, exchange: _Exchange) -> None:
+        buffer = ""
+        async for item in self._input_ch:
+            if isinstance(item, str):
+                buffer += item
+                ready, buffer = take_ready_text(buffer)
+                if ready:
+                    await self._send_chunk(exchange, ready)
+                continue
+            # flush: speak everything buffered now
+            if buffer.strip():
+                await self._send_chunk(exchange, buffer)
+            buffer = ""
+            if exchange.text_since_flush:
+                exchange.text_since_flush = False
+                exchange.flushes_sent += 1
+                await _send(exchange.ws, json.dumps({"type": "flush"}))
+        exchange.input_done = True
+
+    async def _send_chunk(self, exchange: _Exchange, text: str) -> None:
+        if not exchange.segment_started:
+            exchange.segment_started = True
+            exchange.emitter.start_segment(segment_id=utils.shortuuid())
+            self._mark_started()
+        for piece in split_for_sarvam(text):
+            await _send(exchange.ws, json.dumps({"type": "text", "data": {"text": piece}}))
+        exchange.text_since_flush = True
+
+    async def _receive(self, exchange: _Exchange) -> None:
+        ws = exchange.ws
+        while not (exchange.input_done and exchange.finals_received >= exchange.flushes_sent):
+            msg = await ws.receive()
+            exchange.last_message_at = time.monotonic()
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                raise APIConnectionError(f"Sarvam TTS connection closed (code {ws.close_code})")
+            if msg.type == aiohttp.WSMsgType.ERROR:
+                raise APIConnectionError(f"Sarvam TTS connection failed: {ws.exception()}")
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = _parse(msg.data)
+            if data is None:
+                logger.warning("ignored a malformed frame from Sarvam TTS")
+                continue
+            kind = data.get("type")
+            body = _body(data)
+            if kind == "audio":
+                audio = _decode_audio(body)
+                if audio and exchange.segment_started:
+                    exchange.emitter.push(audio)
+            elif kind == "event" and body.get("event_type") == "final":
+                exchange.finals_received += 1
+            elif kind == "error":
+                code = body.get("code")
+                status = code if isinstance(code, int) else int(str(code)) if str(code).isdigit() else 500
+                # Sarvam's message can echo the text being spoken; keep it out of the exception text.
+                raise APIStatusError(
+                    f"Sarvam TTS error (status {status})", status_code=status, request_id=body.get("request_id")
+                )
+
+
+@dataclass
+class _Exchange:
+    """State shared by the send and receive halves of one synthesis on one socket."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    emitter: tts.AudioEmitter
+    segment_started: bool = False
+    text_since_flush: bool = False
+    input_done: bool = False
+    flushes_sent: int = 0
+    finals_received: int = 0
+    last_message_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.last_message_at = time.monotonic()
+
+
+async def _send(ws: aiohttp.ClientWebSocketResponse, message: str) -> None:
+    try:
+        await ws.send_str(message)
+    except (ConnectionResetError, aiohttp.ClientConnectionError) as e:
+        raise APIConnectionError(f"Sarvam TTS connection lost while sending: {e}") from e
+
+
+def _body(data: dict[str, Any]) -> dict[str, Any]:
+    body = data.get("data")
+    return body if isinstance(body, dict) else {}
+
+
+def _parse(raw: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _decode_audio(body: dict[str, Any]) -> bytes:
+    encoded = body.get("audio")
+    if not isinstance(encoded, str):
+        return b""
+    with contextlib.suppress(binascii.Error, ValueError):
+        return base64.b64decode(encoded, validate=True)
+    logger.warning("ignored an undecodable audio chunk from Sarvam TTS")
+    return b""
