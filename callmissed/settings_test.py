@@ -2,6 +2,7 @@
 
 import uuid
 
+from callmissed.env import env_bool
 from callmissed.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -11,4 +12,5 @@ API_RATE_LIMIT = "100000/min"
 CACHES["default"]["KEY_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"  # noqa: F405
 # Tasks queued by services run inline in the test process; tests of the broker path start a
 # real Celery worker (send_task ignores eager mode anyway).
-CELERY_TASK_ALWAYS_EAGER = True
+# CELERY_TASK_ALWAYS_EAGER=false runs a real worker on these settings (voice/tests/test_celery_live.py).
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", True)

@@ -1,0 +1,115 @@
+"""Celery tasks: the agent worker's events, the reaper, and LiveKit room deletion.
+
+The worker sends events with ``send_task`` under the names in ``agent_worker.contracts`` and a
+``{"payload": …}`` body. Each task validates the payload with the one pydantic model for it and
+applies it through an idempotent service, so a redelivered (``acks_late``) or duplicated event
+changes nothing. A payload that does not validate is logged and dropped: retrying cannot fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, TypeVar
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+from pydantic import ValidationError
+
+from agent_worker import contracts
+from callmissed.errors import UpstreamError
+from voice import lifecycle, livekit, reaper
+
+logger = logging.getLogger(__name__)
+
+TASK_REAP_SESSIONS = "voice.reap_sessions"
+TASK_DELETE_ROOM = "voice.delete_room"
+
+# A database blip must not lose an event: retry with backoff, every countdown far below the
+# broker's visibility timeout (1 h) so Redis never redelivers a message that is still waiting.
+_DB_RETRY: dict[str, Any] = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
+
+EventT = TypeVar("EventT", bound=contracts.WorkerEvent)
+
+
+def _parse(model: type[EventT], payload: Any) -> EventT | None:
+    try:
+        event = model.model_validate(payload)
+        uuid.UUID(event.session_id)
+    except (ValidationError, ValueError, AttributeError) as error:
+        # The error names fields and types only; transcript text stays out of the logs.
+        summary = (
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            if isinstance(error, ValidationError)
+            else "session_id is not a UUID"
+        )
+        logger.error("Dropped an invalid %s event: %s", model.__name__, summary)
+        return None
+    return event
+
+
+@shared_task(name=contracts.TASK_SESSION_STARTED, **_DB_RETRY)
+def session_started(payload: dict[str, Any]) -> None:
+    event = _parse(contracts.SessionStarted, payload)
+    if event is None:
+        return
+    session = lifecycle.voice_session_mark_active(
+        session_id=event.session_id, at=event.occurred_at, providers=event.providers, event_id=event.event_id
+    )
+    if session is None:
+        logger.warning("session_started for unknown session %s", event.session_id)
+
+
+@shared_task(name=contracts.TASK_TRANSCRIPT_SEGMENT, **_DB_RETRY)
+def transcript_segment(payload: dict[str, Any]) -> None:
+    event = _parse(contracts.TranscriptSegment, payload)
+    if event is None:
+        return
+    if lifecycle.transcript_segment_add(segment=event) is None:
+        logger.info("Transcript segment for unknown or deleted session %s dropped", event.session_id)
+
+
+@shared_task(name=contracts.TASK_SESSION_ENDED, **_DB_RETRY)
+def session_ended(payload: dict[str, Any]) -> None:
+    event = _parse(contracts.SessionEnded, payload)
+    if event is None:
+        return
+    # The worker deletes its own room; Django only records what happened.
+    session = lifecycle.voice_session_end(
+        session_id=event.session_id,
+        reason=event.reason,
+        at=event.occurred_at,
+        duration_seconds=event.duration_seconds,
+        turn_latencies=[t.model_dump() for t in event.turn_latencies],
+        error=event.error,
+        event_id=event.event_id,
+    )
+    if session is None:
+        logger.warning("session_ended for unknown session %s", event.session_id)
+
+
+@shared_task(name=TASK_REAP_SESSIONS)
+def reap_sessions() -> dict[str, int]:
+    result = reaper.voice_sessions_reap()
+    for room_name in result.rooms_to_delete:
+        delete_room.delay(room_name=room_name)
+    return {"unjoined": len(result.unjoined), "lost": len(result.lost)}
+
+
+@shared_task(
+    name=TASK_DELETE_ROOM,
+    autoretry_for=(UpstreamError,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=12,
+)
+def delete_room(*, room_name: str) -> None:
+    """Idempotent: a room that is already gone counts as deleted."""
+    livekit.room_delete(room_name=room_name)
