@@ -1,0 +1,127 @@
+"""The Django-free event reporter against the real Redis broker: what lands in the queue is a
+Celery message Django's worker can run, in order, and a dead broker never stops a conversation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from agent_worker import contracts
+from agent_worker.reporting import EventReporter
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="needs REDIS_URL (the real broker)")
+
+
+@pytest.fixture
+def queue() -> Iterator[str]:
+    name = f"test-reporting-{uuid.uuid4().hex[:8]}"
+    yield name
+    redis.Redis.from_url(REDIS_URL).delete(name)
+
+
+def _messages(queue: str) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(REDIS_URL)
+    raw = client.lrange(queue, 0, -1)
+    # kombu LPUSHes and the worker BRPOPs: the oldest message is at the right end.
+    return [json.loads(m) for m in reversed(raw)]
+
+
+def _dead_broker_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+@needs_redis
+async def test_events_reach_the_broker_in_order_as_celery_tasks(queue: str) -> None:
+    reporter = EventReporter(broker_url=REDIS_URL, queue=queue)
+    sid = str(uuid.uuid4())
+    events: list[contracts.WorkerEvent] = [
+        contracts.SessionStarted(session_id=sid, providers="offline"),
+        contracts.TranscriptSegment(
+            session_id=sid, role="agent", text="Namaste!", language="hi-IN", start_offset_ms=0, end_offset_ms=800
+        ),
+        contracts.UsageReported(
+            session_id=sid,
+            items=[contracts.UsageItem(component="tts_characters", model="bulbul:v3", provider="sarvam", quantity=8)],
+        ),
+        contracts.SessionEnded(session_id=sid, reason="user_left", duration_seconds=12.5),
+    ]
+    for event in events:
+        reporter.report(event)
+    assert await reporter.flush(within=30)
+    await reporter.aclose()
+
+    messages = _messages(queue)
+    assert [m["headers"]["task"] for m in messages] == [
+        contracts.TASK_SESSION_STARTED,
+        contracts.TASK_TRANSCRIPT_SEGMENT,
+        contracts.TASK_USAGE_REPORTED,
+        contracts.TASK_SESSION_ENDED,
+    ]
+    assert [m["headers"]["id"] for m in messages] == [e.event_id for e in events]
+    for message, event in zip(messages, events, strict=True):
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        assert args == []
+        assert type(event).model_validate(kwargs["payload"]) == event
+    assert (reporter.sent, reporter.dropped) == (4, 0)
+
+
+async def test_a_dead_broker_is_retried_then_logged_and_the_loop_keeps_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reporter = EventReporter(broker_url=_dead_broker_url(), attempts=2, first_retry_delay=0.01, connect_timeout=0.5)
+    event = contracts.TranscriptSegment(
+        session_id=str(uuid.uuid4()), role="user", text="hello", start_offset_ms=0, end_offset_ms=1
+    )
+    ticks = 0
+
+    async def conversation() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    running = asyncio.create_task(conversation())
+    with caplog.at_level(logging.WARNING, logger="agent_worker.reporting"):
+        reporter.report(event)  # returns at once
+        assert await reporter.flush(within=60)
+    running.cancel()
+    await reporter.aclose()
+
+    assert ticks > 1  # the loop ran while the publisher thread was retrying
+    assert (reporter.sent, reporter.dropped) == (0, 1)
+    assert "attempt 1/2" in caplog.text
+    assert f"Gave up sending {contracts.TASK_TRANSCRIPT_SEGMENT} {event.event_id}" in caplog.text
+    assert "hello" not in caplog.text  # transcript text stays out of logs
+
+
+def test_the_reporter_never_loads_django() -> None:
+    code = (
+        "import sys, asyncio\n"
+        "from agent_worker import reporting, contracts\n"
+        "r = reporting.EventReporter(broker_url='memory://')\n"
+        "async def main():\n"
+        "    r.report(contracts.SessionStarted(session_id='x'))\n"
+        "    assert await r.flush(10)\n"
+        "    await r.aclose()\n"
+        "asyncio.run(main())\n"
+        "print(r.sent, sorted(m for m in sys.modules if m.split('.')[0] == 'django'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert out.stdout.strip() == "1 []"

@@ -1,0 +1,246 @@
+"""The worker → Django path for real: events sent by ``agent_worker.reporting`` into Redis, run by
+a real ``celery worker`` process, applied to PostgreSQL, read back through the REST API.
+
+Duplicates, reordering and late events are sent on purpose; each test ends with a sentinel event
+behind them in the same FIFO queue (solo pool), so once the sentinel is applied every event before
+it has been processed too and exact counts can be asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from django.db import connection
+from django.utils import timezone
+from livekit.protocol.room import DeleteRoomRequest
+
+from agent_worker import contracts
+from agent_worker.reporting import EventReporter
+from testsupport.fakes.livekit_server import FakeLiveKitServer
+from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
+from voice.tests.factories import VoiceSessionFactory
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+
+pytestmark = [
+    pytest.mark.live_services,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not (REDIS_URL and DATABASE_URL.startswith("postgres")), reason="needs REDIS_URL and a PostgreSQL DATABASE_URL"
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
+APPLY_TIMEOUT_SECONDS = 90
+
+
+@pytest.fixture(scope="module")
+def lk_server() -> Iterator[FakeLiveKitServer]:
+    server = FakeLiveKitServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def celery_worker(
+    django_db_setup: None, django_db_blocker: Any, lk_server: FakeLiveKitServer, tmp_path_factory: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker on the test database; eager mode off so it consumes from Redis."""
+    with django_db_blocker.unblock():
+        test_db = connection.settings_dict["NAME"]
+    parts = urlsplit(DATABASE_URL)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "callmissed.settings_test",
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "DATABASE_URL": urlunsplit(parts._replace(path=f"/{test_db}")),
+        "LIVEKIT_API_URL": lk_server.url,
+    }
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    log = tmp_path_factory.mktemp("celery") / "worker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "callmissed",
+                "worker",
+                "--pool=solo",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel=INFO",
+                f"--hostname=live-test-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while b" ready." not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"Celery worker did not start:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+@pytest.fixture
+def reporter() -> Iterator[EventReporter]:
+    reporter = EventReporter(broker_url=REDIS_URL)
+    yield reporter
+    asyncio.run(reporter.aclose())
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + APPLY_TIMEOUT_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def send(reporter: EventReporter, *events: contracts.WorkerEvent) -> None:
+    """Report as the agent worker does (from an event loop) and wait until the broker has them."""
+
+    async def report_all() -> bool:
+        for event in events:
+            reporter.report(event)
+        return await reporter.flush(within=60)
+
+    assert asyncio.run(report_all())
+
+
+def segment(session_id: str, start_ms: int, text: str, role: str = "user") -> contracts.TranscriptSegment:
+    return contracts.TranscriptSegment(
+        session_id=session_id,
+        role=role,  # type: ignore[arg-type]
+        text=text,
+        language="hi-IN",
+        start_offset_ms=start_ms,
+        end_offset_ms=start_ms + 700,
+    )
+
+
+def sentinel(session_id: str) -> contracts.TranscriptSegment:
+    return segment(session_id, 10_000_000, f"sentinel-{uuid.uuid4().hex}")
+
+
+def drain_behind(reporter: EventReporter, session_id: str) -> None:
+    """Send a sentinel after everything else and wait until the worker applied it."""
+    mark = sentinel(session_id)
+    send(reporter, mark)
+    wait_for(lambda: TranscriptSegment.objects.filter(text=mark.text).exists(), "the sentinel")
+    TranscriptSegment.objects.filter(text=mark.text).delete()
+
+
+def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
+    celery_worker: Any, reporter: EventReporter, api: Any
+) -> None:
+    created = api.post("/v1/voice/sessions", data=json.dumps({"language": "hi-IN"}), content_type="application/json")
+    assert created.status_code == 201, created.content
+    sid = created.json()["id"]
+
+    started = contracts.SessionStarted(session_id=sid, providers="offline", occurred_at=T0)
+    greeting = segment(sid, 0, "Namaste! Main aapki kya madad kar sakti hoon?", role="agent")
+    question = segment(sid, 2400, "Mausam kaisa hai?")
+    answer = segment(sid, 3900, "Aaj dhoop hai.", role="agent")
+    ended = contracts.SessionEnded(
+        session_id=sid,
+        reason=contracts.EndReason.USER_LEFT,
+        duration_seconds=31.0,
+        occurred_at=T0 + timedelta(seconds=31),
+        turn_latencies=[contracts.TurnLatency(end_of_speech_to_first_audio_ms=820.0, llm_ttft_ms=300.0)],
+    )
+    # Out of order, with every event delivered twice and a stale "started" after the end.
+    send(reporter, started, answer, greeting, started, question, answer, ended, greeting, question, ended)
+    send(reporter, contracts.SessionStarted(session_id=sid, occurred_at=T0 + timedelta(seconds=40)))
+    drain_behind(reporter, sid)
+
+    session = VoiceSession.objects.get(pk=sid)
+    assert (session.status, session.end_reason, session.started_at) == ("ended", "user_left", T0)
+    assert TranscriptSegment.objects.filter(session=session).count() == 3
+    assert ProcessedEvent.objects.filter(session=session).count() == 3
+
+    body = api.get(f"/v1/voice/sessions/{sid}").json()
+    assert body["status"] == "ended"
+    assert body["end_reason"] == "user_left"
+    assert body["providers"] == "offline"
+    assert body["started_at"] == "2026-02-01T09:30:00Z"
+    assert body["ended_at"] == "2026-02-01T09:30:31Z"
+    assert body["duration_seconds"] == 31.0
+    assert body["latency"]["turns"] == 1
+    assert body["latency"]["first_audio_p50_ms"] == 820.0
+
+    transcripts = api.get(f"/v1/voice/sessions/{sid}/transcripts").json()
+    assert [(s["role"], s["text"]) for s in transcripts["segments"]] == [
+        ("agent", greeting.text),
+        ("user", question.text),
+        ("agent", answer.text),
+    ]
+
+
+def test_an_end_that_arrives_before_the_start_is_final(celery_worker: Any, reporter: EventReporter) -> None:
+    session = VoiceSessionFactory.create()
+    sid = str(session.id)
+    send(
+        reporter,
+        contracts.SessionEnded(session_id=sid, reason=contracts.EndReason.PROVIDER_ERROR, duration_seconds=4.0),
+        contracts.SessionStarted(session_id=sid, providers="sarvam+clarifai"),
+    )
+    drain_behind(reporter, sid)
+    session = VoiceSession.objects.get(pk=sid)
+    assert (session.status, session.end_reason, session.duration_seconds) == ("failed", "provider_error", 4.0)
+
+
+def test_malformed_events_are_dropped_and_do_not_block_the_queue(celery_worker: Any, reporter: EventReporter) -> None:
+    session = VoiceSessionFactory.create()
+    sid = str(session.id)
+    # What an older or broken worker might send: an unknown reason.
+    reporter._app.send_task(contracts.TASK_SESSION_ENDED, kwargs={"payload": {"session_id": sid, "reason": "bored"}})
+    send(reporter, segment(sid, 0, "still here"))
+    drain_behind(reporter, sid)
+    session = VoiceSession.objects.get(pk=sid)
+    assert session.status == "created"
+    assert TranscriptSegment.objects.filter(session=session).count() == 1
+
+
+def test_beat_reaper_task_fails_unjoined_sessions_and_deletes_their_rooms(
+    celery_worker: Any, reporter: EventReporter, lk_server: FakeLiveKitServer
+) -> None:
+    session = VoiceSessionFactory.create(
+        join_deadline=timezone.now() - timedelta(seconds=1), room_name="cm_live_unjoined"
+    )
+    lk_server.rooms.add(session.room_name)
+    # What beat sends every 30 s (CELERY_BEAT_SCHEDULE "voice-reap-sessions").
+    reporter._app.send_task("voice.reap_sessions")
+    wait_for(lambda: VoiceSession.objects.get(pk=session.pk).status == "failed", "the reaper to fail it")
+    wait_for(lambda: session.room_name not in lk_server.rooms, "the room deletion")
+    session = VoiceSession.objects.get(pk=session.pk)
+    assert session.end_reason == "unjoined"
+    deleted = [c.request for c in lk_server.calls_to("DeleteRoom")]
+    assert deleted == [DeleteRoomRequest(room="cm_live_unjoined")]
