@@ -51,3 +51,11 @@ typecheck:
 
 pytest:
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## The LiveKit agent worker (needs a livekit-server and REDIS_URL; see docs/livekit.md).
+worker: install
+	$(PY) -m agent_worker start
+
+## Celery worker with the beat scheduler (the reaper) for development; needs REDIS_URL.
+celery: install
+	$(VENV)/bin/celery -A callmissed worker --beat --loglevel=INFO
