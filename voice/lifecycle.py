@@ -39,6 +39,11 @@ def voice_session_mark_active(
             if providers:
                 session.providers = providers
             session.save(update_fields=["status", "started_at", "providers"])
+        elif session.started_at is None and session.end_reason != contracts.EndReason.UNJOINED:
+            # The end overtook the start (two Celery workers): record when it started, keep the end.
+            session.started_at = min(at or timezone.now(), session.ended_at or timezone.now())
+            session.providers = session.providers or providers
+            session.save(update_fields=["started_at", "providers"])
     return session
 
 

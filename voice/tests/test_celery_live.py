@@ -215,6 +215,9 @@ def test_an_end_that_arrives_before_the_start_is_final(celery_worker: Any, repor
     drain_behind(reporter, sid)
     session = VoiceSession.objects.get(pk=sid)
     assert (session.status, session.end_reason, session.duration_seconds) == ("failed", "provider_error", 4.0)
+    # The facts the late start carries are kept; its status change is not.
+    assert session.started_at is not None and session.started_at <= session.ended_at
+    assert session.providers == "sarvam+clarifai"
 
 
 def test_malformed_events_are_dropped_and_do_not_block_the_queue(celery_worker: Any, reporter: EventReporter) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent_worker import contracts
-from voice import tasks
+from voice import lifecycle, tasks
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 from voice.tests.factories import VoiceSessionFactory
 
@@ -69,6 +69,25 @@ def test_ended_event_records_reason_duration_and_latency_and_never_goes_back() -
     assert session.ended_at == T0 + timedelta(seconds=43)
     assert session.duration_seconds == 42.5
     assert session.turn_latencies == [latency.model_dump()]
+
+
+def test_a_start_overtaken_by_the_end_keeps_its_time_and_providers_but_not_its_status() -> None:
+    session = VoiceSessionFactory.create()
+    _send(tasks.session_ended, _ended(session, contracts.EndReason.COMPLETED))
+    _send(
+        tasks.session_started, contracts.SessionStarted(session_id=str(session.id), providers="offline", occurred_at=T0)
+    )
+    session.refresh_from_db()
+    assert (session.status, session.end_reason) == ("ended", "completed")
+    assert (session.started_at, session.providers, session.duration_seconds) == (T0, "offline", 42.5)
+
+
+def test_an_unjoined_session_stays_without_a_start() -> None:
+    session = VoiceSessionFactory.create()
+    lifecycle.voice_session_end(session_id=str(session.id), reason=contracts.EndReason.UNJOINED)
+    _send(tasks.session_started, contracts.SessionStarted(session_id=str(session.id), occurred_at=T0))
+    session.refresh_from_db()
+    assert (session.status, session.started_at) == ("failed", None)
 
 
 def test_failure_reasons_mark_the_session_failed_with_the_error() -> None:
