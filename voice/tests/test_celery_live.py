@@ -216,7 +216,8 @@ def test_an_end_that_arrives_before_the_start_is_final(celery_worker: Any, repor
     session = VoiceSession.objects.get(pk=sid)
     assert (session.status, session.end_reason, session.duration_seconds) == ("failed", "provider_error", 4.0)
     # The facts the late start carries are kept; its status change is not.
-    assert session.started_at is not None and session.started_at <= session.ended_at
+    assert session.started_at is not None and session.ended_at is not None
+    assert session.started_at <= session.ended_at
     assert session.providers == "sarvam+clarifai"
 
 
