@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -108,6 +110,46 @@ async def test_a_dead_broker_is_retried_then_logged_and_the_loop_keeps_running(
     assert "attempt 1/2" in caplog.text
     assert f"Gave up sending {contracts.TASK_TRANSCRIPT_SEGMENT} {event.event_id}" in caplog.text
     assert "hello" not in caplog.text  # transcript text stays out of logs
+
+
+@needs_redis
+async def test_a_broker_that_comes_back_receives_the_event(queue: str, caplog: pytest.LogCaptureFixture) -> None:
+    url = _dead_broker_url()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    redis_url = urlsplit(REDIS_URL)
+    reporter = EventReporter(
+        broker_url=f"redis://127.0.0.1:{port}{redis_url.path or '/0'}",
+        queue=queue,
+        attempts=50,
+        first_retry_delay=0.05,
+        connect_timeout=0.5,
+    )
+    event = contracts.SessionStarted(session_id=str(uuid.uuid4()))
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(redis_url.hostname, redis_url.port or 6379)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    with caplog.at_level(logging.WARNING, logger="agent_worker.reporting"):
+        reporter.report(event)
+        async with asyncio.timeout(60):
+            while "attempt 1/50" not in caplog.text:
+                await asyncio.sleep(0.01)
+        # The broker comes back on the same address while the reporter is retrying.
+        proxy = await asyncio.start_server(forward, "127.0.0.1", port)
+        async with proxy:
+            assert await reporter.flush(within=60)
+            await reporter.aclose()
+
+    assert (reporter.sent, reporter.dropped) == (1, 0)
+    assert [m["headers"]["id"] for m in _messages(queue)] == [event.event_id]
 
 
 def test_the_reporter_never_loads_django() -> None:
