@@ -64,6 +64,11 @@ def session_started(payload: dict[str, Any]) -> None:
     )
     if session is None:
         logger.warning("session_started for unknown session %s", event.session_id)
+    elif session.end_reason == contracts.EndReason.UNJOINED and session.transport == contracts.Transport.LIVEKIT:
+        # The caller joined after the join deadline (the token outlives it): the session is already
+        # failed and not billed, so the conversation must not go on. Deleting the room ends it.
+        logger.info("Session %s was joined after its deadline; deleting its room", event.session_id)
+        delete_room.delay(room_name=session.room_name)
 
 
 @shared_task(name=contracts.TASK_TRANSCRIPT_SEGMENT, **_DB_RETRY)

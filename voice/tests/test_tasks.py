@@ -82,12 +82,16 @@ def test_a_start_overtaken_by_the_end_keeps_its_time_and_providers_but_not_its_s
     assert (session.started_at, session.providers, session.duration_seconds) == (T0, "offline", 42.5)
 
 
-def test_an_unjoined_session_stays_without_a_start() -> None:
+def test_a_caller_joining_after_the_deadline_gets_the_room_deleted(livekit_server: Any) -> None:
     session = VoiceSessionFactory.create()
+    livekit_server.rooms.add(session.room_name)
     lifecycle.voice_session_end(session_id=str(session.id), reason=contracts.EndReason.UNJOINED)
     _send(tasks.session_started, contracts.SessionStarted(session_id=str(session.id), occurred_at=T0))
     session.refresh_from_db()
     assert (session.status, session.started_at) == ("failed", None)
+    # The agent is disconnected by the deletion and ends its conversation.
+    assert [c.request.room for c in livekit_server.calls_to("DeleteRoom")] == [session.room_name]
+    assert session.room_name not in livekit_server.rooms
 
 
 def test_failure_reasons_mark_the_session_failed_with_the_error() -> None:
