@@ -1,0 +1,291 @@
+"""The agent worker's entry point, run in-process on a fake LiveKit job (``fake_job_context``)
+with test audio IO, the real Sarvam STT/TTS and chat clients against the loopback Sarvam fake,
+and room deletion against the loopback LiveKit server API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from livekit import rtc
+from livekit.agents.testing import fake_job_context
+from livekit.protocol.room import DeleteRoomRequest
+
+from agent_worker import contracts
+from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
+from agent_worker.conversation import ConversationEnded
+from agent_worker.provider_settings import ProviderSettings, SpeechMode
+from agent_worker.worker import SessionIO, WorkerSettings, build_server, run_job
+from testsupport.fakes.livekit_server import FakeLiveKitServer
+from testsupport.fakes.sarvam import FakeSarvam, silence, tone
+
+RATE = 16000
+KEY = "sk-worker-test"
+ROOM = "cm_worker_test_room"
+SESSION_ID = "0b8f3f7e-5d0c-4a8e-9d55-1f2a3b4c5d6e"
+GREETING_REPLY = "Namaste! How can I help you today?"
+
+
+@dataclass
+class RecordingReporter:
+    """In-process stand-in for EventReporter: the events the worker would send to Django."""
+
+    events: list[contracts.WorkerEvent] = field(default_factory=list)
+    closed: bool = False
+
+    def report(self, event: contracts.WorkerEvent) -> None:
+        self.events.append(event)
+
+    async def aclose(self, within: float = 30.0) -> None:
+        self.closed = True
+
+    def of(self, kind: type[contracts.WorkerEvent]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+@pytest.fixture
+def lk_server() -> Iterator[FakeLiveKitServer]:
+    server = FakeLiveKitServer(rooms={ROOM}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def sarvam() -> AsyncIterator[FakeSarvam]:
+    async with FakeSarvam(api_key=KEY, end_silence_ms=300, tts_ms_per_char=5) as fake:
+        fake.chat.script_replies(GREETING_REPLY, "It is sunny in Pune today.", "Thank you for calling, goodbye!")
+        yield fake
+
+
+@dataclass
+class Harness:
+    reporter: RecordingReporter
+    audio_in: QueueAudioInput
+    agent_audio: bytearray
+    task: asyncio.Task[ConversationEnded | None]
+    room: rtc.Room
+
+
+@pytest.fixture
+def providers(sarvam: FakeSarvam) -> ProviderSettings:
+    return ProviderSettings(
+        mode=SpeechMode.REAL, sarvam_api_key=KEY, sarvam_base_url=sarvam.http_url, sarvam_ws_url=sarvam.ws_url
+    )
+
+
+def _settings(lk_server: FakeLiveKitServer, **overrides: Any) -> WorkerSettings:
+    defaults: dict[str, Any] = {"goodbye_lead_seconds": 1.0, "idle_timeout_seconds": 60.0}
+    return WorkerSettings(api_url=lk_server.url, **{**defaults, **overrides})
+
+
+def _metadata(**config: Any) -> str:
+    defaults: dict[str, Any] = {"llm_model": "sarvam-105b", "max_duration_seconds": 60}
+    return contracts.DispatchMetadata(
+        session_id=SESSION_ID, config=contracts.SessionConfig(**{**defaults, **config})
+    ).model_dump_json()
+
+
+@pytest.fixture
+async def start_job(lk_server: FakeLiveKitServer, providers: ProviderSettings) -> AsyncIterator[Any]:
+    harnesses: list[Harness] = []
+
+    async def start(metadata: str, **settings: Any) -> Harness:
+        reporter = RecordingReporter()
+        agent_audio = bytearray()
+
+        async def on_audio(pcm: bytes) -> None:
+            agent_audio.extend(pcm)
+
+        audio_in = QueueAudioInput(sample_rate=RATE)
+        session_io = SessionIO(
+            audio_input=audio_in, audio_output=CallbackAudioOutput(sample_rate=RATE, on_audio=on_audio)
+        )
+        room = rtc.Room()
+        with fake_job_context(room=room, job_metadata=metadata) as ctx:
+            ctx.job.room.name = ROOM
+            task = asyncio.create_task(
+                run_job(
+                    ctx,
+                    settings=_settings(lk_server, **settings),
+                    providers=providers,
+                    reporter=reporter,
+                    session_io=session_io,
+                )
+            )
+        harness = Harness(reporter, audio_in, agent_audio, task, room)
+        harnesses.append(harness)
+        return harness
+
+    yield start
+    for harness in harnesses:
+        if not harness.task.done():
+            harness.task.cancel()
+            await asyncio.gather(harness.task, return_exceptions=True)
+
+
+async def _wait_until(condition: Any, what: str, seconds: float = 30.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def _say(harness: Harness, seconds: float = 0.6) -> None:
+    """A burst of 'speech' then enough silence for the STT to end the utterance."""
+    for chunk in (tone(seconds, RATE), silence(0.6, RATE)):
+        for i in range(0, len(chunk), 640):
+            harness.audio_in.push(chunk[i : i + 640])
+            await asyncio.sleep(0.02)
+
+
+@dataclass
+class _Caller:
+    identity: str = "user-caller"
+    kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+
+
+def _deleted_rooms(server: FakeLiveKitServer) -> list[Any]:
+    return [c.request for c in server.calls_to("DeleteRoom")]
+
+
+async def test_greets_converses_and_reports_every_final_line(
+    start_job: Any, sarvam: FakeSarvam, lk_server: FakeLiveKitServer
+) -> None:
+    sarvam.script_transcripts("What is the weather in Pune?")
+    harness = await start_job(_metadata(language="en-IN"))
+    reporter = harness.reporter
+
+    await _wait_until(lambda: reporter.of(contracts.SessionStarted), "the session to start")
+    await _wait_until(lambda: any(e.role == "agent" for e in reporter.of(contracts.TranscriptSegment)), "a greeting")
+    await _say(harness)
+    await _wait_until(
+        lambda: any("sunny" in e.text for e in reporter.of(contracts.TranscriptSegment)), "the agent's answer"
+    )
+    harness.room.emit("participant_disconnected", _Caller())
+    ended = await asyncio.wait_for(harness.task, 30)
+
+    assert ended is not None and ended.reason == contracts.EndReason.USER_LEFT
+    started = reporter.events[0]
+    assert isinstance(started, contracts.SessionStarted) and started.session_id == SESSION_ID
+    assert started.providers and started.providers != "offline"
+
+    lines = sorted(reporter.of(contracts.TranscriptSegment), key=lambda line: line.start_offset_ms)
+    assert [(line.role, line.text) for line in lines] == [
+        ("agent", GREETING_REPLY),  # the agent speaks first
+        ("user", "What is the weather in Pune?"),
+        ("agent", "It is sunny in Pune today."),
+    ]
+    assert lines[1].language == "en-IN"
+    # The caller's words reached the LLM with the session's system prompt.
+    last_request = sarvam.chat.requests[-1].messages
+    assert last_request[0]["content"].startswith(contracts.DEFAULT_SYSTEM_PROMPT[:30])
+    assert any(m.get("content") == "What is the weather in Pune?" for m in last_request)
+    assert all(line.end_offset_ms >= line.start_offset_ms for line in lines)
+    assert len({line.event_id for line in reporter.events}) == len(reporter.events)
+    assert harness.agent_audio, "the agent's voice went to the audio output"
+
+    usage = [item for event in reporter.of(contracts.UsageReported) for item in event.items]
+    assert {item.component for item in usage} >= {
+        contracts.UsageComponent.STT_SECONDS,
+        contracts.UsageComponent.TTS_CHARACTERS,
+    }
+
+    last = reporter.events[-1]
+    assert isinstance(last, contracts.SessionEnded)
+    assert last.reason == contracts.EndReason.USER_LEFT and last.duration_seconds > 0
+    assert len(reporter.of(contracts.SessionEnded)) == 1
+    assert _deleted_rooms(lk_server) == [DeleteRoomRequest(room=ROOM)]
+    assert ROOM not in lk_server.rooms
+    assert sarvam.violations == []
+
+
+async def test_max_duration_says_goodbye_then_ends_on_time_and_deletes_the_room(
+    start_job: Any, sarvam: FakeSarvam, lk_server: FakeLiveKitServer
+) -> None:
+    # The REST API allows 30 s at least; the worker honours whatever the dispatch says.
+    harness = await start_job(_metadata(max_duration_seconds=4), goodbye_lead_seconds=1.5)
+    ended = await asyncio.wait_for(harness.task, 60)
+
+    assert ended is not None and ended.reason == contracts.EndReason.MAX_DURATION
+    (report,) = harness.reporter.of(contracts.SessionEnded)
+    assert report.reason == contracts.EndReason.MAX_DURATION
+    assert 4.0 <= report.duration_seconds < 5.0  # enforced to the second
+    agent_lines = [e for e in harness.reporter.of(contracts.TranscriptSegment) if e.role == "agent"]
+    assert len(agent_lines) >= 2, "a greeting and a goodbye"
+    goodbye = agent_lines[-1]
+    assert goodbye.start_offset_ms <= 4000
+    assert _deleted_rooms(lk_server) == [DeleteRoomRequest(room=ROOM)]
+
+
+async def test_a_deleted_room_ends_the_session_without_another_delete(
+    start_job: Any, lk_server: FakeLiveKitServer
+) -> None:
+    harness = await start_job(_metadata())
+    await _wait_until(lambda: harness.reporter.of(contracts.SessionStarted), "the session to start")
+    harness.room.emit("disconnected", rtc.DisconnectReason.ROOM_DELETED)
+    ended = await asyncio.wait_for(harness.task, 30)
+
+    assert ended is not None and ended.reason == contracts.EndReason.DELETED
+    assert harness.reporter.of(contracts.SessionEnded)[0].reason == contracts.EndReason.DELETED
+    assert _deleted_rooms(lk_server) == []
+
+
+async def test_an_agent_leaving_does_not_end_the_session_but_the_caller_does(
+    start_job: Any, lk_server: FakeLiveKitServer
+) -> None:
+    harness = await start_job(_metadata())
+    await _wait_until(lambda: harness.reporter.of(contracts.SessionStarted), "the session to start")
+    harness.room.emit("participant_disconnected", _Caller(kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT))
+    await asyncio.sleep(0.2)
+    assert not harness.task.done()
+    harness.room.emit("participant_disconnected", _Caller())
+    ended = await asyncio.wait_for(harness.task, 30)
+    assert ended is not None and ended.reason == contracts.EndReason.USER_LEFT
+
+
+async def test_a_job_without_callmissed_metadata_is_refused(
+    start_job: Any, lk_server: FakeLiveKitServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = await start_job('{"room": "someone else\'s"}')
+    assert await asyncio.wait_for(harness.task, 10) is None
+    assert harness.reporter.events == []
+    assert _deleted_rooms(lk_server) == []
+    assert "session_id" in caplog.text
+
+
+def test_the_server_registers_for_explicit_dispatch_under_the_configured_name() -> None:
+    server = build_server(WorkerSettings(agent_name="callmissed-test-agent"))
+    assert server._agent_name == "callmissed-test-agent"
+    assert server._entrypoint_fnc is not None
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEKIT_URL", "wss://lk.example.com")
+    monkeypatch.setenv("LIVEKIT_AGENT_NAME", "agent-x")
+    monkeypatch.setenv("AGENT_GOODBYE_LEAD_SECONDS", "3.5")
+    monkeypatch.delenv("LIVEKIT_API_URL", raising=False)
+    settings = WorkerSettings.from_env()
+    assert (settings.agent_name, settings.goodbye_lead_seconds) == ("agent-x", 3.5)
+    assert settings.server_api_url == "https://lk.example.com"
+    monkeypatch.setenv("AGENT_IDLE_TIMEOUT_SECONDS", "soon")
+    with pytest.raises(ValueError, match="AGENT_IDLE_TIMEOUT_SECONDS must be a number"):
+        WorkerSettings.from_env()
+
+
+def test_the_worker_command_starts_without_django() -> None:
+    code = (
+        "import sys\nimport agent_worker.worker\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "agent_worker", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert help_text.returncode == 0, help_text.stderr
+    assert "start" in help_text.stdout

@@ -1,0 +1,298 @@
+"""The LiveKit agent worker: one explicit-dispatch ``rtc_session`` per voice session.
+
+Start it with ``python -m agent_worker start`` (or ``python -m agent_worker.worker start``;
+``dev`` for hot reload). It registers with the LiveKit server as ``LIVEKIT_AGENT_NAME``; each
+job carries a ``contracts.DispatchMetadata`` (session id and config) put into the caller's token
+by Django. The job runs the ``Conversation`` in the room, reports what happens to Django through
+Celery, and deletes the room when the conversation ends — user left, room deleted (REST DELETE),
+idle, error, or ``max_duration_seconds`` (with a spoken goodbye just before). SIGTERM drains:
+the worker stops taking jobs and lets live conversations finish (up to the drain timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from livekit import api, rtc
+from livekit.agents import AgentServer, JobContext, cli
+from livekit.agents.voice import io
+from pydantic import ValidationError
+
+from agent_worker import contracts
+from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
+from agent_worker.provider_settings import ProviderSettings
+from agent_worker.reporting import EventReporter, Reporter
+
+logger = logging.getLogger("agent_worker")
+
+DEFAULT_AGENT_NAME = "callmissed-agent"
+_ROOM_API_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    livekit_url: str = "ws://localhost:7880"
+    api_key: str = "devkey"
+    api_secret: str = "secret"
+    agent_name: str = DEFAULT_AGENT_NAME
+    # Where the server API (Twirp) is reached; empty = LIVEKIT_URL over http(s).
+    api_url: str = ""
+    idle_timeout_seconds: float = 120.0
+    goodbye_lead_seconds: float = 5.0
+    # How long a caller may take to join the room after the agent was dispatched.
+    join_timeout_seconds: float = 60.0
+    # SIGTERM waits this long for live conversations (the longest allowed session is 1 h).
+    drain_timeout_seconds: int = 3700
+
+    @classmethod
+    def from_env(cls) -> WorkerSettings:
+        return cls(
+            livekit_url=os.environ.get("LIVEKIT_URL") or cls.livekit_url,
+            api_key=os.environ.get("LIVEKIT_API_KEY") or cls.api_key,
+            api_secret=os.environ.get("LIVEKIT_API_SECRET") or cls.api_secret,
+            agent_name=os.environ.get("LIVEKIT_AGENT_NAME") or cls.agent_name,
+            api_url=os.environ.get("LIVEKIT_API_URL") or "",
+            idle_timeout_seconds=_env_float("AGENT_IDLE_TIMEOUT_SECONDS", cls.idle_timeout_seconds),
+            goodbye_lead_seconds=_env_float("AGENT_GOODBYE_LEAD_SECONDS", cls.goodbye_lead_seconds),
+            join_timeout_seconds=_env_float("SESSION_JOIN_TIMEOUT_SECONDS", cls.join_timeout_seconds),
+            drain_timeout_seconds=int(_env_float("AGENT_DRAIN_TIMEOUT_SECONDS", cls.drain_timeout_seconds)),
+        )
+
+    @property
+    def server_api_url(self) -> str:
+        if self.api_url:
+            return self.api_url
+        return self.livekit_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+
+
+@dataclass(frozen=True)
+class SessionIO:
+    """Audio and text IO to run the conversation over instead of the room (tests, benchmarks)."""
+
+    audio_input: io.AudioInput | None = None
+    audio_output: io.AudioOutput | None = None
+    text_output: io.TextOutput | None = None
+
+
+class ReportingObserver(ConversationObserver):
+    """Turns the conversation's events into the worker → Django events."""
+
+    def __init__(self, *, session_id: str, reporter: Reporter) -> None:
+        self.session_id = session_id
+        self.reporter = reporter
+
+    async def on_transcript(self, event: TranscriptEvent) -> None:
+        if not event.final or not event.text.strip():
+            return  # interim text reaches the browser through the room; Django stores final lines
+        self.reporter.report(
+            contracts.TranscriptSegment(
+                session_id=self.session_id,
+                role=event.role,
+                text=event.text,
+                language=event.language,
+                start_offset_ms=max(0, event.start_offset_ms),
+                end_offset_ms=max(0, event.start_offset_ms, event.end_offset_ms),
+            )
+        )
+
+    async def on_usage(self, items: list[contracts.UsageItem]) -> None:
+        if items:
+            self.reporter.report(contracts.UsageReported(session_id=self.session_id, items=items))
+
+    async def on_error(self, message: str, *, recoverable: bool) -> None:
+        log = logger.warning if recoverable else logger.error
+        log("Session %s: %s", self.session_id, message)
+
+    async def on_ended(self, ended: ConversationEnded) -> None:
+        self.reporter.report(
+            contracts.SessionEnded(
+                session_id=self.session_id,
+                reason=ended.reason,
+                duration_seconds=max(0.0, ended.duration_seconds),
+                turn_latencies=ended.turn_latencies,
+                error=ended.error,
+            )
+        )
+
+
+def parse_dispatch(metadata: str) -> contracts.DispatchMetadata:
+    """The job metadata Django put in the token; raises ValueError with a readable reason."""
+    try:
+        return contracts.DispatchMetadata.model_validate_json(metadata or "{}")
+    except ValidationError as error:
+        fields = ", ".join(".".join(map(str, e["loc"])) or "metadata" for e in error.errors())
+        raise ValueError(f"job metadata is not a CallMissed dispatch ({fields})") from None
+
+
+def _is_caller(participant: Any) -> bool:
+    return getattr(participant, "kind", rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD) == (
+        rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD
+    )
+
+
+def watch_room(room: rtc.Room, conversation: Conversation) -> Callable[[], None]:
+    """End the conversation when the caller leaves or the room goes away; returns an unsubscribe."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    def end(reason: contracts.EndReason, error: str = "") -> None:
+        task = asyncio.get_running_loop().create_task(conversation.end(reason, error=error))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def on_participant_disconnected(participant: Any) -> None:
+        if not _is_caller(participant):
+            return
+        if not any(_is_caller(p) for p in room.remote_participants.values()):
+            end(contracts.EndReason.USER_LEFT)
+
+    def on_disconnected(reason: Any) -> None:
+        if reason == rtc.DisconnectReason.ROOM_DELETED:
+            end(contracts.EndReason.DELETED)
+        elif reason != rtc.DisconnectReason.CLIENT_INITIATED:
+            name = rtc.DisconnectReason.Name(reason) if reason in rtc.DisconnectReason.values() else str(reason)
+            end(contracts.EndReason.ERROR, f"The agent lost its LiveKit connection ({name}).")
+
+    room.on("participant_disconnected", on_participant_disconnected)
+    room.on("disconnected", on_disconnected)
+
+    def unwatch() -> None:
+        room.off("participant_disconnected", on_participant_disconnected)
+        room.off("disconnected", on_disconnected)
+
+    return unwatch
+
+
+async def delete_room(*, settings: WorkerSettings, room_name: str) -> bool:
+    """Delete the room so the caller is disconnected too; a room already gone counts as deleted."""
+    try:
+        async with api.LiveKitAPI(
+            url=settings.server_api_url,
+            api_key=settings.api_key,
+            api_secret=settings.api_secret,
+            timeout=_ROOM_API_TIMEOUT,
+        ) as lk:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
+    except api.TwirpError as error:
+        if error.code == api.TwirpErrorCode.NOT_FOUND:
+            return True
+        logger.warning("Could not delete room %s: %s", room_name, error)
+        return False
+    except (aiohttp.ClientError, TimeoutError) as error:
+        # Django's reaper closes the session and deletes the room later.
+        logger.warning("Could not reach LiveKit to delete room %s: %s", room_name, error)
+        return False
+    return True
+
+
+async def run_job(
+    ctx: JobContext,
+    *,
+    settings: WorkerSettings,
+    providers: ProviderSettings,
+    reporter: Reporter,
+    session_io: SessionIO | None = None,
+) -> ConversationEnded | None:
+    """Run one dispatched session to its end. ``session_io`` replaces the room's audio (tests)."""
+    room_name = ctx.job.room.name or ctx.room.name
+    try:
+        dispatch = parse_dispatch(ctx.job.metadata)
+    except ValueError as error:
+        # Without a session id there is nobody to report to; the room is not one of ours.
+        logger.error("Rejected job %s in room %s: %s", ctx.job.id, room_name, error)
+        return None
+
+    session_id = dispatch.session_id
+    conversation = Conversation(
+        session_id=session_id,
+        config=dispatch.config,
+        providers=providers,
+        observer=ReportingObserver(session_id=session_id, reporter=reporter),
+        idle_timeout_seconds=settings.idle_timeout_seconds,
+        goodbye_lead_seconds=settings.goodbye_lead_seconds,
+    )
+
+    async def on_shutdown(reason: str) -> None:
+        # A forced job shutdown (drain timeout, worker exit) still closes and reports the session.
+        await conversation.end(contracts.EndReason.ERROR, error=f"The agent worker shut down ({reason}).")
+
+    ctx.add_shutdown_callback(on_shutdown)
+    await ctx.connect()
+    unwatch = watch_room(ctx.room, conversation)
+    try:
+        try:
+            if session_io is None:
+                await asyncio.wait_for(ctx.wait_for_participant(), timeout=settings.join_timeout_seconds)
+                await conversation.start(room=ctx.room)
+            else:
+                await conversation.start(
+                    audio_input=session_io.audio_input,
+                    audio_output=session_io.audio_output,
+                    text_output=session_io.text_output,
+                )
+        except TimeoutError:
+            await conversation.end(contracts.EndReason.UNJOINED, error="Nobody joined the room.")
+        except Exception as error:
+            logger.exception("Session %s could not start", session_id)
+            await conversation.end(contracts.EndReason.ERROR, error=f"The agent could not start: {error}")
+        else:
+            # A conversation that could not run (providers refused the config) ended inside start().
+            if conversation.ended is None:
+                reporter.report(contracts.SessionStarted(session_id=session_id, providers=conversation.providers_label))
+        ended = await conversation.wait_ended()
+    finally:
+        unwatch()
+    logger.info("Session %s ended: %s after %.1f s", session_id, ended.reason, ended.duration_seconds)
+    if ended.reason != contracts.EndReason.DELETED:
+        await delete_room(settings=settings, room_name=room_name)
+    return ended
+
+
+def build_server(settings: WorkerSettings) -> AgentServer:
+    server = AgentServer(
+        ws_url=settings.livekit_url,
+        api_key=settings.api_key,
+        api_secret=settings.api_secret,
+        drain_timeout=settings.drain_timeout_seconds,
+    )
+
+    @server.rtc_session(agent_name=settings.agent_name)
+    async def entrypoint(ctx: JobContext) -> None:
+        reporter = EventReporter()
+        try:
+            await run_job(ctx, settings=settings, providers=ProviderSettings.from_env(), reporter=reporter)
+        finally:
+            await reporter.aclose()
+        ctx.shutdown("session ended")
+
+    return server
+
+
+def main() -> None:
+    settings = WorkerSettings.from_env()
+    logger.info(
+        "Agent worker %r for %s (providers: %s)",
+        settings.agent_name,
+        settings.livekit_url,
+        ProviderSettings.from_env().redacted(),
+    )
+    cli.run_app(build_server(settings))
+
+
+if __name__ == "__main__":
+    main()
