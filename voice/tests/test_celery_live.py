@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -248,3 +249,91 @@ def test_beat_reaper_task_fails_unjoined_sessions_and_deletes_their_rooms(
     assert session.end_reason == "unjoined"
     deleted = [c.request for c in lk_server.calls_to("DeleteRoom")]
     assert deleted == [DeleteRoomRequest(room="cm_live_unjoined")]
+
+
+def test_the_seed_path_end_to_end_from_create_to_transcripts(
+    celery_worker: Any, reporter: EventReporter, api: Any, lk_server: FakeLiveKitServer, settings: Any
+) -> None:
+    """POST a session, hand the token's dispatch to the agent worker's entry point (as LiveKit
+    would), hold a conversation against the Sarvam fake, then read it back from the REST API."""
+    from livekit import api as lk_api
+    from livekit import rtc
+    from livekit.agents.testing import fake_job_context
+
+    from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
+    from agent_worker.provider_settings import ProviderSettings, SpeechMode
+    from agent_worker.worker import SessionIO, WorkerSettings, run_job
+    from testsupport.fakes.sarvam import FakeSarvam, silence, tone
+
+    body = {"language": "hi-IN", "voice": "shubh", "llm_model": "sarvam-105b", "max_duration_seconds": 60}
+    created = api.post("/v1/voice/sessions", data=json.dumps(body), content_type="application/json")
+    assert created.status_code == 201, created.content
+    sid, token = created.json()["id"], created.json()["token"]
+    claims = lk_api.TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET).verify(token)
+    assert claims.room_config is not None and claims.video is not None
+    (dispatch,) = claims.room_config.agents
+    assert dispatch.agent_name == settings.LIVEKIT_AGENT_NAME
+    room_name = claims.video.room
+    lk_server.rooms.add(room_name)
+
+    async def converse() -> None:
+        async with FakeSarvam(api_key="sk-e2e", end_silence_ms=300, tts_ms_per_char=5) as sarvam:
+            sarvam.script_transcripts("Aaj mausam kaisa hai?")
+            sarvam.chat.script_replies("Namaste! Main aapki kya madad kar sakti hoon?", "Aaj dhoop hai.")
+            providers = ProviderSettings(
+                mode=SpeechMode.REAL,
+                sarvam_api_key="sk-e2e",
+                sarvam_base_url=sarvam.http_url,
+                sarvam_ws_url=sarvam.ws_url,
+            )
+            audio_in = QueueAudioInput(sample_rate=16000)
+
+            async def drop(pcm: bytes) -> None:
+                return None
+
+            room = rtc.Room()
+            with fake_job_context(room=room, job_metadata=dispatch.metadata) as ctx:
+                ctx.job.room.name = room_name
+                job = asyncio.create_task(
+                    run_job(
+                        ctx,
+                        settings=WorkerSettings(api_url=lk_server.url),
+                        providers=providers,
+                        reporter=reporter,
+                        session_io=SessionIO(
+                            audio_input=audio_in, audio_output=CallbackAudioOutput(sample_rate=16000, on_audio=drop)
+                        ),
+                    )
+                )
+            async with asyncio.timeout(60):
+                while not sarvam.tts_texts:
+                    await asyncio.sleep(0.05)
+                for chunk in (tone(0.6, 16000), silence(0.8, 16000)):
+                    for i in range(0, len(chunk), 640):
+                        audio_in.push(chunk[i : i + 640])
+                        await asyncio.sleep(0.02)
+                while len(sarvam.chat.requests) < 2 or len(sarvam.tts_texts) < 2:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)  # let the answer play out
+                caller = SimpleNamespace(kind=rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD, identity=f"user-{sid}")
+                room.emit("participant_disconnected", caller)
+                ended = await job
+            assert ended is not None and ended.reason == contracts.EndReason.USER_LEFT
+            assert await reporter.flush(within=60)
+
+    asyncio.run(converse())
+    wait_for(lambda: VoiceSession.objects.get(pk=sid).status == "ended", "the session to end in Django")
+    drain_behind(reporter, sid)
+
+    detail = api.get(f"/v1/voice/sessions/{sid}").json()
+    assert detail["status"] == "ended" and detail["end_reason"] == "user_left"
+    assert detail["providers"] == "sarvam+sarvam"
+    assert detail["started_at"] and detail["ended_at"] and detail["duration_seconds"] > 0
+    assert detail["latency"]["turns"] >= 1
+    transcripts = api.get(f"/v1/voice/sessions/{sid}/transcripts").json()["segments"]
+    assert [(s["role"], s["text"]) for s in transcripts] == [
+        ("agent", "Namaste! Main aapki kya madad kar sakti hoon?"),
+        ("user", "Aaj mausam kaisa hai?"),
+        ("agent", "Aaj dhoop hai."),
+    ]
+    assert [c.request for c in lk_server.calls_to("DeleteRoom")][-1] == DeleteRoomRequest(room=room_name)
