@@ -59,6 +59,8 @@ class WorkerSettings:
     join_timeout_seconds: float = 60.0
     # SIGTERM waits this long for live conversations (the longest allowed session is 1 h).
     drain_timeout_seconds: int = 3700
+    # The worker's health/status HTTP port (livekit-agents serves it in production mode).
+    http_port: int = 8081
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -72,6 +74,7 @@ class WorkerSettings:
             goodbye_lead_seconds=_env_float("AGENT_GOODBYE_LEAD_SECONDS", cls.goodbye_lead_seconds),
             join_timeout_seconds=_env_float("SESSION_JOIN_TIMEOUT_SECONDS", cls.join_timeout_seconds),
             drain_timeout_seconds=int(_env_float("AGENT_DRAIN_TIMEOUT_SECONDS", cls.drain_timeout_seconds)),
+            http_port=int(_env_float("AGENT_HTTP_PORT", cls.http_port)),
         )
 
     @property
@@ -263,23 +266,26 @@ async def run_job(
     return ended
 
 
+async def entrypoint(ctx: JobContext) -> None:
+    """The job process's entry point. Module-level, because job processes receive it pickled."""
+    reporter = EventReporter()
+    try:
+        await run_job(ctx, settings=WorkerSettings.from_env(), providers=ProviderSettings.from_env(), reporter=reporter)
+    finally:
+        await reporter.aclose()
+    ctx.shutdown("session ended")
+
+
 def build_server(settings: WorkerSettings) -> AgentServer:
     server = AgentServer(
         ws_url=settings.livekit_url,
         api_key=settings.api_key,
         api_secret=settings.api_secret,
         drain_timeout=settings.drain_timeout_seconds,
+        port=settings.http_port,
     )
-
-    @server.rtc_session(agent_name=settings.agent_name)
-    async def entrypoint(ctx: JobContext) -> None:
-        reporter = EventReporter()
-        try:
-            await run_job(ctx, settings=settings, providers=ProviderSettings.from_env(), reporter=reporter)
-        finally:
-            await reporter.aclose()
-        ctx.shutdown("session ended")
-
+    # A named agent is dispatched only to rooms whose token (or a dispatch request) asks for it.
+    server.rtc_session(entrypoint, agent_name=settings.agent_name)
     return server
 
 

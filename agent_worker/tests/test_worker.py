@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +26,7 @@ from agent_worker import contracts
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import ConversationEnded
 from agent_worker.provider_settings import ProviderSettings, SpeechMode
-from agent_worker.worker import SessionIO, WorkerSettings, build_server, run_job
+from agent_worker.worker import SessionIO, WorkerSettings, build_server, entrypoint, run_job
 from testsupport.fakes.livekit_server import FakeLiveKitServer
 from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 
@@ -261,7 +266,42 @@ async def test_a_job_without_callmissed_metadata_is_refused(
 def test_the_server_registers_for_explicit_dispatch_under_the_configured_name() -> None:
     server = build_server(WorkerSettings(agent_name="callmissed-test-agent"))
     assert server._agent_name == "callmissed-test-agent"
-    assert server._entrypoint_fnc is not None
+    # Job processes receive the entry point pickled: a closure here would fail every job.
+    assert pickle.loads(pickle.dumps(server._entrypoint_fnc)) is entrypoint
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_start_command_runs_job_processes_and_drains_on_sigterm(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        # No LiveKit server can run here: the worker keeps retrying its registration meanwhile.
+        "LIVEKIT_URL": f"ws://127.0.0.1:{_free_port()}",
+        "AGENT_HTTP_PORT": str(_free_port()),
+    }
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "agent_worker", "start"], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while b"process initialized" not in log.read_bytes():
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    output = log.read_text()
+    assert "draining worker" in output
+    assert "error initializing process" not in output
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
