@@ -16,18 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from livekit import rtc
-from livekit.agents import llm
-from livekit.agents.metrics.usage import LLMModelUsage, STTModelUsage, TTSModelUsage
-from livekit.agents.voice import (
-    Agent,
-    AgentSession,
-    io,
-)
+from livekit.agents import llm, stt, utils
+from livekit.agents.metrics.usage import LLMModelUsage, TTSModelUsage
+from livekit.agents.voice import Agent, AgentSession, ModelSettings, io
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import (
     AgentStateChangedEvent,
@@ -52,6 +48,8 @@ GOODBYE_INSTRUCTIONS = "The call's time limit is about to be reached. Say a shor
 USER_ENDED_GOODBYE_INSTRUCTIONS = "The call is ending now. Say a short, friendly goodbye in one sentence."
 # How long ``end`` waits for a ``start`` still in progress before closing what exists.
 _START_WAIT_SECONDS = 10.0
+# Longer than the Sarvam client's own drain limit, so its final usage report is never cut off.
+_STT_DRAIN_SECONDS = 7.0
 
 
 @dataclass(frozen=True)
@@ -103,9 +101,69 @@ class ConversationObserver:
 
 
 class _VoiceAgent(Agent):
+    """Greets first, and runs the STT so that a closing conversation can end it gracefully.
+
+    livekit's default ``stt_node`` never ends the STT input, it cancels the stream on close, and
+    the provider's last usage report (the audio sent since the previous transcript) dies with
+    it. Here the caller's audio stops at ``closing``, the stream is told the input ended, drains,
+    and every RECOGNITION_USAGE it reports is counted in ``stt_seconds``.
+    """
+
+    def __init__(self, *, instructions: str, stt_plugin: stt.STT, on_stt_usage: Callable[[], None]) -> None:
+        super().__init__(instructions=instructions)
+        self._stt_plugin = stt_plugin
+        self._on_stt_usage = on_stt_usage
+        self.closing = asyncio.Event()
+        self.stt_done = asyncio.Event()
+        self.stt_seconds = 0.0
+
     async def on_enter(self) -> None:
         # The agent speaks first: callers expect to be greeted, not to talk into silence.
         self.session.generate_reply(instructions=GREETING_INSTRUCTIONS)
+
+    async def stt_node(
+        self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings
+    ) -> AsyncGenerator[stt.SpeechEvent, None]:
+        self.stt_done.clear()
+        try:
+            conn_options = self.session.conn_options.stt_conn_options
+            async with self._stt_plugin.stream(conn_options=conn_options) as stream:
+
+                async def forward() -> None:
+                    async for frame in _until(audio, self.closing):
+                        stream.push_frame(frame)
+                    stream.end_input()
+
+                forwarding = asyncio.create_task(forward(), name="conversation-stt-forward")
+                try:
+                    async for event in stream:
+                        if event.type == stt.SpeechEventType.RECOGNITION_USAGE and event.recognition_usage:
+                            self.stt_seconds += event.recognition_usage.audio_duration
+                            self._on_stt_usage()
+                        yield event
+                finally:
+                    await utils.aio.cancel_and_wait(forwarding)
+        finally:
+            self.stt_done.set()
+
+
+async def _until(frames: AsyncIterable[rtc.AudioFrame], stop: asyncio.Event) -> AsyncIterator[rtc.AudioFrame]:
+    """``frames`` until they end or ``stop`` is set, whichever comes first."""
+    iterator = aiter(frames)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            following = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                return
+            try:
+                yield following.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        stopped.cancel()
 
 
 UsageKey = tuple[contracts.UsageComponent, str, str]
@@ -122,7 +180,11 @@ class Conversation:
         sample_rate: int = 16000,
         idle_timeout_seconds: float = 120.0,
         goodbye_lead_seconds: float = 5.0,
+        aec_warmup_seconds: float | None = 3.0,
     ) -> None:
+        """``aec_warmup_seconds``: for this much of the agent's first speech the caller's audio
+        is not listened to, so echo from a client whose echo canceller has not converged yet
+        cannot interrupt the greeting (livekit's default); ``None`` listens from the start."""
         self.session_id = session_id
         self.config = config
         self._settings = providers
@@ -130,6 +192,7 @@ class Conversation:
         self._sample_rate = sample_rate
         self._idle_timeout = idle_timeout_seconds
         self._goodbye_lead = goodbye_lead_seconds
+        self._aec_warmup = aec_warmup_seconds
         try:
             self.providers_label = providers_label(config, providers)
         except ValueError:
@@ -148,6 +211,7 @@ class Conversation:
         self._end_error = ""
         self._end_goodbye = False
         self._close_task: asyncio.Task[None] | None = None
+        self._agent: _VoiceAgent | None = None
         self._timers: list[asyncio.Task[None]] = []
 
         self._outbox: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
@@ -205,7 +269,10 @@ class Conversation:
                 self.session.output.audio = audio_output
             if text_output is not None:
                 self.session.output.transcription = text_output
-            agent = _VoiceAgent(instructions=self.config.system_prompt)
+            agent = _VoiceAgent(
+                instructions=self.config.system_prompt, stt_plugin=self.providers.stt, on_stt_usage=self._queue_usage
+            )
+            self._agent = agent
             if room is not None:
                 await self.session.start(agent, room=room, record=False)
             else:
@@ -234,6 +301,7 @@ class Conversation:
             turn_handling=turn_handling,
             # "away" after this long with neither side speaking: the idle end.
             user_away_timeout=self._idle_timeout,
+            aec_warmup_duration=self._aec_warmup,
             # A provider that still fails after its own retries ends the session: a deaf or
             # mute agent must not keep a caller (and the meter) waiting.
             conn_options=SessionConnectOptions(max_unrecoverable_errors=0),
@@ -281,6 +349,7 @@ class Conversation:
         if self._session_running:
             if self._end_goodbye:
                 await self._say_goodbye()
+            await self._finish_stt()
             try:
                 await self.session.aclose()
             except Exception:
@@ -303,6 +372,16 @@ class Conversation:
         ended = self.ended
         self._deliver(lambda: self._observer.on_ended(ended))
         self._outbox.put_nowait(None)
+
+    async def _finish_stt(self) -> None:
+        """Stop the caller's audio and let the STT bill and transcribe what it already has."""
+        if self._agent is None:
+            return
+        self._agent.closing.set()
+        try:
+            await asyncio.wait_for(self._agent.stt_done.wait(), timeout=_STT_DRAIN_SECONDS)
+        except TimeoutError:
+            logger.warning("Session %s: the STT did not finish within %.0f s", self.session_id, _STT_DRAIN_SECONDS)
 
     async def _close_providers(self, providers: Providers) -> None:
         # Pooled provider sockets and HTTP sessions belong to this conversation only.
@@ -485,10 +564,12 @@ class Conversation:
             key = (component, billed.model, billed.provider)
             totals[key] = totals.get(key, 0.0) + quantity
 
+        if self._agent is not None:
+            add(contracts.UsageComponent.STT_SECONDS, self.providers.stt_billed_as, self._agent.stt_seconds)
         for usage in self.session.usage.model_usage:
-            if isinstance(usage, STTModelUsage):
-                add(contracts.UsageComponent.STT_SECONDS, self.providers.stt_billed_as, usage.audio_duration)
-            elif isinstance(usage, TTSModelUsage):
+            # STT seconds come from the agent's own count (see _VoiceAgent), which includes the
+            # report a closing stream makes; the session stops listening before that.
+            if isinstance(usage, TTSModelUsage):
                 add(contracts.UsageComponent.TTS_CHARACTERS, self.providers.tts_billed_as, usage.characters_count)
             elif isinstance(usage, LLMModelUsage):
                 add(contracts.UsageComponent.LLM_INPUT_TOKENS, self.providers.llm_billed_as, usage.input_tokens)

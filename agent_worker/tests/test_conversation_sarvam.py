@@ -3,6 +3,7 @@ audio in, audio out."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,7 @@ from agent_worker import contracts
 from agent_worker.conversation import Conversation
 from agent_worker.provider_settings import ProviderSettings, SpeechMode
 from agent_worker.tests.conftest import Call, RecordingObserver
-from testsupport.fakes.openai_chat import FakeChatServer
+from testsupport.fakes.openai_chat import FakeChatServer, split_tokens
 from testsupport.fakes.sarvam import FakeSarvam
 
 SARVAM_KEY = "sk-sarvam-test"
@@ -69,4 +70,120 @@ async def test_greets_then_answers_the_callers_words(settings, sarvam, chat, cal
     assert request.messages[0] == {"role": "system", "content": PROMPT}
     assert request.messages[-1]["content"] == "when do you open tomorrow"
     assert observer.final("agent")[1].text == "We open at nine in the morning. Anything else?"
+    assert sarvam.violations == []
+
+
+async def test_tts_gets_the_first_sentence_while_the_llm_still_streams(settings, sarvam, chat, calls) -> None:
+    reply = "Sure. " + " ".join(["We are open every day from nine to five."] * 4)
+    chat.script_replies("Hello!", reply)
+    chat.inter_token_delay_s = 0.03
+    sarvam.script_transcripts("are you open on sunday")
+    observer = RecordingObserver()
+    conversation = Conversation(session_id="s2", config=config(), providers=settings, observer=observer)
+    call: Call = await calls(conversation, observer)
+    await observer.wait_for(lambda: observer.final("agent") != [] and observer.agent_states[-1] == "listening")
+
+    texts_before = len(sarvam.tts_texts)
+    await call.caller.say(0.6)
+    await observer.wait_for(lambda: len(observer.final("agent")) >= 2)
+
+    request = chat.requests[-1]
+    tokens = split_tokens(reply)
+    # The fake cannot have finished streaming before this moment.
+    stream_end = request.received_at + chat.inter_token_delay_s * (len(tokens) - 1)
+    first_text_at, first_text = sarvam.tts_texts[texts_before]
+    assert first_text_at < stream_end
+    assert len(first_text) < len(reply)
+    # ... and the caller hears the reply before the LLM has finished writing it.
+    first_heard = next(at for at, _ in call.caller.played if at > first_text_at)
+    assert first_heard < stream_end
+    assert observer.final("agent")[1].text == reply
+
+
+async def test_barge_in_cuts_agent_audio_and_abandons_the_reply(settings, sarvam, chat, calls) -> None:
+    long_reply = " ".join(f"Item {n} on our list of services is explained in this sentence." for n in range(12))
+    chat.script_replies("Hello!", long_reply, "Of course, go ahead.")
+    chat.inter_token_delay_s = 0.02
+    sarvam.script_transcripts("tell me all your services", "wait stop")
+    observer = RecordingObserver()
+    conversation = Conversation(
+        session_id="s3", config=config(), providers=settings, observer=observer, aec_warmup_seconds=None
+    )
+    call: Call = await calls(conversation, observer)
+    await observer.wait_for(lambda: observer.final("agent") != [] and observer.agent_states[-1] == "listening")
+
+    await call.caller.say(0.6)
+    await observer.wait_for(lambda: observer.agent_states[-1] == "speaking")
+    speaking_since = call.caller.played[-1][0]
+    await asyncio.sleep(0.5)
+    barge_in = asyncio.create_task(call.caller.say(0.5))
+    await observer.wait_for(lambda: observer.interruptions == 1)
+    await observer.wait_for(lambda: observer.agent_states[-1] != "speaking")
+    played_of_reply = call.caller.played_seconds(since=speaking_since)
+    await barge_in
+    await observer.wait_for(lambda: len(observer.final("agent")) >= 3)
+
+    assert observer.interruptions == 1
+    interrupted = observer.final("agent")[1]
+    # What the caller heard is what the transcript keeps: a beginning of the reply, not all of it.
+    assert interrupted.text and long_reply.startswith(interrupted.text[:30])
+    assert len(interrupted.text) < len(long_reply)
+    full_audio_seconds = len(long_reply) * sarvam.tts_ms_per_char / 1000
+    assert played_of_reply < full_audio_seconds / 3
+    # The interrupted LLM stream was abandoned: it never reached its usage chunk.
+    assert len(chat.usage_served) == len(chat.requests) - 1
+    assert [u.text for u in observer.final("user")] == ["tell me all your services", "wait stop"]
+    assert observer.final("agent")[2].text == "Of course, go ahead."
+
+
+async def test_usage_totals_match_what_the_fakes_served(settings, sarvam, chat, calls) -> None:
+    chat.script_replies("Hello there!", "It is sunny in Pune today.")
+    sarvam.script_transcripts("how is the weather")
+    observer = RecordingObserver()
+    conversation = Conversation(session_id="s4", config=config(), providers=settings, observer=observer)
+    call: Call = await calls(conversation, observer)
+    await observer.wait_for(lambda: observer.final("agent") != [] and observer.agent_states[-1] == "listening")
+    await call.caller.say(0.6)
+    await observer.wait_for(lambda: len(observer.final("agent")) >= 2 and observer.agent_states[-1] == "listening")
+    await conversation.end(contracts.EndReason.COMPLETED)
+    ended = await conversation.wait_ended()
+
+    Usage = contracts.UsageComponent
+    assert observer.usage_total(Usage.LLM_INPUT_TOKENS) == {
+        ("kimi-k2.5", "clarifai"): sum(p for p, _ in chat.usage_served)
+    }
+    assert observer.usage_total(Usage.LLM_OUTPUT_TOKENS) == {
+        ("kimi-k2.5", "clarifai"): sum(c for _, c in chat.usage_served)
+    }
+    assert observer.usage_total(Usage.TTS_CHARACTERS) == {("bulbul:v3", "sarvam"): sarvam.tts_characters}
+    stt = observer.usage_total(Usage.STT_SECONDS)
+    assert list(stt) == [("saaras:v3", "sarvam")]
+    assert stt[("saaras:v3", "sarvam")] == pytest.approx(sarvam.stt_audio_seconds, abs=0.05)
+    # The deltas add up to the totals, and nothing is counted twice.
+    assert {(i.component, i.model, i.provider): i.quantity for i in conversation.usage_totals()} == pytest.approx(
+        {(i.component, i.model, i.provider): 0.0 for i in conversation.usage_totals()}
+        | {(c, m, p): q for c in Usage for (m, p), q in observer.usage_total(c).items()}
+    )
+    assert ended.reason == contracts.EndReason.COMPLETED
+    assert len(ended.turn_latencies) == 1
+    latency = ended.turn_latencies[0]
+    assert latency.end_of_speech_to_first_audio_ms is not None and latency.end_of_speech_to_first_audio_ms > 0
+    assert latency.llm_ttft_ms is not None and latency.tts_ttfb_ms is not None
+    assert observer.ended == [ended]
+
+
+async def test_language_and_voice_reach_the_wire(settings, sarvam, chat, calls) -> None:
+    chat.script_replies("नमस्ते!")
+    observer = RecordingObserver()
+    conversation = Conversation(
+        session_id="s5", config=config(language="hi-IN", voice="kavya"), providers=settings, observer=observer
+    )
+    await calls(conversation, observer)
+    await observer.wait_for(lambda: observer.final("agent") != [])
+
+    assert sarvam.stt_connections[0].query["language-code"] == "hi-IN"
+    assert sarvam.stt_connections[0].query["model"] == "saaras:v3"
+    assert sarvam.tts_configs[0]["speaker"] == "kavya"
+    assert sarvam.tts_configs[0]["target_language_code"] == "hi-IN"
+    assert observer.final("agent")[0].language == "hi-IN"
     assert sarvam.violations == []
