@@ -10,11 +10,10 @@ what was heard. Both run on the session's event loop; call ``push`` from that lo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from livekit import rtc
@@ -132,7 +131,7 @@ class CallbackAudioOutput(io.AudioOutput):
         self._segment_started = False
         self._segment_sent = 0.0  # seconds of the open segment handed to on_audio
         self._play_until = 0.0  # monotonic time the listener's playhead reaches the end of what was sent
-        self._cleared = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None  # the player's pacing wait, ended early by a clear
         self._task: asyncio.Task[None] | None = None
         self.last_frame_sent_at: float | None = None  # monotonic; for measuring barge-in stop time
 
@@ -163,7 +162,8 @@ class CallbackAudioOutput(io.AudioOutput):
         self._generation += 1
         while not self._queue.empty():
             self._queue.get_nowait()
-        self._cleared.set()
+        if self._wake is not None:
+            _resolve(self._wake)
         if self._capturing:
             # The producer is still mid-segment; what it sends until its flush belongs to the
             # segment being cleared, which the base class counts as one.
@@ -197,27 +197,57 @@ class CallbackAudioOutput(io.AudioOutput):
             if not self._segment_started:
                 self._segment_started = True
                 self.on_playback_started(created_at=time.time())
-            try:
-                await self._on_audio(item.frame.data.tobytes())
-            except Exception:
-                # A transport that cannot take audio any more is closing; the session ends
-                # through the transport, and playout must still be reported so it does not hang.
-                logger.exception("Sending agent audio failed")
-            if item.generation != self._generation:
-                continue
-            self.last_frame_sent_at = time.monotonic()
-            self._segment_sent += item.frame.duration
-            if self._realtime:
-                self._play_until = max(self._play_until, time.monotonic()) + item.frame.duration
-                await self._wait_until(self._play_until - SEND_AHEAD_SECONDS, item.generation)
+            for pcm, seconds in _pieces(item.frame):
+                if item.generation != self._generation:
+                    break
+                try:
+                    await self._on_audio(pcm)
+                except Exception:
+                    # A transport that cannot take audio any more is closing; the session ends
+                    # through the transport, and playout must still be reported so it does not hang.
+                    logger.exception("Sending agent audio failed")
+                if item.generation != self._generation:
+                    break
+                self.last_frame_sent_at = time.monotonic()
+                self._segment_sent += seconds
+                if self._realtime:
+                    self._play_until = max(self._play_until, time.monotonic()) + seconds
+                    await self._wait_until(self._play_until - SEND_AHEAD_SECONDS, item.generation)
 
     async def _wait_until(self, deadline: float, generation: int) -> None:
-        """Sleep until ``deadline`` (monotonic) unless the buffer is cleared first."""
+        """Sleep until ``deadline`` (monotonic) unless the buffer is cleared first.
+
+        A future and a timer, not ``asyncio.wait_for``: on Python 3.11 wait_for swallows a
+        cancellation that arrives as the awaited event fires, so a clear followed at once by
+        ``aclose`` (a hang-up while the agent speaks) left the player running and ``aclose``
+        waiting for it forever; wait_for also cost a task per 20 ms frame."""
         if not self._realtime:
             return
         delay = deadline - time.monotonic()
         if delay <= 0 or generation != self._generation:
             return
-        self._cleared.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._cleared.wait(), timeout=delay)
+        loop = asyncio.get_running_loop()
+        wake: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(delay, _resolve, wake)
+        self._wake = wake
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+
+def _pieces(frame: rtc.AudioFrame) -> Iterator[tuple[bytes, float]]:
+    """``frame`` as PCM pieces of at most ``FRAME_MS`` and their durations. The TTS hands over
+    frames of up to 200 ms; sent whole, one would put that much audio past ``SEND_AHEAD_SECONDS``
+    in the listener's buffer, out of a barge-in's reach."""
+    data = frame.data.tobytes()
+    step = _samples_per_frame(frame.sample_rate) * frame.num_channels * 2
+    for start in range(0, len(data), step):
+        pcm = data[start : start + step]
+        yield pcm, len(pcm) / (2 * frame.num_channels * frame.sample_rate)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

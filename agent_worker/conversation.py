@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -130,8 +130,7 @@ class _VoiceAgent(Agent):
             async with self._stt_plugin.stream(conn_options=conn_options) as stream:
 
                 async def forward() -> None:
-                    async for frame in _until(audio, self.closing):
-                        stream.push_frame(frame)
+                    await _push_until(audio, stream, self.closing)
                     stream.end_input()
 
                 forwarding = asyncio.create_task(forward(), name="conversation-stt-forward")
@@ -147,23 +146,27 @@ class _VoiceAgent(Agent):
             self.stt_done.set()
 
 
-async def _until(frames: AsyncIterable[rtc.AudioFrame], stop: asyncio.Event) -> AsyncIterator[rtc.AudioFrame]:
-    """``frames`` until they end or ``stop`` is set, whichever comes first."""
-    iterator = aiter(frames)
+async def _push_until(frames: AsyncIterable[rtc.AudioFrame], stream: stt.RecognizeStream, stop: asyncio.Event) -> None:
+    """Push ``frames`` into ``stream`` until they end or ``stop`` is set, whichever comes first.
+
+    One task copies and ``stop`` cancels it: racing every 20 ms frame against ``stop`` (a task
+    and an ``asyncio.wait`` per frame) cost about as much CPU as sending the audio to the STT,
+    which at tens of sessions per event loop is latency for every one of them."""
+
+    async def push_all() -> None:
+        async for frame in frames:
+            stream.push_frame(frame)
+
+    if stop.is_set():
+        return
+    pushing = asyncio.ensure_future(push_all())
     stopped = asyncio.ensure_future(stop.wait())
     try:
-        while not stop.is_set():
-            following = asyncio.ensure_future(anext(iterator))
-            await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not following.done():
-                following.cancel()
-                return
-            try:
-                yield following.result()
-            except StopAsyncIteration:
-                return
+        await asyncio.wait({pushing, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopped.cancel()
+        await utils.aio.cancel_and_wait(pushing, stopped)
+    if not pushing.cancelled():
+        pushing.result()  # the frames' own failure
 
 
 UsageKey = tuple[contracts.UsageComponent, str, str]
@@ -201,6 +204,7 @@ class Conversation:
         self._session: AgentSession | None = None
         self.providers: Providers | None = None
         self.ended: ConversationEnded | None = None
+        self.last_barge_in_at: float | None = None  # monotonic time of the latest interruption decision
 
         self._started_wall: float | None = None  # time.time() at start, the transcript origin
         self._started_mono: float | None = None
@@ -511,6 +515,7 @@ class Conversation:
 
         With STT turn detection and no local VAD, livekit itself interrupts only once words are
         transcribed; Sarvam's start-of-speech signal comes well before that."""
+        self.last_barge_in_at = time.monotonic()
         try:
             self.session.interrupt()
         except RuntimeError:

@@ -104,8 +104,11 @@ class Caller:
 
     async def say(self, seconds: float) -> None:
         """Speak (a tone the fake VAD hears as speech) for ``seconds``; returns when it is sent."""
+        await self.speak(tone(seconds, self.sample_rate))
+
+    async def speak(self, pcm: bytes) -> None:
+        """Speak ``pcm`` (16-bit mono at ``sample_rate``) in real time; returns when it is sent."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        pcm = tone(seconds, self.sample_rate)
         step = int(self.sample_rate * CHUNK_S) * 2
         for i in range(0, len(pcm), step):
             self._speech.put_nowait(pcm[i : i + step])

@@ -187,3 +187,29 @@ async def test_language_and_voice_reach_the_wire(settings, sarvam, chat, calls) 
     assert sarvam.tts_configs[0]["target_language_code"] == "hi-IN"
     assert observer.final("agent")[0].language == "hi-IN"
     assert sarvam.violations == []
+
+
+async def test_a_provider_that_keeps_failing_ends_the_session_and_keeps_what_was_said(
+    settings, sarvam, chat, calls
+) -> None:
+    chat.script_replies("Hello, this is the clinic.")
+    sarvam.script_transcripts("book me for friday", "hello are you there", "anyone")
+    observer = RecordingObserver()
+    conversation = Conversation(session_id="s6", config=config(), providers=settings, observer=observer)
+    call: Call = await calls(conversation, observer)
+    await observer.wait_for(lambda: observer.final("agent") != [] and observer.agent_states[-1] == "listening")
+
+    chat.fail_next(500, times=100)  # every retry of every later turn fails
+    for _ in range(3):
+        if observer.ended:
+            break
+        await call.caller.say(0.6)
+        await asyncio.sleep(1.0)
+    ended = await asyncio.wait_for(conversation.wait_ended(), timeout=30)
+
+    assert ended.reason == contracts.EndReason.PROVIDER_ERROR
+    assert "500" in ended.error
+    # The caller's words were transcribed and reported before the LLM gave up: nothing is lost.
+    assert [u.text for u in observer.final("user")][:1] == ["book me for friday"]
+    assert observer.final("agent")[0].text == "Hello, this is the clinic."
+    assert any(not recoverable for _, recoverable in observer.errors)
