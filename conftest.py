@@ -47,3 +47,15 @@ def livekit_server(settings: Any) -> Iterator[FakeLiveKitServer]:
     settings.LIVEKIT_API_URL = server.url
     yield server
     server.stop()
+
+
+@pytest.fixture
+def seeded_prices(django_db_blocker: Any) -> None:
+    """The catalog prices the data migration seeds: transactional tests flush them between tests."""
+    import importlib
+
+    from django.apps import apps
+
+    seed = importlib.import_module("billing.migrations.0002_seed_prices").seed
+    with django_db_blocker.unblock():
+        seed(apps, None)

@@ -59,3 +59,9 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+def request_api_key(request: Request) -> ApiKey:
+    """The key of a request that passed ``ApiKeyAuthentication`` and ``IsAuthenticated``."""
+    assert isinstance(request.auth, ApiKey)
+    return request.auth

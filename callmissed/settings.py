@@ -114,7 +114,14 @@ LOGOUT_REDIRECT_URL = "dashboard:login"
 REDIS_URL = env_str("REDIS_URL", "")
 
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    # redis-py 8 reads with a 5 s socket timeout by default, which kills every idle consumer's
+    # blocking receive (channels_redis#422): the layer's connections wait without one.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+        }
+    }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -133,6 +140,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "voice-reap-sessions": {"task": "voice.reap_sessions", "schedule": timedelta(seconds=30)},
+    "billing-flush-meter-events": {"task": "billing.flush_meter_events", "schedule": timedelta(minutes=5)},
+    "billing-reconcile-stripe": {"task": "billing.reconcile_stripe", "schedule": timedelta(hours=1)},
 }
 
 # --- API -----------------------------------------------------------------------------------
@@ -188,6 +197,11 @@ OPENROUTER_BASE_URL = env_str("OPENROUTER_BASE_URL", "https://openrouter.ai/api/
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # loopback fake in tests; empty = Stripe
+STRIPE_METER_EVENT_NAME = env_str("STRIPE_METER_EVENT_NAME", "callmissed_usage_microusd")
+# Every new organization starts prepaid with this credit (USD), enough to try the product.
+BILLING_SIGNUP_CREDIT_USD = env_str("BILLING_SIGNUP_CREDIT_USD", "5.00")
+BILLING_MAX_CONCURRENT_SESSIONS = env_int("BILLING_MAX_CONCURRENT_SESSIONS", 10)
+BILLING_CONCURRENCY_RETRY_AFTER_SECONDS = env_int("BILLING_CONCURRENCY_RETRY_AFTER_SECONDS", 30)
 
 # --- Security ------------------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -14,3 +14,5 @@ CACHES["default"]["KEY_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"  # noqa: F405
 # real Celery worker (send_task ignores eager mode anyway).
 # CELERY_TASK_ALWAYS_EAGER=false runs a real worker on these settings (voice/tests/test_celery_live.py).
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", True)
+# Tests about other things create many sessions at once; the billing tests set each org's cap.
+BILLING_MAX_CONCURRENT_SESSIONS = 1000

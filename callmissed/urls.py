@@ -12,6 +12,7 @@ handler500 = "callmissed.errors.handler500"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("voice.api.urls")),
+    path("v1/", include("billing.api.urls")),
     path("v1/schema", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path(
         "v1/docs",

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agent_worker import contracts
-from voice import livekit
+from voice import livekit, ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,15 @@ def voice_session_end(
         transport = session.transport
     if delete_room and transport == contracts.Transport.LIVEKIT:
         transaction.on_commit(lambda: _delete_room_quietly(room_name))
+    return session
+
+
+def voice_session_terminate(*, session_id: str, reason: contracts.EndReason, error: str = "") -> VoiceSession | None:
+    """End a live session from Django's side (billing, an operator) and tear down its transport:
+    the LiveKit room is deleted, so the agent leaves; a legacy socket's consumer is told to close."""
+    session = voice_session_end(session_id=session_id, reason=reason, error=error, delete_room=True)
+    if session is not None and session.transport == contracts.Transport.WEBSOCKET:
+        transaction.on_commit(lambda: ws_control.websocket_session_terminate(session_id=session_id, reason=reason))
     return session
 
 

@@ -11,6 +11,12 @@ TRANSPORT_CHOICES = [(t.value, t.value) for t in contracts.Transport]
 END_REASON_CHOICES = [(r.value, r.value) for r in contracts.EndReason]
 
 
+class VoiceSessionQuerySet(models.QuerySet["VoiceSession"]):
+    def live(self) -> VoiceSessionQuerySet:
+        """Sessions that count against caps: created (waiting for the caller) or active."""
+        return self.filter(status__in=(VoiceSession.Status.CREATED, VoiceSession.Status.ACTIVE))
+
+
 class VoiceSession(models.Model):
     class Status(models.TextChoices):
         CREATED = "created"
@@ -48,6 +54,8 @@ class VoiceSession(models.Model):
     duration_seconds = models.FloatField(null=True, blank=True)
     turn_latencies = models.JSONField(default=list, blank=True)
     content_deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = VoiceSessionQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -13,6 +13,7 @@ from django.db.models import Q, QuerySet
 
 from accounts.models import Organization
 from agent_worker import catalog, contracts
+from billing import selectors as billing_selectors
 from callmissed.errors import NotFound
 from voice.models import TranscriptSegment, VoiceSession
 
@@ -109,7 +110,7 @@ def catalog_models() -> list[dict[str, Any]]:
             "provider": m.provider,
             "message": m.message,
             "default": m.id == contracts.DEFAULT_LLM_MODEL,
-            "prices": [],
+            "prices": billing_selectors.prices_in_force(model=m.id) if m.status == "available" else [],
         }
         for m in catalog.llm_models()
     ]

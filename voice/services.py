@@ -17,12 +17,11 @@ from accounts.models import ApiKey, AuditLog, Organization
 from agent_worker import contracts
 from billing import services as billing_services
 from callmissed.errors import CapacityExhausted, IdempotencyConflict
-from voice import lifecycle, livekit
+from voice import lifecycle, livekit, ws_control
 from voice.models import TranscriptSegment, VoiceSession
 
 logger = logging.getLogger(__name__)
 
-LIVE_STATUSES = (VoiceSession.Status.CREATED, VoiceSession.Status.ACTIVE)
 CAPACITY_RETRY_AFTER_SECONDS = 5
 
 
@@ -44,7 +43,7 @@ def _token_for(session: VoiceSession) -> str:
 
 
 def _check_provider_capacity() -> None:
-    live = VoiceSession.objects.filter(status__in=LIVE_STATUSES).count()
+    live = VoiceSession.objects.live().count()
     if live >= settings.PROVIDER_MAX_LIVE_SESSIONS:
         raise CapacityExhausted(retry_after=CAPACITY_RETRY_AFTER_SECONDS)
 
@@ -114,6 +113,9 @@ def voice_session_delete(*, session: VoiceSession, actor_key: ApiKey | None = No
     """
     if session.is_live and session.transport == contracts.Transport.LIVEKIT:
         livekit.room_delete(room_name=session.room_name)
+    elif session.is_live and session.transport == contracts.Transport.WEBSOCKET:
+        # The socket's consumer ends its conversation and closes; the row is ended here regardless.
+        ws_control.websocket_session_terminate(session_id=str(session.id), reason=contracts.EndReason.DELETED)
     with transaction.atomic():
         lifecycle.voice_session_end(session_id=str(session.id), reason=contracts.EndReason.DELETED)
         session.refresh_from_db()

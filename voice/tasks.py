@@ -17,6 +17,8 @@ from django.db import InterfaceError, OperationalError
 from pydantic import ValidationError
 
 from agent_worker import contracts
+from billing import services as billing_services
+from billing.pricing import PriceMissing
 from callmissed.errors import UpstreamError
 from voice import lifecycle, livekit, reaper
 
@@ -78,6 +80,20 @@ def transcript_segment(payload: dict[str, Any]) -> None:
         return
     if lifecycle.transcript_segment_add(segment=event) is None:
         logger.info("Transcript segment for unknown or deleted session %s dropped", event.session_id)
+
+
+@shared_task(
+    name=contracts.TASK_USAGE_REPORTED,
+    **{**_DB_RETRY, "autoretry_for": (*_DB_RETRY["autoretry_for"], PriceMissing), "retry_backoff_max": 600},
+)
+def usage_reported(payload: dict[str, Any]) -> None:
+    """Usage becomes priced records once per event id; a missing price retries (an admin can add
+    the row) rather than dropping billable usage."""
+    event = _parse(contracts.UsageReported, payload)
+    if event is None:
+        return
+    if billing_services.usage_event_apply(event=event) is None:
+        logger.warning("usage_reported for unknown session %s", event.session_id)
 
 
 @shared_task(name=contracts.TASK_SESSION_ENDED, **_DB_RETRY)

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent_worker import catalog
+from billing.api.serializers import PriceSerializer
 from voice import selectors
 
 
@@ -51,7 +52,7 @@ class ModelListApi(_PublicApi):
         provider = serializers.CharField()
         message = serializers.CharField(allow_blank=True)
         default = serializers.BooleanField()
-        prices = serializers.ListField(child=serializers.DictField())
+        prices = PriceSerializer(many=True)
 
     @extend_schema(operation_id="catalog_models", responses={200: OutputSerializer(many=True)})
     def get(self, request: Request) -> Response:

@@ -18,7 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import ApiKey
+from accounts.authentication import request_api_key
+from billing import selectors as billing_selectors
+from billing.api.serializers import SessionUsageSerializer
 from callmissed.errors import ValidationFailed
 from voice import selectors, services
 from voice.api.pagination import NewestFirstCursorPagination
@@ -30,10 +32,6 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 _METADATA_FILTER_KEY = re.compile(r"^metadata\.([A-Za-z0-9_-]{1,64})$")
 
-
-def _api_key(request: Request) -> ApiKey:
-    assert isinstance(request.auth, ApiKey)  # guaranteed by ApiKeyAuthentication + IsAuthenticated
-    return request.auth
 
 
 class VoiceSessionCreateOutputSerializer(SessionSummarySerializer):
@@ -99,7 +97,7 @@ class VoiceSessionsApi(APIView):
         ],
     )
     def post(self, request: Request) -> Response:
-        key = _api_key(request)
+        key = request_api_key(request)
         idempotency_key = request.headers.get(IDEMPOTENCY_HEADER) or None
         if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
             raise ValidationFailed(
@@ -139,7 +137,7 @@ class VoiceSessionsApi(APIView):
         responses={200: paginated(SessionSummarySerializer, "VoiceSessionPage")},
     )
     def get(self, request: Request) -> Response:
-        key = _api_key(request)
+        key = request_api_key(request)
         filters = VoiceSessionFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         qs: QuerySet[VoiceSession] = selectors.voice_session_list(
@@ -155,9 +153,14 @@ class VoiceSessionDetailOutputSerializer(SessionSummarySerializer):
     error = serializers.CharField(source="error_message")
     join_deadline = serializers.DateTimeField()
     latency = serializers.SerializerMethodField()
+    usage = serializers.SerializerMethodField()
 
     class Meta(SessionSummarySerializer.Meta):
-        fields = [*SessionSummarySerializer.Meta.fields, "join_deadline", "providers", "error", "latency"]
+        fields = [*SessionSummarySerializer.Meta.fields, "join_deadline", "providers", "error", "latency", "usage"]
+
+    @extend_schema_field(SessionUsageSerializer)
+    def get_usage(self, obj: VoiceSession) -> dict[str, Any]:
+        return billing_selectors.session_usage(session=obj)
 
     @extend_schema_field(
         inline_serializer(
@@ -179,12 +182,12 @@ class VoiceSessionDetailApi(APIView):
 
     @extend_schema(operation_id="voice_sessions_retrieve", responses={200: VoiceSessionDetailOutputSerializer})
     def get(self, request: Request, session_id: str) -> Response:
-        session = selectors.voice_session_get(organization=_api_key(request).organization, session_id=session_id)
+        session = selectors.voice_session_get(organization=request_api_key(request).organization, session_id=session_id)
         return Response(VoiceSessionDetailOutputSerializer(session).data)
 
     @extend_schema(operation_id="voice_sessions_destroy", responses={204: None})
     def delete(self, request: Request, session_id: str) -> Response:
-        key = _api_key(request)
+        key = request_api_key(request)
         session = selectors.voice_session_get(organization=key.organization, session_id=session_id)
         services.voice_session_delete(session=session, actor_key=key)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -199,7 +202,7 @@ class VoiceSessionTranscriptsApi(APIView):
 
     @extend_schema(operation_id="voice_sessions_transcripts", responses={200: OutputSerializer})
     def get(self, request: Request, session_id: str) -> Response:
-        session = selectors.voice_session_get(organization=_api_key(request).organization, session_id=session_id)
+        session = selectors.voice_session_get(organization=request_api_key(request).organization, session_id=session_id)
         segments = selectors.transcript_list(session=session)
         data = {"session_id": session.id, "status": session.status, "segments": segments}
         return Response(self.OutputSerializer(data).data)

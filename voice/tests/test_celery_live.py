@@ -29,6 +29,7 @@ from livekit.protocol.room import DeleteRoomRequest
 
 from agent_worker import contracts
 from agent_worker.reporting import EventReporter
+from billing.tests.support import KIMI_TURN, usage_event
 from testsupport.fakes.livekit_server import FakeLiveKitServer
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 from voice.tests.factories import VoiceSessionFactory
@@ -160,7 +161,7 @@ def drain_behind(reporter: EventReporter, session_id: str) -> None:
 
 
 def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
-    celery_worker: Any, reporter: EventReporter, api: Any
+    celery_worker: Any, reporter: EventReporter, api: Any, seeded_prices: None
 ) -> None:
     created = api.post("/v1/voice/sessions", data=json.dumps({"language": "hi-IN"}), content_type="application/json")
     assert created.status_code == 201, created.content
@@ -177,8 +178,12 @@ def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
         occurred_at=T0 + timedelta(seconds=31),
         turn_latencies=[contracts.TurnLatency(end_of_speech_to_first_audio_ms=820.0, llm_ttft_ms=300.0)],
     )
+    row = VoiceSession.objects.get(pk=sid)
+    turn1 = usage_event(row, *KIMI_TURN, at=T0 + timedelta(seconds=5))
+    turn2 = usage_event(row, *KIMI_TURN, at=T0 + timedelta(seconds=20))
     # Out of order, with every event delivered twice and a stale "started" after the end.
-    send(reporter, started, answer, greeting, started, question, answer, ended, greeting, question, ended)
+    send(reporter, started, answer, turn2, greeting, started, question, turn1, answer, ended, greeting, question)
+    send(reporter, turn2, ended, turn1)
     send(reporter, contracts.SessionStarted(session_id=sid, occurred_at=T0 + timedelta(seconds=40)))
     drain_behind(reporter, sid)
 
@@ -196,6 +201,9 @@ def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
     assert body["duration_seconds"] == 31.0
     assert body["latency"]["turns"] == 1
     assert body["latency"]["first_audio_p50_ms"] == 820.0
+    # Two turns billed once each: 2 × 0.0487184 USD.
+    assert body["usage"]["total_cost"] == "0.097437"
+    assert api.get("/v1/billing/limits").json()["balance"] == "4.902563"
 
     transcripts = api.get(f"/v1/voice/sessions/{sid}/transcripts").json()
     assert [(s["role"], s["text"]) for s in transcripts["segments"]] == [

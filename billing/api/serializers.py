@@ -1,0 +1,98 @@
+"""Input and output shapes of the billing API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import serializers
+
+from billing.selectors import MAX_USAGE_RANGE_DAYS
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown fields are an error, not silently ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                accepted = ", ".join(self.fields)
+                raise serializers.ValidationError({name: [f"Unknown field. Accepted: {accepted}."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class UsageQuerySerializer(StrictSerializer):
+    start = serializers.DateField(required=False, help_text="First UTC day (default: first day of this month).")
+    end = serializers.DateField(required=False, help_text="Last UTC day, inclusive (default: today).")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        today = timezone.now().date()
+        end = attrs.get("end") or today
+        start = attrs.get("start") or end.replace(day=1)
+        if start > end:
+            raise serializers.ValidationError({"start": ["Must be on or before end."]})
+        if end - start > timedelta(days=MAX_USAGE_RANGE_DAYS):
+            raise serializers.ValidationError({"end": [f"The range is at most {MAX_USAGE_RANGE_DAYS} days."]})
+        return {"start": start, "end": end}
+
+
+class UsageRowSerializer(serializers.Serializer):
+    date = serializers.DateField()
+    component = serializers.CharField()
+    model = serializers.CharField()
+    quantity = serializers.CharField(help_text="Decimal string: seconds, characters or tokens.")
+    cost = serializers.CharField(help_text="USD, six decimal places.")
+
+
+class UsageOutputSerializer(serializers.Serializer):
+    start = serializers.DateField()
+    end = serializers.DateField()
+    currency = serializers.CharField()
+    total_cost = serializers.CharField()
+    items = UsageRowSerializer(many=True)
+
+
+class LimitsOutputSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    prepaid = serializers.BooleanField()
+    balance = serializers.CharField()
+    spend_cap_monthly = serializers.CharField(allow_null=True)
+    month_to_date_spend = serializers.CharField()
+    max_concurrent_sessions = serializers.IntegerField()
+    live_sessions = serializers.IntegerField()
+    payment_failed = serializers.BooleanField()
+
+
+class CheckoutInputSerializer(StrictSerializer):
+    amount_usd = serializers.DecimalField(max_digits=8, decimal_places=2)
+    success_url = serializers.URLField(max_length=2000)
+    cancel_url = serializers.URLField(max_length=2000)
+
+
+class CheckoutOutputSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    url = serializers.URLField()
+
+
+class SessionUsageItemSerializer(serializers.Serializer):
+    component = serializers.CharField()
+    model = serializers.CharField()
+    provider = serializers.CharField()
+    quantity = serializers.CharField()
+    cost = serializers.CharField()
+
+
+class SessionUsageSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    total_cost = serializers.CharField()
+    items = SessionUsageItemSerializer(many=True)
+
+
+class PriceSerializer(serializers.Serializer):
+    component = serializers.CharField()
+    currency = serializers.CharField()
+    unit_price = serializers.CharField(help_text="Decimal string, in currency per per_units.")
+    per_units = serializers.IntegerField()
+    confirmed = serializers.BooleanField(help_text="False while the price is not confirmed with the provider.")

@@ -1,0 +1,39 @@
+"""Control messages to a live legacy-WebSocket session over the channel layer.
+
+The consumer serving a session joins ``voice-session.<id>``; anything in Django (REST DELETE,
+billing) ends that session with ``websocket_session_terminate``. Only control goes this way:
+audio never crosses the channel layer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from agent_worker import contracts
+
+logger = logging.getLogger(__name__)
+
+TERMINATE = "session.terminate"
+
+
+def session_group(session_id: str) -> str:
+    return f"voice-session.{session_id}"
+
+
+def websocket_session_terminate(*, session_id: str, reason: str) -> None:
+    """Ask the consumer holding ``session_id`` to end it with ``reason`` (an ``EndReason`` value).
+
+    Fire and forget: a session whose socket is already gone simply has no listener. A channel
+    layer that cannot be reached is logged, not raised — the caller still records the end."""
+    contracts.EndReason(reason)  # a typo here would silently end sessions as "error"
+    layer = get_channel_layer()
+    if layer is None:
+        logger.warning("No channel layer: cannot terminate WebSocket session %s", session_id)
+        return
+    try:
+        async_to_sync(layer.group_send)(session_group(session_id), {"type": TERMINATE, "reason": reason})
+    except Exception:
+        logger.exception("Could not send %s to WebSocket session %s", TERMINATE, session_id)
