@@ -7,6 +7,7 @@ from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 
 from accounts.models import ApiKey, Organization
+from billing.services import MAX_TOP_UP, MIN_TOP_UP
 
 KEY_LIFETIME_CHOICES = [("", "Never expires"), ("30", "30 days"), ("90", "90 days"), ("365", "1 year")]
 
@@ -57,3 +58,9 @@ class SessionFilterForm(forms.Form):
         field = self.fields["status"]
         assert isinstance(field, forms.ChoiceField)
         field.choices = [("", "Any status"), *status_choices]
+
+
+class TopUpForm(forms.Form):
+    amount_usd = forms.DecimalField(
+        label="Amount (USD)", min_value=MIN_TOP_UP, max_value=MAX_TOP_UP, decimal_places=2, initial=20
+    )

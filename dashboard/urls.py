@@ -16,4 +16,5 @@ urlpatterns = [
     path("dashboard/keys/<uuid:key_id>/revoke/", views.key_revoke, name="key_revoke"),
     path("dashboard/sessions/", views.sessions, name="sessions"),
     path("dashboard/sessions/<uuid:session_id>/", views.session_detail, name="session_detail"),
+    path("dashboard/billing/", views.billing, name="billing"),
 ]

@@ -6,6 +6,7 @@ Every object lookup is scoped to that organization, so another tenant's id is a 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -18,6 +19,7 @@ from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
@@ -25,8 +27,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts import selectors as account_selectors
 from accounts import services as account_services
 from accounts.models import Organization
+from billing import selectors as billing_selectors
+from billing import services as billing_services
+from billing import stripe_gateway
 from callmissed.errors import NotFound
-from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm
+from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm, TopUpForm
 from voice import selectors as voice_selectors
 from voice.models import VoiceSession
 
@@ -81,6 +86,7 @@ def overview(request: HttpRequest, organization: Organization) -> HttpResponse:
         "recent_sessions": sessions[:5],
         "status_counts": [(status.label, by_status.get(status.value, 0)) for status in VoiceSession.Status],
         "active_keys": active_keys.count(),
+        "limits": billing_selectors.billing_limits(organization=organization),
     }
     return render(request, "dashboard/overview.html", context)
 
@@ -135,5 +141,36 @@ def session_detail(request: HttpRequest, organization: Organization, session_id:
         "session": session,
         "segments": voice_selectors.transcript_list(session=session),
         "latency": voice_selectors.voice_session_latency(session=session),
+        "usage": billing_selectors.session_usage(session=session),
     }
     return render(request, "dashboard/session_detail.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@organization_required
+def billing(request: HttpRequest, organization: Organization) -> HttpResponse:
+    form = TopUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid() and stripe_gateway.enabled():
+        back = request.build_absolute_uri(reverse("dashboard:billing"))
+        try:
+            checkout = billing_services.checkout_create(
+                organization=organization,
+                amount=form.cleaned_data["amount_usd"],
+                success_url=f"{back}?paid=1",
+                cancel_url=back,
+                idempotency_key=f"cm-checkout-{organization.pk}-{uuid.uuid4().hex}",
+            )
+        except stripe_gateway.StripeFailure:
+            messages.error(request, "Payments are unavailable right now; please try again in a minute.")
+        else:
+            return redirect(checkout.url)
+    today = timezone.now().date()
+    context = {
+        "organization": organization,
+        "limits": billing_selectors.billing_limits(organization=organization),
+        "usage": billing_selectors.usage_by_day(organization=organization, start=today - timedelta(days=29), end=today),
+        "form": form,
+        "payments_enabled": stripe_gateway.enabled(),
+        "paid": request.GET.get("paid") == "1",
+    }
+    return render(request, "dashboard/billing.html", context)

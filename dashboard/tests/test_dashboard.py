@@ -53,7 +53,7 @@ def _create_key(client: Client, name: str = "backend") -> str:
 
 
 def test_pages_need_a_login(client: Client) -> None:
-    for path in ("/dashboard/", "/dashboard/keys/", "/dashboard/sessions/"):
+    for path in ("/dashboard/", "/dashboard/keys/", "/dashboard/sessions/", "/dashboard/billing/"):
         response = client.get(path)
         assert response.status_code == 302
         assert response["Location"].startswith("/login/?next=")
@@ -169,3 +169,36 @@ def test_html_pages_get_html_errors_and_the_api_gets_the_envelope(owner: Client)
     assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
     api = owner.get("/v1/no-such-thing", HTTP_ACCEPT="text/html")
     assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"
+
+
+def test_billing_shows_balance_usage_and_session_cost(owner: Client) -> None:
+    from billing import services as billing_services
+    from billing.tests.support import KIMI_TURN, usage_event
+
+    session = VoiceSessionFactory.create(organization=_org_of("asha"))
+    billing_services.usage_event_apply(event=usage_event(session, *KIMI_TURN))
+
+    page = owner.get("/dashboard/billing/").content.decode()
+    assert "4.951282 USD" in page  # 5.00 signup credit − 0.0487184
+    assert "bulbul:v3" in page and "0.041462" in page
+    assert "STRIPE_SECRET_KEY is unset" in page  # no top-up form without Stripe
+
+    detail = owner.get(f"/dashboard/sessions/{session.id}/").content.decode()
+    assert "0.048718" in detail and "kimi-k2.5" in detail
+    assert "4.951282 USD" in owner.get("/dashboard/").content.decode()
+
+
+def test_top_up_sends_the_user_to_stripe_checkout(owner: Client, settings: Any) -> None:
+    from testsupport.fakes.stripe_api import FakeStripe
+
+    with FakeStripe(api_key="sk_test_dash") as stripe:
+        settings.STRIPE_SECRET_KEY = "sk_test_dash"
+        settings.STRIPE_API_BASE = stripe.api_base
+        too_small = owner.post("/dashboard/billing/", {"amount_usd": "1"})
+        assert too_small.status_code == 200 and not stripe.checkout_sessions
+        response = owner.post("/dashboard/billing/", {"amount_usd": "25"})
+        assert response.status_code == 302
+        (checkout,) = stripe.checkout_sessions.values()
+        assert response["Location"] == checkout["url"]
+        assert checkout["amount_total"] == 2500
+        assert checkout["metadata"]["organization_id"] == str(_org_of("asha").pk)
