@@ -1,3 +1,12 @@
+"""ASGI entry point (Daphne): Django for HTTP, Channels for the legacy voice WebSocket.
+
+WebSockets pass an origin check and the ``?key=`` authentication middleware before routing.
+The origin check is ``AllowedHostsOriginValidator`` except that a connection with no ``Origin``
+header is let through: the socket is authenticated by the key in its URL, never by cookies, so
+there is no ambient credential for a cross-site page to abuse, and non-browser clients (the
+CLI, phone gateways) send no ``Origin``. A browser's ``Origin`` must still be an allowed host.
+"""
+
 import os
 
 from django.core.asgi import get_asgi_application
@@ -7,6 +16,28 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callmissed.settings")
 # Django must be set up before anything imports models (the WebSocket routing does).
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from typing import Any  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator  # noqa: E402
+
+from accounts.ws_auth import ApiKeyQueryAuthMiddleware  # noqa: E402
+from voice.routing import websocket_urlpatterns  # noqa: E402
+
+
+class _OriginValidatorAllowingNone(OriginValidator):
+    def valid_origin(self, parsed_origin: Any) -> bool:
+        return parsed_origin is None or super().valid_origin(parsed_origin)
+
+
+def _origin_checked(application: Any) -> Any:
+    hosts_validator = AllowedHostsOriginValidator(application)
+    return _OriginValidatorAllowingNone(application, hosts_validator.allowed_origins)
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": _origin_checked(ApiKeyQueryAuthMiddleware(URLRouter(websocket_urlpatterns))),
+    }
+)

@@ -1,0 +1,1 @@
+"""Command-line clients for CallMissed's APIs."""

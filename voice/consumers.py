@@ -1,0 +1,743 @@
+"""The legacy PCM WebSocket ``/ws/voice-agent?key=cm_…``: one voice session per socket.
+
+The protocol (messages, close codes, limits) is written down in docs/legacy-websocket.md; the
+constants below are the ones it documents. The socket runs the very same ``Conversation`` as
+the LiveKit worker, in this process: caller PCM goes straight from ``receive`` into a
+``QueueAudioInput`` and the agent's PCM straight from a ``CallbackAudioOutput`` to ``send`` —
+never through the channel layer. The session row is an ordinary one (transport ``websocket``):
+it is admitted by ``voice_session_create`` and the conversation's events are applied through the
+same task bodies the worker's Celery events run, called in-process.
+
+The channel layer carries control only: the consumer joins ``voice-session.<id>`` and ends the
+conversation on ``session.terminate`` (REST DELETE, billing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from django.db import InterfaceError, OperationalError
+
+from accounts.ws_auth import SCOPE_KEY, WsKeyAuth
+from agent_worker import contracts
+from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
+from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
+from agent_worker.provider_settings import ProviderSettings
+
+# The provider clients are imported with the routing, at server start: imported lazily by the
+# first caller's session they would stall every live socket on this event loop for seconds.
+from agent_worker.providers import llm as _llm_clients  # noqa: F401
+from agent_worker.providers import sarvam_stt as _stt_client  # noqa: F401
+from agent_worker.providers import sarvam_tts as _tts_client  # noqa: F401
+from agent_worker.worker import WorkerSettings
+from callmissed.errors import ApplicationError, ErrorCode
+from voice import services, tasks
+from voice.config import SessionConfigSerializer
+from voice.ws_control import session_group
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_SAMPLE_RATES = (8000, 16000, 24000)
+DEFAULT_SAMPLE_RATE = 16000
+# Sarvam's streaming STT takes 8 or 16 kHz: a 24 kHz socket runs its providers at 16 kHz and the
+# session resamples both ways.
+_PIPELINE_RATE = {8000: 8000, 16000: 16000, 24000: 16000}
+CONFIG_FIELDS_WS_ONLY = ("type", "sample_rate")
+
+
+class CloseCode(IntEnum):
+    NORMAL = 1000  # the session ended (see session.ended's reason)
+    INTERNAL_ERROR = 1011
+    KEY_MISSING = 4001
+    KEY_INVALID = 4002
+    KEY_REVOKED = 4003  # revoked or expired
+    PROTOCOL_ERROR = 4400
+    PAYMENT_REQUIRED = 4402  # refused at admission, or ended for insufficient funds
+    CONFIG_TIMEOUT = 4408
+    AUDIO_TOO_FAST = 4409
+    FRAME_TOO_LARGE = 4413
+    INVALID_AUDIO = 4415
+    INVALID_CONFIG = 4422
+    CONCURRENCY_LIMIT = 4429
+    CAPACITY_EXHAUSTED = 4503
+
+
+class WsErrorCode(StrEnum):
+    """``error`` event codes of the socket's own; the rest are the REST API's ``ErrorCode``s."""
+
+    PROTOCOL_ERROR = "protocol_error"
+    CONFIG_TIMEOUT = "config_timeout"
+    AUDIO_TOO_FAST = "audio_too_fast"
+    AUDIO_UNDERRUN = "audio_underrun"
+    AUDIO_DROPPED = "audio_dropped"
+    FRAME_TOO_LARGE = "frame_too_large"
+    INVALID_AUDIO = "invalid_audio"
+    PROVIDER_ERROR = "provider_error"
+
+
+_AUTH_CLOSE = {
+    ErrorCode.UNAUTHENTICATED: CloseCode.KEY_MISSING,
+    ErrorCode.INVALID_API_KEY: CloseCode.KEY_INVALID,
+    ErrorCode.REVOKED_API_KEY: CloseCode.KEY_REVOKED,
+    ErrorCode.EXPIRED_API_KEY: CloseCode.KEY_REVOKED,
+}
+_ADMISSION_CLOSE = {
+    ErrorCode.PAYMENT_REQUIRED: CloseCode.PAYMENT_REQUIRED,
+    ErrorCode.CONCURRENCY_LIMIT: CloseCode.CONCURRENCY_LIMIT,
+    ErrorCode.RATE_LIMITED: CloseCode.CONCURRENCY_LIMIT,
+    ErrorCode.CAPACITY_EXHAUSTED: CloseCode.CAPACITY_EXHAUSTED,
+    ErrorCode.VALIDATION_ERROR: CloseCode.INVALID_CONFIG,
+}
+_END_CLOSE = {
+    contracts.EndReason.INSUFFICIENT_FUNDS: CloseCode.PAYMENT_REQUIRED,
+    contracts.EndReason.PROVIDER_ERROR: CloseCode.INTERNAL_ERROR,
+    contracts.EndReason.ERROR: CloseCode.INTERNAL_ERROR,
+}
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class LegacyWsLimits:
+    """The socket's limits; each is documented and overridable by the environment variable named."""
+
+    config_timeout_seconds: float = 10.0  # LEGACY_WS_CONFIG_TIMEOUT_SECONDS
+    max_frame_seconds: float = 1.0  # LEGACY_WS_MAX_FRAME_SECONDS
+    # How far the client's audio may run ahead of the wall clock (bursts, network jitter).
+    max_ahead_seconds: float = 2.0  # LEGACY_WS_MAX_AHEAD_SECONDS
+    # How far behind the client may fall before the gap is filled with silence.
+    underrun_fill_seconds: float = 0.5  # LEGACY_WS_UNDERRUN_FILL_SECONDS
+    # Caller audio the pipeline may fall behind by before the oldest is dropped.
+    input_buffer_seconds: float = 3.0  # LEGACY_WS_INPUT_BUFFER_SECONDS
+    usage_report_seconds: float = 5.0  # LEGACY_WS_USAGE_REPORT_SECONDS
+
+    @classmethod
+    def from_env(cls) -> LegacyWsLimits:
+        return cls(
+            config_timeout_seconds=_env_float("LEGACY_WS_CONFIG_TIMEOUT_SECONDS", cls.config_timeout_seconds),
+            max_frame_seconds=_env_float("LEGACY_WS_MAX_FRAME_SECONDS", cls.max_frame_seconds),
+            max_ahead_seconds=_env_float("LEGACY_WS_MAX_AHEAD_SECONDS", cls.max_ahead_seconds),
+            underrun_fill_seconds=_env_float("LEGACY_WS_UNDERRUN_FILL_SECONDS", cls.underrun_fill_seconds),
+            input_buffer_seconds=_env_float("LEGACY_WS_INPUT_BUFFER_SECONDS", cls.input_buffer_seconds),
+            usage_report_seconds=_env_float("LEGACY_WS_USAGE_REPORT_SECONDS", cls.usage_report_seconds),
+        )
+
+    def max_frame_bytes(self, sample_rate: int) -> int:
+        return int(sample_rate * self.max_frame_seconds) * 2
+
+
+class ConfigInvalid(Exception):
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        self.fields = fields
+        name, messages = next(iter(fields.items()))
+        self.message = f"{name}: {messages[0]}"
+        super().__init__(self.message)
+
+
+def parse_config(message: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The REST body fields validated by the REST serializer, plus the socket's ``sample_rate``."""
+    errors: dict[str, list[str]] = {}
+    rate = message.get("sample_rate", DEFAULT_SAMPLE_RATE)
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SUPPORTED_SAMPLE_RATES:
+        accepted = ", ".join(map(str, SUPPORTED_SAMPLE_RATES))
+        errors["sample_rate"] = [f"Unsupported sample rate {rate!r}. Accepted values: {accepted}."]
+    body = {k: v for k, v in message.items() if k not in CONFIG_FIELDS_WS_ONLY}
+    serializer = SessionConfigSerializer(data=body)
+    if not serializer.is_valid():
+        for name, messages in serializer.errors.items():
+            errors[str(name)] = [str(m) for m in messages]
+    if errors:
+        raise ConfigInvalid(dict(sorted(errors.items(), key=lambda item: item[0] == "sample_rate")))
+    return dict(serializer.validated_data), rate
+
+
+_RETRYABLE_DB_ERRORS = (OperationalError, InterfaceError)
+_DB_ATTEMPTS = 3
+
+
+async def apply_event(task: Any, event: contracts.WorkerEvent) -> None:
+    """Apply a worker event through its Celery task's body, in-process, as the worker's events are.
+
+    A database blip is retried here at once; anything that still fails (a missing price, a
+    database that stays away) is handed to Celery with the event id as task id, so the task's own
+    retries apply it later. The task bodies apply each event id once, so neither path doubles it."""
+    payload = event.model_dump(mode="json")
+    for attempt in range(1, _DB_ATTEMPTS + 1):
+        try:
+            await database_sync_to_async(task)(payload)
+            return
+        except _RETRYABLE_DB_ERRORS:
+            if attempt == _DB_ATTEMPTS:
+                break
+            await asyncio.sleep(0.5 * attempt)
+        except Exception:
+            break
+    logger.warning(
+        "Applying %s %s for session %s in-process failed; queueing it for Celery",
+        type(event).__name__,
+        event.event_id,
+        event.session_id,
+        exc_info=True,
+    )
+    try:
+        await database_sync_to_async(task.apply_async)(kwargs={"payload": payload}, task_id=event.event_id)
+    except Exception:
+        logger.exception("Could not queue %s %s for session %s", type(event).__name__, event.event_id, event.session_id)
+
+
+class _Phase(StrEnum):
+    AWAITING_CONFIG = "awaiting_config"
+    RUNNING = "running"
+    ENDING = "ending"  # the conversation is closing; further audio is ignored
+    CLOSED = "closed"
+
+
+class _SocketObserver(ConversationObserver):
+    def __init__(self, consumer: VoiceAgentConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_transcript(self, event: TranscriptEvent) -> None:
+        await self._consumer.on_transcript(event)
+
+    async def on_agent_state(self, state: str) -> None:
+        await self._consumer.on_agent_state(state)
+
+    async def on_interrupted(self) -> None:
+        await self._consumer.send_event({"type": "interrupted"})
+
+    async def on_usage(self, items: list[contracts.UsageItem]) -> None:
+        await self._consumer.on_usage(items)
+
+    async def on_error(self, message: str, *, recoverable: bool) -> None:
+        log = logger.warning if recoverable else logger.error
+        log("Legacy WS session %s: %s", self._consumer.session_id, message)
+        await self._consumer.send_error(WsErrorCode.PROVIDER_ERROR, message, fatal=not recoverable)
+
+    async def on_ended(self, ended: ConversationEnded) -> None:
+        await self._consumer.on_ended(ended)
+
+
+class VoiceAgentConsumer(AsyncWebsocketConsumer):
+    """One socket, one session. Handlers stay short: Channels runs them one at a time per socket."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = LegacyWsLimits.from_env()
+        self.session_id = ""
+        self.sample_rate = DEFAULT_SAMPLE_RATE
+        self._phase = _Phase.AWAITING_CONFIG
+        self._socket_open = False
+        self._close_code: CloseCode | None = None
+        self._config_timer: asyncio.TimerHandle | None = None
+        self._conversation: Conversation | None = None
+        self._audio_in: QueueAudioInput | None = None
+        self._audio_out: CallbackAudioOutput | None = None
+        self._group = ""
+        self._background: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._finished = asyncio.Event()
+        # The caller's audio clock: seconds received (plus silence filled), measured against the
+        # config's arrival for "too fast" and the session's start for "too slow" — lenient both
+        # ways about the time the session took to create.
+        self._clock_origin = 0.0
+        self._fill_origin = 0.0
+        self._audio_seconds = 0.0
+        self._max_frame_bytes = 0
+        self._underrun_reported = False
+        self._dropped_reported = 0.0
+        # Usage deltas not yet applied to the database, and the running totals shown to the client.
+        self._usage_pending: dict[tuple[str, str, str], float] = {}
+        self._usage_totals: dict[tuple[str, str, str], float] = {}
+        self._usage_lock = asyncio.Lock()
+        self._usage_flushed_at = 0.0
+        self._agent_speaking = False
+
+    # ------------------------------------------------------------------ Channels plumbing
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``AsyncConsumer.__call__`` with a leaner loop. Channels waits on the client and the
+        channel layer together with a new task and an ``asyncio.wait`` for every message; at 50
+        audio frames a second per socket that bookkeeping costs more than the frames. Here the
+        client's messages are read in a plain loop, and the channel layer — control messages
+        only, a few per session — by a task beside it."""
+        if os.environ.get("AB_CHANNELS_LOOP"):
+            return await super().__call__(scope, receive, send)
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.base_send = send
+        control: asyncio.Task[None] | None = None
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            control = asyncio.get_running_loop().create_task(self._receive_control_messages())
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+        finally:
+            if control is not None:
+                control.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await control
+
+    async def _receive_control_messages(self) -> None:
+        assert self.channel_layer is not None
+        while True:
+            try:
+                message = await self.channel_layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A broker blip must not take the call down with it; control resumes when it is back.
+                logger.warning("Legacy WS session %s: channel layer receive failed", self.session_id, exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                await self.dispatch(message)
+            except Exception:
+                logger.exception(
+                    "Legacy WS session %s: control message %r failed", self.session_id, message.get("type")
+                )
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale DB connections before every message with a hop to the one
+        # sync thread; at 50 audio frames a second per socket that thread becomes the server's
+        # bottleneck. This consumer reaches the ORM only through database_sync_to_async, which
+        # does the same cleanup around each call, so frames skip the hop.
+        if message.get("type") == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
+
+    async def connect(self) -> None:
+        await self.accept()
+        self._socket_open = True
+        auth: WsKeyAuth | None = self.scope.get(SCOPE_KEY)
+        if auth is None or not auth.ok:
+            code = auth.error_code if auth is not None and auth.error_code else ErrorCode.UNAUTHENTICATED
+            message = auth.message if auth is not None else "Authentication is not configured for this socket."
+            await self._refuse(_AUTH_CLOSE.get(code, CloseCode.KEY_INVALID), str(code), message)
+            return
+        loop = asyncio.get_running_loop()
+        self._config_timer = loop.call_later(self.limits.config_timeout_seconds, self._on_config_timeout)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self._phase is _Phase.AWAITING_CONFIG:
+            await self._receive_config(text_data, bytes_data)
+        elif self._phase is _Phase.RUNNING:
+            if bytes_data is not None:
+                await self._receive_audio(bytes_data)
+            else:
+                await self._receive_control(text_data or "")
+        # ENDING / CLOSED: the session is closing; what the client still sends is ignored.
+
+    async def disconnect(self, code: int) -> None:
+        self._socket_open = False
+        if self._config_timer is not None:
+            self._config_timer.cancel()
+        if self._phase is _Phase.AWAITING_CONFIG:
+            self._phase = _Phase.CLOSED
+            return
+        if self._conversation is not None:
+            self._spawn(self._conversation.end(contracts.EndReason.USER_LEFT))
+            # Shielded: if Daphne gives up waiting for this consumer, the session still closes.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._finished.wait())
+
+    async def session_terminate(self, event: dict[str, Any]) -> None:
+        """Channel-layer control message ``{"type": "session.terminate", "reason": …}``."""
+        try:
+            reason = contracts.EndReason(event.get("reason", ""))
+        except ValueError:
+            reason = contracts.EndReason.ERROR
+        logger.info("Legacy WS session %s terminated: %s", self.session_id, reason)
+        if self._conversation is not None:
+            self._spawn(self._conversation.end(reason))
+
+    # ------------------------------------------------------------------ before the session
+
+    async def _refuse(
+        self,
+        close: CloseCode,
+        code: str,
+        message: str,
+        fields: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        """An error before any session exists: say why, close, keep nothing."""
+        self._phase = _Phase.CLOSED
+        if self._config_timer is not None:
+            self._config_timer.cancel()
+        await self.send_error(code, message, fatal=True, fields=fields, retry_after=retry_after)
+        await self._close_socket(close)
+
+    def _on_config_timeout(self) -> None:
+        if self._phase is _Phase.AWAITING_CONFIG:
+            seconds = self.limits.config_timeout_seconds
+            self._spawn(
+                self._refuse(
+                    CloseCode.CONFIG_TIMEOUT,
+                    WsErrorCode.CONFIG_TIMEOUT,
+                    f"No config message within {seconds:g} s of connecting.",
+                )
+            )
+
+    async def _receive_config(self, text_data: str | None, bytes_data: bytes | None) -> None:
+        # The caller's audio clock starts with the config: a client may stream right after it,
+        # and what it sends while the session is being created is not "ahead" of real time.
+        self._clock_origin = time.monotonic()
+        if text_data is None:
+            await self._refuse(
+                CloseCode.PROTOCOL_ERROR,
+                WsErrorCode.PROTOCOL_ERROR,
+                'Audio before the config message: send {"type": "config", …} first.',
+            )
+            return
+        message = _json_object(text_data)
+        if message is None or message.get("type") != "config":
+            await self._refuse(
+                CloseCode.PROTOCOL_ERROR,
+                WsErrorCode.PROTOCOL_ERROR,
+                'The first message must be a JSON object {"type": "config", …}.',
+            )
+            return
+        try:
+            config, rate = parse_config(message)
+        except ConfigInvalid as error:
+            await self._refuse(CloseCode.INVALID_CONFIG, ErrorCode.VALIDATION_ERROR, error.message, error.fields)
+            return
+        auth: WsKeyAuth = self.scope[SCOPE_KEY]
+        assert auth.api_key is not None
+        try:
+            created = await database_sync_to_async(services.voice_session_create)(
+                organization=auth.api_key.organization,
+                api_key=auth.api_key,
+                config=config,
+                transport=contracts.Transport.WEBSOCKET,
+            )
+        except ApplicationError as error:
+            close = _ADMISSION_CLOSE.get(error.code, CloseCode.PROTOCOL_ERROR)
+            await self._refuse(close, str(error.code), error.message, error.fields or None, error.retry_after)
+            return
+        if self._config_timer is not None:
+            self._config_timer.cancel()
+        if not self._socket_open:
+            # The client left while the row was being created: record a session that never ran.
+            await apply_event(
+                tasks.session_ended,
+                contracts.SessionEnded(
+                    session_id=str(created.session.id), reason=contracts.EndReason.USER_LEFT, duration_seconds=0
+                ),
+            )
+            self._phase = _Phase.CLOSED
+            return
+        await self._start_session(str(created.session.id), created.session.config(), rate)
+
+    # ------------------------------------------------------------------ the session
+
+    async def _start_session(self, session_id: str, config: contracts.SessionConfig, rate: int) -> None:
+        self.session_id = session_id
+        self.sample_rate = rate
+        self._max_frame_bytes = self.limits.max_frame_bytes(rate)
+        worker = WorkerSettings.from_env()
+        self._audio_in = QueueAudioInput(sample_rate=rate, max_buffered_seconds=self.limits.input_buffer_seconds)
+        self._audio_out = CallbackAudioOutput(sample_rate=rate, on_audio=self._send_audio)
+        conversation = Conversation(
+            session_id=session_id,
+            config=config,
+            providers=ProviderSettings.from_env(),
+            observer=_SocketObserver(self),
+            sample_rate=_PIPELINE_RATE[rate],
+            idle_timeout_seconds=worker.idle_timeout_seconds,
+            goodbye_lead_seconds=worker.goodbye_lead_seconds,
+        )
+        self._conversation = conversation
+        self._phase = _Phase.RUNNING
+        if self.channel_layer is not None:
+            self._group = session_group(session_id)
+            try:
+                await self.channel_layer.group_add(self._group, self.channel_name)
+            except Exception:
+                # Without the control channel REST DELETE cannot reach this socket; the call still works.
+                logger.exception("Legacy WS session %s could not join its control group", session_id)
+                self._group = ""
+        await self.send_event(
+            {
+                "type": "session.started",
+                "session_id": session_id,
+                "sample_rate": rate,
+                "max_frame_bytes": self._max_frame_bytes,
+                "max_duration_seconds": config.max_duration_seconds,
+                "providers": conversation.providers_label,
+            }
+        )
+        self._fill_origin = self._usage_flushed_at = time.monotonic()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick(), name=f"legacy-ws-tick-{session_id}")
+        try:
+            await conversation.start(audio_input=self._audio_in, audio_output=self._audio_out)
+        except Exception as error:
+            logger.exception("Legacy WS session %s could not start", session_id)
+            self._close_code = CloseCode.INTERNAL_ERROR
+            self._spawn(conversation.end(contracts.EndReason.ERROR, error=f"The agent could not start: {error}"))
+            return
+        if conversation.ended is None:
+            await apply_event(
+                tasks.session_started,
+                contracts.SessionStarted(session_id=session_id, providers=conversation.providers_label),
+            )
+
+    async def _receive_audio(self, pcm: bytes) -> None:
+        assert self._audio_in is not None
+        if not pcm:
+            return
+        if len(pcm) % 2:
+            await self._fail(
+                CloseCode.INVALID_AUDIO,
+                WsErrorCode.INVALID_AUDIO,
+                f"Audio frames must be whole 16-bit samples; got {len(pcm)} bytes (odd).",
+            )
+            return
+        if len(pcm) > self._max_frame_bytes:
+            await self._fail(
+                CloseCode.FRAME_TOO_LARGE,
+                WsErrorCode.FRAME_TOO_LARGE,
+                f"Audio frames may hold at most {self.limits.max_frame_seconds:g} s "
+                f"({self._max_frame_bytes} bytes at {self.sample_rate} Hz); got {len(pcm)} bytes.",
+            )
+            return
+        self._audio_seconds += len(pcm) / 2 / self.sample_rate
+        ahead = self._audio_seconds - (time.monotonic() - self._clock_origin)
+        if ahead > self.limits.max_ahead_seconds:
+            await self._fail(
+                CloseCode.AUDIO_TOO_FAST,
+                WsErrorCode.AUDIO_TOO_FAST,
+                f"Audio is arriving faster than real time ({ahead:.1f} s ahead; at most "
+                f"{self.limits.max_ahead_seconds:g} s allowed). Send it at the pace it plays.",
+            )
+            return
+        self._audio_in.push(pcm)
+
+    async def _receive_control(self, text: str) -> None:
+        message = _json_object(text)
+        kind = message.get("type") if message is not None else None
+        if kind == "end":
+            self._phase = _Phase.ENDING
+            assert self._conversation is not None
+            self._spawn(self._conversation.end(contracts.EndReason.COMPLETED))
+        elif kind == "config":
+            await self.send_error(WsErrorCode.PROTOCOL_ERROR, "The session is already configured.", fatal=False)
+        elif message is None:
+            await self.send_error(
+                WsErrorCode.PROTOCOL_ERROR,
+                "Text messages must be JSON objects; audio goes in binary messages.",
+                fatal=False,
+            )
+        else:
+            await self.send_error(
+                WsErrorCode.PROTOCOL_ERROR, f"Unknown message type {kind!r}. Accepted: end.", fatal=False
+            )
+
+    async def _fail(self, close: CloseCode, code: str, message: str) -> None:
+        """A fatal client error during the session: say why, then end the session as failed."""
+        if self._phase is not _Phase.RUNNING:
+            return
+        self._phase = _Phase.ENDING
+        self._close_code = close
+        await self.send_error(code, message, fatal=True)
+        assert self._conversation is not None
+        self._spawn(self._conversation.end(contracts.EndReason.ERROR, error=message))
+
+    async def _tick(self) -> None:
+        """Every 100 ms: fill a slow client's gaps with silence, report dropped audio and usage."""
+        assert self._audio_in is not None
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            behind = (now - self._fill_origin) - self._audio_seconds
+            if self._phase is _Phase.RUNNING and behind > self.limits.underrun_fill_seconds:
+                # A phone line never goes quiet: without audio the STT cannot hear the end of
+                # an utterance, so a stalled client is heard as silence, as a LiveKit caller is.
+                samples = math.floor(behind * self.sample_rate)
+                self._audio_in.push(b"\x00\x00" * samples)
+                self._audio_seconds += samples / self.sample_rate
+                if not self._underrun_reported:
+                    self._underrun_reported = True
+                    await self.send_error(
+                        WsErrorCode.AUDIO_UNDERRUN,
+                        f"No audio for {behind:.1f} s: the gap was filled with silence. Send audio in real time.",
+                        fatal=False,
+                    )
+            dropped = self._audio_in.dropped_seconds
+            if dropped - self._dropped_reported >= 0.5:
+                self._dropped_reported = dropped
+                await self.send_error(
+                    WsErrorCode.AUDIO_DROPPED,
+                    f"The pipeline fell behind; {dropped:.1f} s of your audio was dropped so far.",
+                    fatal=False,
+                )
+            if now - self._usage_flushed_at >= self.limits.usage_report_seconds:
+                await self._flush_usage()
+
+    # ------------------------------------------------------------------ conversation events
+
+    async def on_transcript(self, event: TranscriptEvent) -> None:
+        await self.send_event(
+            {
+                "type": "transcript",
+                "role": event.role,
+                "text": event.text,
+                "final": event.final,
+                "language": event.language,
+                "start_ms": max(0, event.start_offset_ms),
+                "end_ms": max(0, event.start_offset_ms, event.end_offset_ms),
+            }
+        )
+        if event.final and event.text.strip():
+            await apply_event(
+                tasks.transcript_segment,
+                contracts.TranscriptSegment(
+                    session_id=self.session_id,
+                    role=event.role,
+                    text=event.text,
+                    language=event.language,
+                    start_offset_ms=max(0, event.start_offset_ms),
+                    end_offset_ms=max(0, event.start_offset_ms, event.end_offset_ms),
+                ),
+            )
+
+    async def on_agent_state(self, state: str) -> None:
+        speaking = state == "speaking"
+        if speaking != self._agent_speaking:
+            self._agent_speaking = speaking
+            await self.send_event({"type": "agent.speaking" if speaking else "agent.stopped"})
+
+    async def on_usage(self, items: list[contracts.UsageItem]) -> None:
+        for item in items:
+            key = (str(item.component), item.model, item.provider)
+            self._usage_pending[key] = self._usage_pending.get(key, 0.0) + item.quantity
+            self._usage_totals[key] = self._usage_totals.get(key, 0.0) + item.quantity
+        await self.send_event(
+            {
+                "type": "usage",
+                "items": [_usage_json(i.component, i.model, i.provider, i.quantity) for i in items],
+                "totals": [_usage_json(c, m, p, q) for (c, m, p), q in sorted(self._usage_totals.items())],
+            }
+        )
+
+    async def _flush_usage(self) -> None:
+        """Apply the usage gathered since the last flush: billing sees it within seconds, mid-call."""
+        async with self._usage_lock:
+            self._fill_origin = self._usage_flushed_at = time.monotonic()
+            if not self._usage_pending:
+                return
+            pending, self._usage_pending = self._usage_pending, {}
+            items = [
+                contracts.UsageItem(component=contracts.UsageComponent(c), model=m, provider=p, quantity=round(q, 6))
+                for (c, m, p), q in pending.items()
+            ]
+            await apply_event(tasks.usage_reported, contracts.UsageReported(session_id=self.session_id, items=items))
+
+    async def on_ended(self, ended: ConversationEnded) -> None:
+        try:
+            if self._ticker is not None:
+                self._ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._ticker
+            await self._flush_usage()
+            await apply_event(
+                tasks.session_ended,
+                contracts.SessionEnded(
+                    session_id=self.session_id,
+                    reason=ended.reason,
+                    duration_seconds=max(0.0, ended.duration_seconds),
+                    turn_latencies=ended.turn_latencies,
+                    error=ended.error,
+                ),
+            )
+            await self.send_event(
+                {
+                    "type": "session.ended",
+                    "session_id": self.session_id,
+                    "reason": str(ended.reason),
+                    "duration_seconds": ended.duration_seconds,
+                    "error": ended.error,
+                }
+            )
+            await self._close_socket(self._close_code or _END_CLOSE.get(ended.reason, CloseCode.NORMAL))
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        self._phase = _Phase.CLOSED
+        if self._audio_in is not None:
+            self._audio_in.close()
+        if self._audio_out is not None:
+            await self._audio_out.aclose()
+        if self._group and self.channel_layer is not None:
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(self._group, self.channel_name)
+        self._finished.set()
+
+    # ------------------------------------------------------------------ sending
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        if self._socket_open:
+            await self.send(text_data=json.dumps(event, ensure_ascii=False))
+
+    async def send_error(
+        self,
+        code: str,
+        message: str,
+        *,
+        fatal: bool,
+        fields: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        event: dict[str, Any] = {"type": "error", "code": str(code), "message": message, "fatal": fatal}
+        if fields:
+            event["fields"] = fields
+        if retry_after is not None:
+            event["retry_after"] = retry_after
+        await self.send_event(event)
+
+    async def _send_audio(self, pcm: bytes) -> None:
+        if self._socket_open:
+            await self.send(bytes_data=pcm)
+
+    async def _close_socket(self, code: CloseCode) -> None:
+        if self._socket_open:
+            self._socket_open = False
+            await self.close(code=int(code))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _usage_json(component: str, model: str, provider: str, quantity: float) -> dict[str, Any]:
+    return {"component": str(component), "model": model, "provider": provider, "quantity": round(quantity, 6)}

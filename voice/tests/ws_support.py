@@ -1,0 +1,251 @@
+"""A real Daphne server on loopback for legacy-WebSocket tests, and a caller that talks to it.
+
+``DaphneServer`` runs ``daphne callmissed.asgi:application`` as a subprocess on the test
+database (PostgreSQL, so both processes see committed rows) with the provider settings pointed
+at the loopback fakes. ``WsCaller`` is a client on the ``websockets`` library that streams PCM in
+real time like a phone (silence unless told to speak), and records every event and audio frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from testsupport.fakes.sarvam import silence, tone
+
+ROOT = Path(__file__).resolve().parents[2]
+CHUNK_SECONDS = 0.02
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def database_url_for(test_db_name: str) -> str:
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(parts._replace(path=f"/{test_db_name}"))
+
+
+class DaphneServer:
+    """``with DaphneServer(env) as server: server.ws_url(key)``; logs in ``log_path``."""
+
+    def __init__(self, *, env: Mapping[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "callmissed.settings_test", **env}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, path: str = "/ws/voice-agent") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def ws_url(self, key: str | None) -> str:
+        return self.url() if key is None else f"{self.url()}?key={key}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> DaphneServer:
+        with self.log_path.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "callmissed.asgi:application",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Daphne did not start:\n{self.log()[-4000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> DaphneServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def server_env(test_db_name: str, **overrides: str) -> dict[str, str]:
+    """What a test server needs to run on the test database, plus ``overrides``."""
+    return {"DATABASE_URL": database_url_for(test_db_name), **overrides}
+
+
+def config_message(**fields: Any) -> str:
+    return json.dumps({"type": "config", **fields})
+
+
+@dataclass
+class Closed:
+    code: int | None
+    reason: str
+
+
+@dataclass
+class WsCaller:
+    """One client socket: ``events`` (JSON, in order), ``audio`` ((monotonic time, pcm) received)."""
+
+    ws: ClientConnection
+    sample_rate: int = 16000
+    events: list[dict[str, Any]] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)  # monotonic arrival time of each event
+    audio: list[tuple[float, bytes]] = field(default_factory=list)
+    closed: Closed | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _speech: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _said: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def open(cls, url: str, *, sample_rate: int = 16000) -> WsCaller:
+        ws = await connect(url, max_size=None, open_timeout=10)
+        caller = cls(ws=ws, sample_rate=sample_rate)
+        caller._tasks.append(asyncio.create_task(caller._receive()))
+        return caller
+
+    async def _receive(self) -> None:
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    self.audio.append((time.monotonic(), message))
+                else:
+                    self.events.append(json.loads(message))
+                    self.event_times.append(time.monotonic())
+                self.changed.set()
+        except ConnectionClosed:
+            pass
+        self.closed = Closed(code=self.ws.close_code, reason=self.ws.close_reason or "")
+        self.changed.set()
+
+    # ---- sending
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def configure(self, **fields: Any) -> dict[str, Any]:
+        """Send the config and return the ``session.started`` event."""
+        await self.ws.send(config_message(sample_rate=self.sample_rate, **fields))
+        await self.wait_for(lambda: self.first("session.started") is not None or self.closed is not None)
+        started = self.first("session.started")
+        assert started is not None, f"no session.started: {self.events} {self.closed}"
+        return started
+
+    def start_streaming(self) -> None:
+        """Stream 20 ms chunks in real time from now on: silence, or what ``say`` queued."""
+        self._tasks.append(asyncio.create_task(self._stream()))
+
+    async def _stream(self) -> None:
+        quiet = silence(CHUNK_SECONDS, self.sample_rate)
+        next_at = time.monotonic()
+        try:
+            while True:
+                chunk = quiet
+                if not self._speech.empty():
+                    chunk = self._speech.get_nowait()
+                    if not chunk:
+                        self._said.set()
+                        continue
+                await self.ws.send(chunk)
+                next_at += CHUNK_SECONDS
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        except ConnectionClosed:
+            return
+
+    async def say(self, seconds: float) -> None:
+        """Speak (a tone the fake's VAD hears as speech) for ``seconds``; returns once sent."""
+        pcm = tone(seconds, self.sample_rate)
+        step = int(self.sample_rate * CHUNK_SECONDS) * 2
+        self._said.clear()
+        for i in range(0, len(pcm), step):
+            self._speech.put_nowait(pcm[i : i + step])
+        self._speech.put_nowait(b"")
+        await self._said.wait()
+
+    def stop_streaming(self) -> None:
+        for task in self._tasks[1:]:
+            task.cancel()
+        del self._tasks[1:]
+
+    # ---- reading
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("type") == kind]
+
+    def time_of(self, kind: str) -> float:
+        """When the first ``kind`` event arrived (monotonic)."""
+        return next(at for at, e in zip(self.event_times, self.events, strict=True) if e.get("type") == kind)
+
+    def first(self, kind: str) -> dict[str, Any] | None:
+        found = self.of(kind)
+        return found[0] if found else None
+
+    def transcripts(self, role: str, *, final: bool = True) -> list[str]:
+        return [e["text"] for e in self.of("transcript") if e["role"] == role and e["final"] == final]
+
+    def audio_seconds(self, *, since: float = 0.0) -> float:
+        return sum(len(pcm) / 2 / self.sample_rate for at, pcm in self.audio if at >= since)
+
+    async def wait_for(self, predicate: Callable[[], bool], *, timeout: float = 20.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out; events so far: {self.events}, closed: {self.closed}") from None
+
+    async def wait_closed(self, *, timeout: float = 30.0) -> Closed:
+        await self.wait_for(lambda: self.closed is not None, timeout=timeout)
+        assert self.closed is not None
+        return self.closed
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ws.close()
