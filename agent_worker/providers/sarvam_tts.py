@@ -22,7 +22,6 @@ import binascii
 import contextlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,18 +38,17 @@ from livekit.agents import (
     utils,
 )
 
+from agent_worker.providers.sentences import SOFT_CHUNK_CHARS, take_ready_text
+
 logger = logging.getLogger(__name__)
 
 PROVIDER = "sarvam"
 MAX_TEXT_CHARS = 2500  # Sarvam's limit per text message
 SAMPLE_RATES = (8000, 16000, 22050, 24000)
-# Without a sentence end, send once this much text is waiting so long sentences still stream.
-_SOFT_CHUNK_CHARS = 150
 # Sarvam starts synthesising once this many characters are buffered (30 is its minimum).
 _MIN_BUFFER_SIZE = 30
 # Sarvam closes a socket after 60 s without traffic; retire pooled sockets well before that.
 _POOL_MAX_IDLE_S = 40.0
-_SENTENCE_END = re.compile(r"[.!?।॥]+[\"'”’)\]]*\s+")
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class _Options:
             "speech_sample_rate": self.sample_rate,
             "output_audio_codec": "linear16",
             "min_buffer_size": _MIN_BUFFER_SIZE,
-            "max_chunk_length": _SOFT_CHUNK_CHARS,
+            "max_chunk_length": SOFT_CHUNK_CHARS,
         }
         return json.dumps({"type": "config", "data": data})
 
@@ -91,20 +89,6 @@ def split_for_sarvam(text: str) -> list[str]:
     if text:
         pieces.append(text)
     return pieces
-
-
-def take_ready_text(buffer: str) -> tuple[str, str]:
-    """Split the buffered text into what is ready to speak now and what should wait for more."""
-    last_end = 0
-    for match in _SENTENCE_END.finditer(buffer):
-        last_end = match.end()
-    if last_end:
-        return buffer[:last_end], buffer[last_end:]
-    if len(buffer) >= _SOFT_CHUNK_CHARS:
-        cut = buffer.rfind(" ")
-        if cut > 0:
-            return buffer[: cut + 1], buffer[cut + 1 :]
-    return "", buffer
 
 
 class SarvamTTS(tts.TTS):

@@ -17,8 +17,9 @@ from agent_worker.providers import OFFLINE_PROVIDER
 from agent_worker.providers.offline import OfflineSTT, OfflineTTS, ScriptedLLM, notice
 from agent_worker.providers.offline import llm as scripted
 from agent_worker.providers.offline.stt import _POOL, RecognizerGone
-from agent_worker.providers.offline.tts import VOICES, take_ready_text
+from agent_worker.providers.offline.tts import VOICES
 from agent_worker.providers.offline.vad import EnergyVAD, SpeechAudio, SpeechEnded, SpeechStarted
+from agent_worker.providers.sentences import take_ready_text
 from testsupport.fakes.sarvam import silence, tone
 
 SENTENCE = "Please book an appointment for tomorrow morning."

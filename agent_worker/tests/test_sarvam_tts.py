@@ -9,7 +9,8 @@ import pytest
 from livekit.agents import APIConnectOptions, APIError, APIStatusError
 from livekit.agents.metrics import TTSMetrics
 
-from agent_worker.providers.sarvam_tts import MAX_TEXT_CHARS, SarvamTTS, split_for_sarvam, take_ready_text
+from agent_worker.providers.sarvam_tts import MAX_TEXT_CHARS, SarvamTTS, split_for_sarvam
+from agent_worker.providers.sentences import take_ready_text
 from testsupport.fakes.sarvam import FakeSarvam
 
 KEY = "sk-test-tts"

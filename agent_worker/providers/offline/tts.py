@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, tts, 
 
 from agent_worker.providers import OFFLINE_PROVIDER, OFFLINE_TTS_MODEL
 from agent_worker.providers.offline import notice
+from agent_worker.providers.sentences import take_ready_text
 
 if TYPE_CHECKING:
     from piper import PiperVoice
@@ -35,9 +35,6 @@ logger = logging.getLogger(__name__)
 VOICE_NAME = "en_US-joe-medium"
 # Peak-normalised speech at full scale would clip after resampling; leave a little headroom.
 _VOLUME = 0.9
-# Without a sentence end, speak once this much text is waiting so long sentences still stream.
-_SOFT_CHUNK_CHARS = 150
-_SENTENCE_END = re.compile(r"[.!?;:]+[\"'”’)\]]*\s+")
 # Text with nothing speakable in it (an emoji, a lone dash) still gets a moment of audio, so the
 # pipeline sees the segment it was promised.
 _EMPTY_SPEECH_S = 0.05
@@ -83,20 +80,6 @@ class _VoiceCache:
 
 
 VOICES = _VoiceCache()
-
-
-def take_ready_text(buffer: str) -> tuple[str, str]:
-    """Split buffered text into the complete sentences to speak now and the rest to wait for."""
-    last_end = 0
-    for match in _SENTENCE_END.finditer(buffer):
-        last_end = match.end()
-    if last_end:
-        return buffer[:last_end], buffer[last_end:]
-    if len(buffer) >= _SOFT_CHUNK_CHARS:
-        cut = buffer.rfind(" ")
-        if cut > 0:
-            return buffer[: cut + 1], buffer[cut + 1 :]
-    return "", buffer
 
 
 class OfflineTTS(tts.TTS):
