@@ -61,6 +61,18 @@ class TranscriptEvent:
     start_offset_ms: int  # milliseconds since the conversation started
     end_offset_ms: int
 
+    def segment(self, session_id: str) -> contracts.TranscriptSegment:
+        """This line as the event Django stores; offsets clamped so a segment never ends before
+        it starts (the STT's timing can run a little behind the caller's audio)."""
+        return contracts.TranscriptSegment(
+            session_id=session_id,
+            role=self.role,
+            text=self.text,
+            language=self.language,
+            start_offset_ms=max(0, self.start_offset_ms),
+            end_offset_ms=max(0, self.start_offset_ms, self.end_offset_ms),
+        )
+
 
 @dataclass(frozen=True)
 class ConversationEnded:

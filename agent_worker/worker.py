@@ -103,16 +103,7 @@ class ReportingObserver(ConversationObserver):
     async def on_transcript(self, event: TranscriptEvent) -> None:
         if not event.final or not event.text.strip():
             return  # interim text reaches the browser through the room; Django stores final lines
-        self.reporter.report(
-            contracts.TranscriptSegment(
-                session_id=self.session_id,
-                role=event.role,
-                text=event.text,
-                language=event.language,
-                start_offset_ms=max(0, event.start_offset_ms),
-                end_offset_ms=max(0, event.start_offset_ms, event.end_offset_ms),
-            )
-        )
+        self.reporter.report(event.segment(self.session_id))
 
     async def on_usage(self, items: list[contracts.UsageItem]) -> None:
         if items:

@@ -597,6 +597,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
     # ------------------------------------------------------------------ conversation events
 
     async def on_transcript(self, event: TranscriptEvent) -> None:
+        segment = event.segment(self.session_id)
         await self.send_event(
             {
                 "type": "transcript",
@@ -604,22 +605,12 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 "text": event.text,
                 "final": event.final,
                 "language": event.language,
-                "start_ms": max(0, event.start_offset_ms),
-                "end_ms": max(0, event.start_offset_ms, event.end_offset_ms),
+                "start_ms": segment.start_offset_ms,
+                "end_ms": segment.end_offset_ms,
             }
         )
         if event.final and event.text.strip():
-            await apply_event(
-                tasks.transcript_segment,
-                contracts.TranscriptSegment(
-                    session_id=self.session_id,
-                    role=event.role,
-                    text=event.text,
-                    language=event.language,
-                    start_offset_ms=max(0, event.start_offset_ms),
-                    end_offset_ms=max(0, event.start_offset_ms, event.end_offset_ms),
-                ),
-            )
+            await apply_event(tasks.transcript_segment, segment)
 
     async def on_agent_state(self, state: str) -> None:
         speaking = state == "speaking"
