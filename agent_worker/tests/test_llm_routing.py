@@ -206,3 +206,15 @@ async def test_slow_first_token_shows_in_the_ttft_metric(chat: FakeChatServer, s
 
     [metrics] = reply.metrics
     assert metrics.ttft >= 0.3
+
+
+async def test_sessions_sharing_a_route_keep_working_as_others_close(
+    chat: FakeChatServer, settings: ProviderSettings
+) -> None:
+    # Sessions on one loop share the route's connections; one hanging up must not cut the rest off.
+    first, second = build_llm("kimi-k2.5", settings), build_llm("kimi-k2.5", settings)
+    chat.script_replies("One.", "Two.", "Three.")
+
+    assert (await ask(first)).text == "One."
+    assert (await ask(second)).text == "Two."
+    assert (await ask(build_llm("kimi-k2.5", settings))).text == "Three."
