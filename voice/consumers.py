@@ -108,6 +108,9 @@ _END_CLOSE = {
 }
 
 
+_TICK_SECONDS = 0.1
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     return float(raw) if raw else default
@@ -252,12 +255,15 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._background: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
-        # The caller's audio clock: seconds received (plus silence filled), measured against the
-        # config's arrival for "too fast" and the session's start for "too slow" — lenient both
-        # ways about the time the session took to create.
+        # The caller's audio clock: seconds received, measured against the config's arrival for
+        # "too fast"; with the silence filled in, against the session's start for "too slow" —
+        # lenient both ways about the time the session took to create. Filled silence never
+        # counts as the caller's: when this server falls behind, the frames waiting in the socket
+        # arrive in a burst after the fill, and that is our lag, not a client sending too fast.
         self._clock_origin = 0.0
         self._fill_origin = 0.0
-        self._audio_seconds = 0.0
+        self._client_seconds = 0.0
+        self._filled_seconds = 0.0
         self._max_frame_bytes = 0
         self._underrun_reported = False
         self._dropped_reported = 0.0
@@ -521,8 +527,8 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 f"({self._max_frame_bytes} bytes at {self.sample_rate} Hz); got {len(pcm)} bytes.",
             )
             return
-        self._audio_seconds += len(pcm) / 2 / self.sample_rate
-        ahead = self._audio_seconds - (time.monotonic() - self._clock_origin)
+        self._client_seconds += len(pcm) / 2 / self.sample_rate
+        ahead = self._client_seconds - (time.monotonic() - self._clock_origin)
         if ahead > self.limits.max_ahead_seconds:
             await self._fail(
                 CloseCode.AUDIO_TOO_FAST,
@@ -564,18 +570,22 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._spawn(self._conversation.end(contracts.EndReason.ERROR, error=message))
 
     async def _tick(self) -> None:
-        """Every 100 ms: fill a slow client's gaps with silence, report dropped audio and usage."""
+        """Every tick: fill a slow client's gaps with silence, report dropped audio and usage."""
         assert self._audio_in is not None
         while True:
-            await asyncio.sleep(0.1)
+            due = time.monotonic() + _TICK_SECONDS
+            await asyncio.sleep(_TICK_SECONDS)
             now = time.monotonic()
-            behind = (now - self._fill_origin) - self._audio_seconds
-            if self._phase is _Phase.RUNNING and behind > self.limits.underrun_fill_seconds:
+            # Woken late, this process was busy: the caller's frames may be waiting unread, so a
+            # gap now is our lag, not theirs; the next tick decides once they are read.
+            stalled = now - due > _TICK_SECONDS / 2
+            behind = (now - self._fill_origin) - (self._client_seconds + self._filled_seconds)
+            if self._phase is _Phase.RUNNING and not stalled and behind > self.limits.underrun_fill_seconds:
                 # A phone line never goes quiet: without audio the STT cannot hear the end of
                 # an utterance, so a stalled client is heard as silence, as a LiveKit caller is.
                 samples = math.floor(behind * self.sample_rate)
                 self._audio_in.push(b"\x00\x00" * samples)
-                self._audio_seconds += samples / self.sample_rate
+                self._filled_seconds += samples / self.sample_rate
                 if not self._underrun_reported:
                     self._underrun_reported = True
                     await self.send_error(
@@ -634,7 +644,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
     async def _flush_usage(self) -> None:
         """Apply the usage gathered since the last flush: billing sees it within seconds, mid-call."""
         async with self._usage_lock:
-            self._fill_origin = self._usage_flushed_at = time.monotonic()
+            self._usage_flushed_at = time.monotonic()
             if not self._usage_pending:
                 return
             pending, self._usage_pending = self._usage_pending, {}

@@ -526,6 +526,30 @@ def test_a_client_slower_than_real_time_is_heard_as_silence(server, chat, sarvam
     assert ended["reason"] == "completed"
 
 
+def test_audio_held_up_then_delivered_in_a_burst_is_not_too_fast(server, chat, sarvam, key) -> None:
+    # A congested network (or this server falling behind) delivers real-time audio late and in a
+    # burst; the silence filled in meanwhile is ours, so the burst must not count as too fast.
+    chat.script_replies(GREETING, "Still here.")
+    sarvam.script_transcripts("hello again")
+
+    async def scenario() -> tuple[WsCaller, dict[str, Any]]:
+        caller, _ = await open_session(server, key)
+        await wait_for_greeting(caller)
+        caller.stop_streaming()
+        await asyncio.sleep(2.5)
+        for _ in range(125):  # the 2.5 s the network held back, arriving at once
+            await caller.ws.send(silence(0.02, 16000))
+        caller.start_streaming()
+        await caller.say(0.6)
+        await caller.wait_for(lambda: len(caller.transcripts("agent")) >= 2)
+        return caller, await end(caller)
+
+    caller, ended = run(scenario())
+    assert [e["code"] for e in caller.of("error") if e["fatal"]] == []
+    assert caller.transcripts("user") == ["hello again"]
+    assert ended["reason"] == "completed"
+
+
 def test_a_client_vanishing_mid_utterance_ends_the_session_and_keeps_its_words(server, chat, sarvam, key) -> None:
     chat.script_replies(GREETING)
     sarvam.script_transcripts("i was just saying")
