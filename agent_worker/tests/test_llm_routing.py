@@ -60,13 +60,16 @@ async def ask(model: llm.LLM, question: str = "what is the weather in Pune", **o
     metrics: list[LLMMetrics] = []
     model.on("metrics_collected", metrics.append)
     text, usage = "", None
-    async with model.chat(chat_ctx=ctx, conn_options=options.get("conn_options", FAST_RETRY)) as stream:  # type: ignore[arg-type]
-        async for chunk in stream:
-            if chunk.delta and chunk.delta.content:
-                text += chunk.delta.content
-            if chunk.usage:
-                usage = chunk.usage
-    await model.aclose()
+    try:
+        async with model.chat(chat_ctx=ctx, conn_options=options.get("conn_options", FAST_RETRY)) as stream:  # type: ignore[arg-type]
+            async for chunk in stream:
+                if chunk.delta and chunk.delta.content:
+                    text += chunk.delta.content
+                if chunk.usage:
+                    usage = chunk.usage
+    finally:
+        # A failed turn must still give back the loop's shared connections, as a session does.
+        await model.aclose()
     return Reply(text=text, usage=usage, metrics=metrics)
 
 

@@ -1,0 +1,56 @@
+"""The lean OpenAI-compatible client's stream parsing, where the chat fakes do not reach."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from livekit.agents.llm import utils as llm_utils
+
+from agent_worker.providers.openai_compat import _parse_choice, _sse_data, _ToolCalls
+
+
+async def _lines(*lines: bytes) -> AsyncIterator[bytes]:
+    for line in lines:
+        yield line
+
+
+async def test_server_sent_events_yield_their_data_and_skip_comments() -> None:
+    events = [
+        data
+        async for data in _sse_data(
+            _lines(
+                b": keep-alive\n", b"\n", b'data: {"a": 1}\r\n', b"\r\n", b"event: x\n", b"data:one\n", b"data: two\n"
+            )
+        )
+    ]
+
+    assert events == ['{"a": 1}', "one\ntwo"]
+
+
+def test_a_tool_call_streamed_in_pieces_arrives_as_one_call() -> None:
+    thinking, calls = llm_utils.ThinkingTokenFilter(), _ToolCalls()
+
+    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "finish_reason": finish_reason}
+
+    start = {"index": 0, "id": "call_1", "function": {"name": "opening_hours", "arguments": '{"day": '}}
+    more = {"index": 0, "function": {"arguments": '"monday"}'}}
+    assert _parse_choice("c", choice({"tool_calls": [start]}), thinking, calls) is None
+    assert _parse_choice("c", choice({"tool_calls": [more]}), thinking, calls) is None
+    chunk = _parse_choice("c", choice({}, finish_reason="tool_calls"), thinking, calls)
+
+    assert chunk is not None and chunk.delta is not None
+    [call] = chunk.delta.tool_calls
+    assert (call.call_id, call.name, call.arguments) == ("call_1", "opening_hours", '{"day": "monday"}')
+
+
+def test_list_shaped_content_is_spoken_as_its_text() -> None:
+    chunk = _parse_choice(
+        "c",
+        {"delta": {"content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " there."}]}},
+        llm_utils.ThinkingTokenFilter(),
+        _ToolCalls(),
+    )
+
+    assert chunk is not None and chunk.delta is not None and chunk.delta.content == "Hello there."
