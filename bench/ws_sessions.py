@@ -25,8 +25,15 @@ Per level, N callers start at ``--rate`` per second, then all N stay live togeth
 
 ``--offline-levels`` repeats the run with the embedded offline providers (pocketsphinx, piper,
 the scripted LLM) in the server — their models run on the server's CPU, so the figure is far
-lower and is reported separately. The database must be PostgreSQL (the sessions write their
-rows concurrently); a new organization and key are created for each run.
+lower and is reported separately. There the callers say a sentence in piper's voice (a tone is
+no word to pocketsphinx) and take turns: each speaks a second after the agent stops. The
+database must be PostgreSQL (the sessions write their rows concurrently); a new organization and
+key are created for each run.
+
+Baseline: the machine is shared, so absolute figures drift from run to run. Every level first
+runs the same callers, at the same N, against a paced echo (``bench.ws_echo``) served by the same
+Daphne process — Daphne, WebSocket framing and real-time pacing, no session — and the summary
+gives the voice agent's server CPU per session and live p99 lateness as ratios to the echo's.
 """
 
 from __future__ import annotations
@@ -58,11 +65,15 @@ CHUNK_S = 0.02
 UTTERANCE_EVERY_S = 8.0
 UTTERANCE_S = 0.8
 FIRST_UTTERANCE_AT_S = 5.0
+TURN_PAUSE_S = 1.0
+# What the offline callers say, in piper's voice: pocketsphinx hears words, not a tone.
+CALLER_SAYS = "Please book an appointment for tomorrow morning."
 LATENESS_LIMIT_MS = 40.0
 SARVAM_KEY = "bench-sarvam"
 CLARIFAI_PAT = "bench-clarifai"
 TTS_MS_PER_CHAR = 60.0
 DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
+ECHO_PATH = "/bench/echo"  # bench.ws_echo's baseline, beside the voice agent in the same Daphne
 REPLY = "Sure. We are open from nine in the morning to six in the evening, every day."
 
 
@@ -107,18 +118,29 @@ class SessionResult:
     setup_error: str = ""
 
 
-async def one_session(url: str, start_at: float, end_at: float, steady: tuple[float, float]) -> SessionResult:
+@dataclass(frozen=True)
+class Caller:
+    """What every caller of a level says, and when: ``speech`` every ``UTTERANCE_EVERY_S``, or,
+    taking turns, ``TURN_PAUSE_S`` after each reply of the agent's ends."""
+
+    speech: bytes
+    takes_turns: bool
+
+
+async def one_session(
+    url: str, caller: Caller, start_at: float, end_at: float, steady: tuple[float, float]
+) -> SessionResult:
     """One caller from ``start_at`` to ``end_at`` (monotonic, shared by every process on the
     machine); lateness inside ``steady`` (all sessions live) is also kept apart."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    from testsupport.fakes.sarvam import silence, tone
+    from testsupport.fakes.sarvam import silence
 
     result = SessionResult()
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     quiet = silence(CHUNK_S, SAMPLE_RATE)
-    speech = tone(UTTERANCE_S, SAMPLE_RATE)
+    next_utterance = math.inf
     step = int(SAMPLE_RATE * CHUNK_S) * 2
     try:
         async with connect(url, max_size=None, open_timeout=60) as ws:
@@ -126,7 +148,7 @@ async def one_session(url: str, start_at: float, end_at: float, steady: tuple[fl
             play_end: float | None = None  # when the agent audio received so far finishes playing
 
             async def receive() -> None:
-                nonlocal play_end
+                nonlocal play_end, next_utterance
                 async for message in ws:
                     now = time.monotonic()
                     if isinstance(message, bytes):
@@ -142,6 +164,8 @@ async def one_session(url: str, start_at: float, end_at: float, steady: tuple[fl
                     kind = event["type"]
                     if kind == "agent.stopped":
                         play_end = None  # the next frame starts a new reply
+                        if caller.takes_turns:
+                            next_utterance = now + TURN_PAUSE_S
                     elif kind == "transcript" and event["final"]:
                         if event["role"] == "agent":
                             result.agent_replies += 1
@@ -155,13 +179,14 @@ async def one_session(url: str, start_at: float, end_at: float, steady: tuple[fl
             receiver = asyncio.create_task(receive())
             started = time.monotonic()
             next_at = started
-            next_utterance = started + FIRST_UTTERANCE_AT_S
+            if not caller.takes_turns:
+                next_utterance = started + FIRST_UTTERANCE_AT_S
             pending = b""
             while time.monotonic() < end_at and not receiver.done():
                 now = time.monotonic()
                 if not pending and now >= next_utterance and now < end_at - UTTERANCE_EVERY_S / 2:
-                    pending = speech
-                    next_utterance += UTTERANCE_EVERY_S
+                    pending = caller.speech
+                    next_utterance += math.inf if caller.takes_turns else UTTERANCE_EVERY_S
                 chunk, pending = (pending[:step], pending[step:]) if pending else (quiet, b"")
                 try:
                     await ws.send(chunk)
@@ -179,9 +204,11 @@ async def one_session(url: str, start_at: float, end_at: float, steady: tuple[fl
     return result
 
 
-def run_callers(conn: Connection, url: str, starts: list[float], end_at: float, steady: tuple[float, float]) -> None:
+def run_callers(
+    conn: Connection, url: str, caller: Caller, starts: list[float], end_at: float, steady: tuple[float, float]
+) -> None:
     async def all_sessions() -> list[SessionResult]:
-        return list(await asyncio.gather(*(one_session(url, start, end_at, steady) for start in starts)))
+        return list(await asyncio.gather(*(one_session(url, caller, start, end_at, steady) for start in starts)))
 
     cpu = time.process_time()
     wall = time.monotonic()
@@ -216,7 +243,7 @@ class Server:
     def __enter__(self) -> Server:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [*DAPHNE, "-p", str(self.port), "callmissed.asgi:application"],
+                [*DAPHNE, "-p", str(self.port), "bench.ws_echo:application"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
@@ -243,6 +270,7 @@ class Server:
 
 @dataclass
 class Level:
+    baseline: bool  # the paced echo, not the voice agent
     sessions: int
     lateness_p50: float
     lateness_p99: float  # every frame, ramp included
@@ -259,6 +287,10 @@ class Level:
     def real_time(self) -> bool:
         return self.steady_p99 < LATENESS_LIMIT_MS and self.ok_sessions == self.sessions
 
+    @property
+    def cpu_per_session(self) -> float:
+        return self.server_cpu / self.sessions
+
 
 def percentile(values: list[float], q: float) -> float:
     if not values:
@@ -267,13 +299,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def run_level(server: Server, key: str, sessions: int, *, steady_s: float, rate: float, procs: int) -> Level:
+def run_level(
+    server: Server, path: str, caller: Caller, sessions: int, *, steady_s: float, rate: float, procs: int
+) -> Level:
     """Start ``sessions`` callers at ``rate`` per second, hold them all live for ``steady_s``."""
     assert server.process is not None
+    baseline = path.startswith(ECHO_PATH)
     daphne = psutil.Process(server.process.pid)
     time.sleep(3.0)  # let the previous level's sessions finish closing
     rss_before = daphne.memory_info().rss
-    url = f"ws://127.0.0.1:{server.port}/ws/voice-agent?key={key}"
+    url = f"ws://127.0.0.1:{server.port}{path}"
     spawn = multiprocessing.get_context("spawn")
     t0 = time.monotonic() + 3.0  # the callers' processes start meanwhile
     ramp = sessions / rate
@@ -281,9 +316,12 @@ def run_level(server: Server, key: str, sessions: int, *, steady_s: float, rate:
     steady = (t0 + ramp + 3.0, t0 + ramp + 3.0 + steady_s)  # 3 s: the last greetings
     end_at = steady[1] + 1.0
     pipes, workers = [], []
+    procs = min(procs, sessions)  # a process with no callers would report its start-up as their CPU
     for p in range(procs):
         parent, child = spawn.Pipe()
-        worker = spawn.Process(target=run_callers, args=(child, url, starts[p::procs], end_at, steady), daemon=True)
+        worker = spawn.Process(
+            target=run_callers, args=(child, url, caller, starts[p::procs], end_at, steady), daemon=True
+        )
         worker.start()
         pipes.append(parent)
         workers.append(worker)
@@ -309,7 +347,9 @@ def run_level(server: Server, key: str, sessions: int, *, steady_s: float, rate:
         if not problem and r["reason"] != "completed":
             problem = f"ended {r['reason']}" if r["reason"] else f"no session.ended (close {r['close_code']})"
             problem += f" {sorted(set(r['errors']))}" if r["errors"] else ""
-        if not problem and (r["agent_replies"] < 2 or r["user_lines"] < 1):
+        if not problem and baseline and not r["lateness_ms"]:
+            problem = "no echo"
+        if not problem and not baseline and (r["agent_replies"] < 2 or r["user_lines"] < 1):
             problem = "no reply"
         if problem:
             failures[problem] = failures.get(problem, 0) + 1
@@ -317,6 +357,7 @@ def run_level(server: Server, key: str, sessions: int, *, steady_s: float, rate:
             ok += 1
     rss_live = statistics.median(samples) if samples else rss_before
     return Level(
+        baseline=baseline,
         sessions=sessions,
         lateness_p50=percentile(lateness, 0.50),
         lateness_p99=percentile(lateness, 0.99),
@@ -334,25 +375,56 @@ def run_level(server: Server, key: str, sessions: int, *, steady_s: float, rate:
 def print_levels(title: str, levels: list[Level]) -> None:
     print(f"\n{title}")
     print(
-        f"{'sessions':>8} {'ok':>5} {'frames':>7} {'late p50':>9} {'p99 ms':>7} {'max ms':>7} {'live p99':>8} "
-        f"{'MB/sess':>8} {'srv CPU':>8} {'callers':>8}  real time"
+        f"{'':>4} {'sessions':>8} {'ok':>5} {'frames':>7} {'late p50':>9} {'p99 ms':>7} {'max ms':>7} "
+        f"{'live p99':>8} {'MB/sess':>8} {'srv CPU':>8} {'callers':>8}  real time"
     )
     for level in levels:
         print(
-            f"{level.sessions:>8} {level.ok_sessions:>5} {level.frames:>7} {level.lateness_p50:>9.1f} "
-            f"{level.lateness_p99:>7.1f} {level.lateness_max:>7.0f} {level.steady_p99:>8.1f} "
-            f"{level.rss_per_session_mb:>8.2f} "
+            f"{'echo' if level.baseline else 'real':>4} {level.sessions:>8} {level.ok_sessions:>5} {level.frames:>7} "
+            f"{level.lateness_p50:>9.1f} {level.lateness_p99:>7.1f} {level.lateness_max:>7.0f} "
+            f"{level.steady_p99:>8.1f} {level.rss_per_session_mb:>8.2f} "
             f"{level.server_cpu:>8.2f} {level.callers_cpu:>8.2f}  {'yes' if level.real_time else 'NO'}"
             + (f"  {level.failures}" if level.failures else "")
         )
-    held = [level.sessions for level in levels if level.real_time]
+    held = [level.sessions for level in levels if level.real_time and not level.baseline]
     limit = f"p99 lateness with all live < {LATENESS_LIMIT_MS:g} ms"
-    print(f"held in real time: {max(held) if held else 0} concurrent sessions ({limit})")
+    print(f"voice agent held in real time: {max(held) if held else 0} concurrent sessions ({limit})")
+
+
+def ratio(real: float, base: float) -> str:
+    # Lateness is often 0 on the echo: a ratio to nothing says nothing.
+    return f"{real / base:.1f}x" if base > 0 else "-"
+
+
+def print_comparison(pairs: list[tuple[Level, Level]]) -> None:
+    """The voice agent against the echo at the same N: on a shared machine, only these hold still."""
+    print(f"\n{'sessions':>8} {'CPU/sess echo':>14} {'real':>6} {'ratio':>6}", end="")
+    print(f"   {'live p99 echo':>13} {'real':>6} {'ratio':>6}")
+    for base, real in pairs:
+        print(
+            f"{real.sessions:>8} {base.cpu_per_session:>14.4f} {real.cpu_per_session:>6.3f} "
+            f"{ratio(real.cpu_per_session, base.cpu_per_session):>6}   "
+            f"{base.steady_p99:>13.1f} {real.steady_p99:>6.1f} {ratio(real.steady_p99, base.steady_p99):>6}"
+        )
+
+
+def caller_speech(mode: str) -> Caller:
+    if mode == "fakes":
+        from testsupport.fakes.sarvam import tone
+
+        # The fake STT's VAD hears any loud frame; its transcript is fixed whatever is said.
+        return Caller(tone(UTTERANCE_S, SAMPLE_RATE), takes_turns=False)
+    from agent_worker.providers.offline.tts import VOICES
+
+    # Real words, waiting for the agent to finish: the offline agent's replies run 7 s and more.
+    return Caller(VOICES.synthesize(CALLER_SAYS, SAMPLE_RATE), takes_turns=True)
 
 
 def bench(
     mode: str, levels: list[int], *, base_env: dict[str, str], steady_s: float, rate: float, procs: int
-) -> list[Level]:
+) -> list[tuple[Level, Level]]:
+    """Each level twice on one Daphne process: the echo first, then the voice agent."""
+    caller = caller_speech(mode)
     spawn = multiprocessing.get_context("spawn")
     parent, child = spawn.Pipe()
     fakes = spawn.Process(target=serve_fakes, args=(child,), daemon=True)
@@ -378,18 +450,26 @@ def bench(
         env |= {"SPEECH_PROVIDERS": "offline", "SARVAM_API_KEY": ""}
     key = manage("create_api_key", f"bench-ws-{uuid.uuid4().hex[:8]}", env=env).strip().splitlines()[-1]
     log = Path(f"/tmp/bench-ws-{mode}-{os.getpid()}.log")
-    results = []
+    pairs = []
     with Server(env, log) as server:
         for sessions in levels:
-            level = run_level(server, key, sessions, steady_s=steady_s, rate=rate, procs=procs)
-            results.append(level)
-            print_levels(f"[{mode}] so far", [level])
+            base, real = (
+                run_level(server, path, caller, sessions, steady_s=steady_s, rate=rate, procs=procs)
+                for path in (ECHO_PATH, f"/ws/voice-agent?key={key}")
+            )
+            pairs.append((base, real))
+            print_levels(f"[{mode}] so far", [base, real])
     parent.send("stop")
     violations, fakes_cpu = parent.recv()
     fakes.join()
-    print_levels(f"Legacy WebSocket sessions on the {mode} (one Daphne process; server log {log})", results)
+    print_levels(
+        f"Legacy WebSocket sessions on the {mode}, each level after the paced echo's (one Daphne process; "
+        f"server log {log})",
+        [level for pair in pairs for level in pair],
+    )
     print(f"fakes' process CPU: {fakes_cpu:.2f} of a core on average; protocol violations: {violations}")
-    return results
+    print_comparison(pairs)
+    return pairs
 
 
 def main() -> None:
