@@ -493,8 +493,6 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 "providers": conversation.providers_label,
             }
         )
-        self._fill_origin = self._usage_flushed_at = time.monotonic()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick(), name=f"legacy-ws-tick-{session_id}")
         try:
             await conversation.start(audio_input=self._audio_in, audio_output=self._audio_out)
         except Exception as error:
@@ -502,11 +500,16 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             self._close_code = CloseCode.INTERNAL_ERROR
             self._spawn(conversation.end(contracts.EndReason.ERROR, error=f"The agent could not start: {error}"))
             return
-        if conversation.ended is None:
-            await apply_event(
-                tasks.session_started,
-                contracts.SessionStarted(session_id=session_id, providers=conversation.providers_label),
-            )
+        if conversation.ended is not None:
+            return
+        # The caller's frames wait unread while the pipeline starts (the first session of a
+        # process loads the offline models): the underrun clock starts once they can be heard.
+        self._fill_origin = self._usage_flushed_at = time.monotonic()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick(), name=f"legacy-ws-tick-{session_id}")
+        await apply_event(
+            tasks.session_started,
+            contracts.SessionStarted(session_id=session_id, providers=conversation.providers_label),
+        )
 
     async def _receive_audio(self, pcm: bytes) -> None:
         assert self._audio_in is not None
