@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from livekit import rtc
 from livekit.agents import llm, stt, utils
-from livekit.agents.metrics.usage import LLMModelUsage, TTSModelUsage
+from livekit.agents.metrics.usage import LLMModelUsage, ModelUsage, TTSModelUsage
 from livekit.agents.voice import Agent, AgentSession, ModelSettings, io
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import (
@@ -536,7 +536,9 @@ class Conversation:
         self._deliver(self._observer.on_interrupted)
 
     def _on_usage_updated(self, ev: SessionUsageUpdatedEvent) -> None:
-        self._queue_usage()
+        # The event carries the totals the session just built; asking it again rebuilt them
+        # (deep copies of every model's usage) once per metrics event of every session.
+        self._queue_usage(ev.usage.model_usage)
 
     def _on_error(self, ev: ErrorEvent) -> None:
         error = ev.error
@@ -573,7 +575,7 @@ class Conversation:
             if quantity > 0
         ]
 
-    def _usage_now(self) -> dict[UsageKey, float]:
+    def _usage_now(self, model_usage: Sequence[ModelUsage] | None = None) -> dict[UsageKey, float]:
         assert self.providers is not None
         totals: dict[UsageKey, float] = {}
 
@@ -583,7 +585,7 @@ class Conversation:
 
         if self._agent is not None:
             add(contracts.UsageComponent.STT_SECONDS, self.providers.stt_billed_as, self._agent.stt_seconds)
-        for usage in self.session.usage.model_usage:
+        for usage in self.session.usage.model_usage if model_usage is None else model_usage:
             # STT seconds come from the agent's own count (see _VoiceAgent), which includes the
             # report a closing stream makes; the session stops listening before that.
             if isinstance(usage, TTSModelUsage):
@@ -593,11 +595,11 @@ class Conversation:
                 add(contracts.UsageComponent.LLM_OUTPUT_TOKENS, self.providers.llm_billed_as, usage.output_tokens)
         return totals
 
-    def _queue_usage(self) -> None:
+    def _queue_usage(self, model_usage: Sequence[ModelUsage] | None = None) -> None:
         if self.providers is None or self._session is None:
             return
         deltas: list[contracts.UsageItem] = []
-        for key, total in self._usage_now().items():
+        for key, total in self._usage_now(model_usage).items():
             delta = total - self._usage_reported.get(key, 0.0)
             if delta <= 0:
                 continue
