@@ -1,9 +1,9 @@
 """A loopback fake of an OpenAI-compatible chat completions endpoint (Clarifai, OpenRouter, Sarvam).
 
-It speaks the wire protocol the ``openai`` SDK expects — ``POST …/chat/completions`` answered
-with Server-Sent Events of ``chat.completion.chunk`` objects, ``data: [DONE]`` at the end, and a
-final usage chunk when ``stream_options.include_usage`` asks for one — so the real
-livekit-plugins-openai client is what runs in tests.
+It speaks the wire protocol OpenAI-compatible providers speak — ``POST …/chat/completions``
+answered with Server-Sent Events of ``chat.completion.chunk`` objects, ``data: [DONE]`` at the
+end, and a final usage chunk when ``stream_options.include_usage`` asks for one — so the real
+client (``agent_worker/providers/openai_compat.py``) is what runs in tests.
 
 Usage::
 
