@@ -47,7 +47,6 @@ import logging
 import math
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from testsupport.processes import free_port, wait_for_listener
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
@@ -220,13 +221,6 @@ def run_callers(
 # ------------------------------------------------------------------------------ the server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def manage(*args: str, env: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -250,15 +244,9 @@ class Server:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Daphne did not start; see {self.log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.2)
+        if not wait_for_listener(self.process, self.port):
+            raise RuntimeError(f"Daphne did not start; see {self.log}")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +24,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from testsupport.fakes.sarvam import silence, tone
+from testsupport.processes import free_port, wait_for_listener
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_SECONDS = 0.02
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def database_url_for(test_db_name: str) -> str:
@@ -79,16 +72,10 @@ class DaphneServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Daphne did not start:\n{self.log()[-4000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
+        if not wait_for_listener(self.process, self.port):
+            self.stop()
+            raise RuntimeError(f"Daphne did not start:\n{self.log()[-4000:]}")
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
