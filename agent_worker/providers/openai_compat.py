@@ -173,23 +173,38 @@ class OpenAICompatibleStream(llm.LLMStream):
                     raise _status_error(response.status, await response.text(), response.headers)
                 calls = _ToolCalls()
                 thinking = llm_utils.ThinkingTokenFilter()
-                async for data in _sse_data(response.content):
-                    if data == _DONE:
-                        break
-                    chunk = json.loads(data)
-                    if not isinstance(chunk, dict):
-                        raise ValueError("a stream chunk is not a JSON object")
-                    if chunk.get("error"):
-                        raise ValueError(f"the provider reported an error mid-stream: {chunk['error']}")
-                    chunk_id = str(chunk.get("id") or "")
-                    for choice in chunk.get("choices") or ():
-                        chat_chunk = _parse_choice(chunk_id, choice, thinking, calls)
-                        if chat_chunk is not None:
-                            if chat_chunk.has_response():
-                                retryable = False
-                            self._event_ch.send_nowait(chat_chunk)
-                    if usage := chunk.get("usage"):
-                        self._event_ch.send_nowait(_usage_chunk(chunk_id, usage, chunk.get("service_tier")))
+
+                def send_text(text: _TextRun) -> None:
+                    if (chunk := text.take()) is not None:
+                        self._event_ch.send_nowait(chunk)
+
+                async for events in _sse_batches(response.content.iter_any()):
+                    text = _TextRun()
+                    try:
+                        for data in events:
+                            if data == _DONE:
+                                return
+                            chunk = json.loads(data)
+                            if not isinstance(chunk, dict):
+                                raise ValueError("a stream chunk is not a JSON object")
+                            if chunk.get("error"):
+                                raise ValueError(f"the provider reported an error mid-stream: {chunk['error']}")
+                            chunk_id = str(chunk.get("id") or "")
+                            for choice in chunk.get("choices") or ():
+                                chat_chunk = _parse_choice(chunk_id, choice, thinking, calls)
+                                if chat_chunk is None:
+                                    continue
+                                if chat_chunk.has_response():
+                                    retryable = False
+                                if not text.add(chat_chunk):
+                                    send_text(text)
+                                    self._event_ch.send_nowait(chat_chunk)
+                            if usage := chunk.get("usage"):
+                                send_text(text)
+                                self._event_ch.send_nowait(_usage_chunk(chunk_id, usage, chunk.get("service_tier")))
+                    finally:
+                        # Also on a malformed event: the text before it was received, as before.
+                        send_text(text)
         except APIStatusError as e:
             e.retryable = e.retryable and retryable
             raise
@@ -214,19 +229,76 @@ def _status_error(status: int, text: str, headers: Mapping[str, str]) -> APIStat
     )
 
 
-async def _sse_data(content: AsyncIterable[bytes]) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined with newlines)."""
+class _TextRun:
+    """Consecutive plain text deltas of one completion that arrived together, as one chunk.
+
+    Tokens that one network read brings are all handled in the same loop iteration anyway; one
+    chunk instead of one per token gives the session the same text at the same moment, but
+    each of its per-chunk stages (metrics, tees, the LLM and TTS nodes' channels, text
+    transforms) runs once per read, not once per token."""
+
+    def __init__(self) -> None:
+        self._id: str | None = None
+        self._parts: list[str] = []
+
+    def add(self, chunk: llm.ChatChunk) -> bool:
+        """Take ``chunk`` if it is plain text that can join this run; False leaves it to the caller."""
+        delta = chunk.delta
+        if (
+            delta is None
+            or chunk.usage is not None
+            or not delta.content
+            or delta.tool_calls
+            or delta.extra
+            or delta.role != "assistant"
+            or (self._id is not None and chunk.id != self._id)
+        ):
+            return False
+        self._id = chunk.id
+        self._parts.append(delta.content)
+        return True
+
+    def take(self) -> llm.ChatChunk | None:
+        """The run so far as one chunk (None when empty), and start a new run."""
+        if self._id is None:
+            return None
+        chunk = llm.ChatChunk(id=self._id, delta=llm.ChoiceDelta(role="assistant", content="".join(self._parts)))
+        self._id = None
+        self._parts = []
+        return chunk
+
+
+async def _sse_batches(blocks: AsyncIterable[bytes]) -> AsyncIterator[list[str]]:
+    """The ``data`` of each server-sent event (multi-line data joined with newlines), one list
+    per block of bytes that completed at least one event; ``blocks`` may split the stream
+    anywhere."""
+    pending = b""
     lines: list[str] = []
-    async for raw in content:
-        line = raw.decode("utf-8").rstrip("\r\n")
+    events: list[str] = []
+
+    def take(raw: bytes) -> None:
+        nonlocal lines
+        line = raw.decode("utf-8").rstrip("\r")
         if not line:
             if lines:
-                yield "\n".join(lines)
+                events.append("\n".join(lines))
                 lines = []
         elif line.startswith("data:"):
             lines.append(line[6:] if line.startswith("data: ") else line[5:])
+
+    async for block in blocks:
+        *complete, pending = (pending + block).split(b"\n")
+        for raw in complete:
+            take(raw)
+        if events:
+            yield events
+            events = []
+    if pending:
+        take(pending)
     if lines:
-        yield "\n".join(lines)
+        events.append("\n".join(lines))
+    if events:
+        yield events
 
 
 class _ToolCalls:
