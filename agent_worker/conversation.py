@@ -240,6 +240,7 @@ class Conversation:
         self._interrupt_reported = False
         self._turn_latencies: list[contracts.TurnLatency] = []
         self._usage_reported: dict[UsageKey, float] = {}
+        self._model_usage: Sequence[ModelUsage] | None = None  # the session's totals as of its last usage event
         self._session_error = ""
 
     @property
@@ -286,7 +287,9 @@ class Conversation:
             if text_output is not None:
                 self.session.output.transcription = text_output
             agent = _VoiceAgent(
-                instructions=self.config.system_prompt, stt_plugin=self.providers.stt, on_stt_usage=self._queue_usage
+                instructions=self.config.system_prompt,
+                stt_plugin=self.providers.stt,
+                on_stt_usage=self._queue_stt_usage,
             )
             self._agent = agent
             if room is not None:
@@ -538,7 +541,13 @@ class Conversation:
     def _on_usage_updated(self, ev: SessionUsageUpdatedEvent) -> None:
         # The event carries the totals the session just built; asking it again rebuilt them
         # (deep copies of every model's usage) once per metrics event of every session.
-        self._queue_usage(ev.usage.model_usage)
+        self._model_usage = ev.usage.model_usage
+        self._queue_usage(self._model_usage)
+
+    def _queue_stt_usage(self) -> None:
+        # Only the STT count changed. The session's model totals change only with a usage event,
+        # which already handed them over; rebuilding them here cost deep copies per transcript.
+        self._queue_usage(self._model_usage)
 
     def _on_error(self, ev: ErrorEvent) -> None:
         error = ev.error

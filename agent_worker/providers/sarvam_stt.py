@@ -309,10 +309,17 @@ class SarvamSpeechStream(stt.SpeechStream):
         try:
             async for item in self._input_ch:
                 if isinstance(item, rtc.AudioFrame):
-                    pending += item.data.tobytes()
-                    while len(pending) >= chunk_bytes:
-                        await self._send_chunk(ws, bytes(pending[:chunk_bytes]))
-                        del pending[:chunk_bytes]
+                    # The frame's buffer goes straight into ``pending`` and a chunk straight from it
+                    # into base64: two copies of every 20 ms frame fewer than via bytes.
+                    pending += item.data.cast("B")
+                    sent = 0
+                    while len(pending) - sent >= chunk_bytes:
+                        with memoryview(pending) as view:
+                            message = _audio_message(view[sent : sent + chunk_bytes], self._opts.sample_rate)
+                        await self._send_message(ws, message, chunk_bytes)
+                        sent += chunk_bytes
+                    if sent:
+                        del pending[:sent]
                 else:  # flush: send what is buffered and ask Sarvam to finalize now
                     if pending:
                         await self._send_chunk(ws, bytes(pending))
@@ -327,8 +334,11 @@ class SarvamSpeechStream(stt.SpeechStream):
             raise APIConnectionError(f"Sarvam STT connection lost while sending audio: {e}") from e
 
     async def _send_chunk(self, ws: aiohttp.ClientWebSocketResponse, pcm: bytes) -> None:
-        await ws.send_str(_audio_message(pcm, self._opts.sample_rate))
-        self._unbilled_seconds += len(pcm) / 2 / self._opts.sample_rate
+        await self._send_message(ws, _audio_message(pcm, self._opts.sample_rate), len(pcm))
+
+    async def _send_message(self, ws: aiohttp.ClientWebSocketResponse, message: str, pcm_bytes: int) -> None:
+        await ws.send_str(message)
+        self._unbilled_seconds += pcm_bytes / 2 / self._opts.sample_rate
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
@@ -355,7 +365,7 @@ class SarvamSpeechStream(stt.SpeechStream):
                 raise APIConnectionError(f"Sarvam STT connection failed: {ws.exception()}")
 
 
-def _audio_message(pcm: bytes, sample_rate: int) -> str:
+def _audio_message(pcm: bytes | memoryview, sample_rate: int) -> str:
     # Formatted, not json.dumps'd: base64 needs no JSON escaping, and scanning 2 KB of it for
     # escapes on every 50 ms of every session's audio was a measurable share of the event loop.
     data = base64.b64encode(pcm).decode("ascii")
