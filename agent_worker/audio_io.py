@@ -92,7 +92,14 @@ class QueueAudioInput(io.AudioInput):
                 raise StopAsyncIteration
             self._available.clear()
             await self._available.wait()
-        return self._frames.popleft()
+        if len(self._frames) == 1:
+            return self._frames.popleft()
+        # Frames that are all waiting (a transport's large chunk, a filled gap, a session that
+        # fell behind) would each be taken in this same loop iteration anyway; as one frame they
+        # reach the STT at the same moment, but cross the session's per-frame path once.
+        frames = list(self._frames)
+        self._frames.clear()
+        return rtc.combine_audio_frames(frames)
 
 
 @dataclass(frozen=True)
