@@ -43,7 +43,12 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 logger = logging.getLogger(__name__)
 
 PROVIDER = "sarvam"
-_CHUNK_MS = 50  # audio per message: small enough for VAD latency, large enough to keep JSON overhead low
+# Audio goes out as soon as one 20 ms frame of it has arrived: audio held back to fill a bigger
+# message delays Sarvam's end-of-speech by up to that much on every turn (the 50 ms messages this
+# client once sent cost ~40 ms a turn in bench/pipeline_overhead). A burst (a transport's large
+# chunk, a session catching up) still goes in few messages of at most _MAX_CHUNK_MS each.
+_MIN_CHUNK_MS = 20
+_MAX_CHUNK_MS = 100
 # Sarvam may send END_SPEECH just before the utterance's transcript; wait this long for it
 # before ending the turn without text.
 _FINAL_GRACE_S = 1.5
@@ -304,22 +309,23 @@ class SarvamSpeechStream(stt.SpeechStream):
                     return
 
     async def _send_audio(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        chunk_bytes = self._opts.sample_rate * _CHUNK_MS // 1000 * 2
+        min_bytes = self._opts.sample_rate * _MIN_CHUNK_MS // 1000 * 2
+        max_bytes = self._opts.sample_rate * _MAX_CHUNK_MS // 1000 * 2
         pending = bytearray()
         try:
             async for item in self._input_ch:
                 if isinstance(item, rtc.AudioFrame):
-                    # The frame's buffer goes straight into ``pending`` and a chunk straight from it
-                    # into base64: two copies of every 20 ms frame fewer than via bytes.
+                    # The frame's buffer goes straight into ``pending`` and each message straight
+                    # from it into base64: two copies of every frame fewer than via bytes.
                     pending += item.data.cast("B")
-                    sent = 0
-                    while len(pending) - sent >= chunk_bytes:
+                    if len(pending) < min_bytes:
+                        continue
+                    for start in range(0, len(pending), max_bytes):
+                        end = min(start + max_bytes, len(pending))
                         with memoryview(pending) as view:
-                            message = _audio_message(view[sent : sent + chunk_bytes], self._opts.sample_rate)
-                        await self._send_message(ws, message, chunk_bytes)
-                        sent += chunk_bytes
-                    if sent:
-                        del pending[:sent]
+                            message = _audio_message(view[start:end], self._opts.sample_rate)
+                        await self._send_message(ws, message, end - start)
+                    pending.clear()
                 else:  # flush: send what is buffered and ask Sarvam to finalize now
                     if pending:
                         await self._send_chunk(ws, bytes(pending))
@@ -367,13 +373,13 @@ class SarvamSpeechStream(stt.SpeechStream):
 
 def _audio_message(pcm: bytes | memoryview, sample_rate: int) -> str:
     # Formatted, not json.dumps'd: base64 needs no JSON escaping, and scanning 2 KB of it for
-    # escapes on every 50 ms of every session's audio was a measurable share of the event loop.
+    # escapes on every 20 ms of every session's audio was a measurable share of the event loop.
     data = base64.b64encode(pcm).decode("ascii")
     return f'{{"audio": {{"data": "{data}", "sample_rate": {int(sample_rate)}, "encoding": "audio/wav"}}}}'
 
 
 def _audio_messages(pcm: bytes, sample_rate: int) -> list[str]:
-    step = sample_rate * _CHUNK_MS // 1000 * 2
+    step = sample_rate * _MAX_CHUNK_MS // 1000 * 2
     return [_audio_message(pcm[i : i + step], sample_rate) for i in range(0, len(pcm), step)]
 
 

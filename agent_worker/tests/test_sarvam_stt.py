@@ -236,3 +236,18 @@ async def test_one_shot_recognize_uses_the_same_socket_protocol(sarvam: FakeSarv
 def test_unsupported_sample_rate_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match="8000 or 16000"):
         SarvamSTT(api_key=KEY, language="en-IN", sample_rate=44100)
+
+
+async def test_each_frame_reaches_sarvam_when_it_arrives_not_when_a_bigger_message_fills(sarvam: FakeSarvam) -> None:
+    # Audio held back to fill a message reaches Sarvam's VAD late, which delays every turn's end.
+    client = SarvamSTT(api_key=KEY, language="en-IN", ws_url=sarvam.ws_url)
+    stream = client.stream(conn_options=FAST_RETRY)
+    [first, second] = frames(silence(0.04, RATE))
+    stream.push_frame(first)
+    await wait_for(lambda: sarvam.stt_audio_seconds >= 0.02)
+    stream.push_frame(second)
+    await wait_for(lambda: sarvam.stt_audio_seconds >= 0.04)
+    assert sarvam.stt_audio_seconds == pytest.approx(0.04)
+    stream.end_input()
+    await stream.aclose()
+    await client.aclose()
