@@ -20,11 +20,11 @@ from typing import Any
 
 import aiohttp
 from livekit import api, rtc
-from livekit.agents import AgentServer, JobContext, cli
+from livekit.agents import AgentServer, JobContext, JobProcess, cli
 from livekit.agents.voice import io
 from pydantic import ValidationError
 
-from agent_worker import contracts
+from agent_worker import contracts, heap
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
 from agent_worker.provider_settings import ProviderSettings
 from agent_worker.reporting import EventReporter, Reporter
@@ -267,6 +267,11 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.shutdown("session ended")
 
 
+def prepare_job_process(proc: JobProcess) -> None:
+    """Run once in each job process before it takes a job (module-level: it is pickled too)."""
+    heap.settle_after_startup()
+
+
 def build_server(settings: WorkerSettings) -> AgentServer:
     server = AgentServer(
         ws_url=settings.livekit_url,
@@ -274,6 +279,7 @@ def build_server(settings: WorkerSettings) -> AgentServer:
         api_secret=settings.api_secret,
         drain_timeout=settings.drain_timeout_seconds,
         port=settings.http_port,
+        setup_fnc=prepare_job_process,
     )
     # A named agent is dispatched only to rooms whose token (or a dispatch request) asks for it.
     server.rtc_session(entrypoint, agent_name=settings.agent_name)

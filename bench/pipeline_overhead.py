@@ -45,7 +45,7 @@ from multiprocessing.connection import Connection
 
 from livekit.agents.voice.events import UserInputTranscribedEvent
 
-from agent_worker import contracts
+from agent_worker import contracts, heap
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import Conversation, ConversationObserver
 from agent_worker.provider_settings import ProviderSettings, SpeechMode
@@ -428,10 +428,16 @@ def main() -> None:
     parser.add_argument(
         "--spread", type=float, default=1.0, help="seconds over which sessions' first turns are spread (0: lockstep)"
     )
+    parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's collector defaults instead of the servers' settings"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if not args.default_gc:
+        heap.settle_after_startup()  # as the Daphne server and the agent worker's job processes do
     print(
-        f"injected provider latency per turn: {INJECTED_S * 1000:.0f} ms (STT end-of-speech"
+        f"collector: {'CPython defaults' if args.default_gc else 'agent_worker.heap settings'};"
+        f" injected provider latency per turn: {INJECTED_S * 1000:.0f} ms (STT end-of-speech"
         f" {STT_END_SILENCE_S * 1000:.0f} + transcript {STT_TRANSCRIPT_DELAY_S * 1000:.0f}"
         f" + LLM TTFT {LLM_FIRST_TOKEN_S * 1000:.0f} + TTS first audio {TTS_FIRST_AUDIO_S * 1000:.0f});"
         f" turns spread over {args.spread:g} s; times in ms"

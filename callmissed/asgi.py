@@ -22,6 +22,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator  # noqa: E402
 
 from accounts.ws_auth import ApiKeyQueryAuthMiddleware  # noqa: E402
+from agent_worker.heap import settle_after_startup  # noqa: E402
 from voice.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -41,3 +42,6 @@ application = ProtocolTypeRouter(
         "websocket": _origin_checked(ApiKeyQueryAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything the server runs is imported now; live WebSocket conversations share this process.
+settle_after_startup()

@@ -26,7 +26,7 @@ from agent_worker import contracts
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import ConversationEnded
 from agent_worker.provider_settings import ProviderSettings, SpeechMode
-from agent_worker.worker import SessionIO, WorkerSettings, build_server, entrypoint, run_job
+from agent_worker.worker import SessionIO, WorkerSettings, build_server, entrypoint, prepare_job_process, run_job
 from testsupport.fakes.livekit_server import FakeLiveKitServer
 from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 
@@ -268,6 +268,19 @@ def test_the_server_registers_for_explicit_dispatch_under_the_configured_name() 
     assert server._agent_name == "callmissed-test-agent"
     # Job processes receive the entry point pickled: a closure here would fail every job.
     assert pickle.loads(pickle.dumps(server._entrypoint_fnc)) is entrypoint
+    # Each job process settles its heap before its call, so start-up's objects never stall the audio.
+    assert pickle.loads(pickle.dumps(server.setup_fnc)) is prepare_job_process
+
+
+def test_a_settled_process_keeps_its_start_up_objects_out_of_the_collectors_way() -> None:
+    probe = (
+        "import gc; from agent_worker.worker import prepare_job_process; from agent_worker.heap import THRESHOLDS;"
+        "prepare_job_process(None); print(gc.get_freeze_count(), gc.get_threshold() == THRESHOLDS)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    frozen, thresholds_set = out.stdout.split()
+    assert int(frozen) > 100_000  # livekit-agents, aiohttp, pydantic, the provider clients
+    assert thresholds_set == "True"
 
 
 def _free_port() -> int:
