@@ -372,7 +372,7 @@ class SarvamSpeechStream(stt.SpeechStream):
 
 
 def _audio_message(pcm: bytes | memoryview, sample_rate: int) -> str:
-    # Formatted, not json.dumps'd: base64 needs no JSON escaping, and scanning 2 KB of it for
+    # Formatted, not json.dumps'd: base64 needs no JSON escaping, and scanning all of it for
     # escapes on every 20 ms of every session's audio was a measurable share of the event loop.
     data = base64.b64encode(pcm).decode("ascii")
     return f'{{"audio": {{"data": "{data}", "sample_rate": {int(sample_rate)}, "encoding": "audio/wav"}}}}'
