@@ -474,7 +474,7 @@ def bench(
                 for path in (ECHO_PATH, f"/ws/voice-agent?key={key}")
             )
             pairs.append((base, real))
-            print_levels(f"[{mode}] so far", [base, real])
+            print_levels(f"[{mode}] so far", [level for pair in pairs for level in pair])
     parent.send("stop")
     violations, fakes_cpu = parent.recv()
     fakes.join()
