@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -162,7 +163,7 @@ class SarvamSTT(stt.STT):
             raise ValueError("SarvamSTT recognizes mono audio only")
         ws = await self._connect(conn_options.timeout)
         try:
-            for message in _audio_messages(pcm, self._opts.sample_rate):
+            for message, _ in _audio_messages(pcm, self._opts.sample_rate):
                 await ws.send_str(message)
             await ws.send_str(json.dumps({"type": "flush"}))
             while True:
@@ -310,37 +311,30 @@ class SarvamSpeechStream(stt.SpeechStream):
 
     async def _send_audio(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         min_bytes = self._opts.sample_rate * _MIN_CHUNK_MS // 1000 * 2
-        max_bytes = self._opts.sample_rate * _MAX_CHUNK_MS // 1000 * 2
         pending = bytearray()
         try:
             async for item in self._input_ch:
                 if isinstance(item, rtc.AudioFrame):
-                    # The frame's buffer goes straight into ``pending`` and each message straight
-                    # from it into base64: two copies of every frame fewer than via bytes.
                     pending += item.data.cast("B")
-                    if len(pending) < min_bytes:
-                        continue
-                    for start in range(0, len(pending), max_bytes):
-                        end = min(start + max_bytes, len(pending))
-                        with memoryview(pending) as view:
-                            message = _audio_message(view[start:end], self._opts.sample_rate)
-                        await self._send_message(ws, message, end - start)
-                    pending.clear()
+                    if len(pending) >= min_bytes:
+                        await self._send_pending(ws, pending)
                 else:  # flush: send what is buffered and ask Sarvam to finalize now
                     if pending:
-                        await self._send_chunk(ws, bytes(pending))
-                        pending.clear()
+                        await self._send_pending(ws, pending)
                     if self._utterance_open:
                         await ws.send_str(json.dumps({"type": "flush"}))
             if pending:
-                await self._send_chunk(ws, bytes(pending))
+                await self._send_pending(ws, pending)
             # End of input: have Sarvam finalize whatever speech it still holds.
             await ws.send_str(json.dumps({"type": "flush"}))
         except (ConnectionResetError, aiohttp.ClientConnectionError) as e:
             raise APIConnectionError(f"Sarvam STT connection lost while sending audio: {e}") from e
 
-    async def _send_chunk(self, ws: aiohttp.ClientWebSocketResponse, pcm: bytes) -> None:
-        await self._send_message(ws, _audio_message(pcm, self._opts.sample_rate), len(pcm))
+    async def _send_pending(self, ws: aiohttp.ClientWebSocketResponse, pending: bytearray) -> None:
+        """Send the buffered audio and empty the buffer."""
+        for message, pcm_bytes in _audio_messages(pending, self._opts.sample_rate):
+            await self._send_message(ws, message, pcm_bytes)
+        pending.clear()
 
     async def _send_message(self, ws: aiohttp.ClientWebSocketResponse, message: str, pcm_bytes: int) -> None:
         await ws.send_str(message)
@@ -378,9 +372,13 @@ def _audio_message(pcm: bytes | memoryview, sample_rate: int) -> str:
     return f'{{"audio": {{"data": "{data}", "sample_rate": {int(sample_rate)}, "encoding": "audio/wav"}}}}'
 
 
-def _audio_messages(pcm: bytes, sample_rate: int) -> list[str]:
+def _audio_messages(pcm: bytes | bytearray, sample_rate: int) -> Iterator[tuple[str, int]]:
+    """``pcm`` as messages of at most ``_MAX_CHUNK_MS`` with the bytes each carries, base64'd
+    straight from ``pcm``: a copy of every frame fewer than slicing it into bytes first."""
     step = sample_rate * _MAX_CHUNK_MS // 1000 * 2
-    return [_audio_message(pcm[i : i + step], sample_rate) for i in range(0, len(pcm), step)]
+    with memoryview(pcm) as view:
+        for start in range(0, len(pcm), step):
+            yield _audio_message(view[start : start + step], sample_rate), min(step, len(pcm) - start)
 
 
 def _body(data: dict[str, Any]) -> dict[str, Any]:
