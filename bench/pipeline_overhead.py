@@ -4,8 +4,9 @@
 
 Every session is a whole ``Conversation`` (livekit AgentSession, the real Sarvam STT/TTS and
 OpenAI-compatible LLM clients, ``audio_io`` in and out) in this process, on one event loop,
-against the loopback fakes. The fakes run in a child process: real providers do not share our
-CPU or GIL, and in-process their own JSON, base64 and VAD work would be counted as ours. They
+against the loopback fakes. The Sarvam fake and the chat fake run in a child process each: real
+providers do not share our CPU or GIL, and in-process their own JSON, base64 and VAD work would
+be counted as ours (as would their waits for one another at the GIL in a shared process). They
 inject fixed latencies: the STT's end-of-speech silence window and transcript delay, the LLM's
 time to first token and the TTS's time to first audio. A caller streams real-time audio (silence,
 then a tone the fake's VAD hears as speech) into each session on a 20 ms clock.
@@ -23,8 +24,9 @@ then a tone the fake's VAD hears as speech) into each session on a 20 ms clock.
 * diagnostics: "barge-in tail" is the agent audio already handed to the transport that a
   real-time listener had not heard at the decision — what a client that keeps its playback buffer
   on ``interrupted`` still plays; loop lag (how late a 5 ms timer fires) and the CPU use of this
-  process and of the fakes' over the measured turns say whether the time went to a busy, a
-  starved or a blocked event loop.
+  process over the measured turns say whether the time went to a busy, a starved or a blocked
+  event loop; the same two for each fake's process (over its whole run) say how much of it was
+  the fakes' own queueing, which no real provider would add.
 
 Sessions start together, greet, and then begin their measured turns spread evenly over
 ``--spread`` seconds, because independent callers do not stop talking on the same 20 ms tick;
@@ -268,29 +270,53 @@ async def baseline(schedule: Schedule, turns: int) -> list[float]:
 
 
 @dataclass(frozen=True)
-class FakeUrls:
-    sarvam_http: str
-    sarvam_ws: str
-    chat_base: str
+class FakeLoad:
+    """What serving the sessions cost a fake's process: a busy fake's own queueing shows up in
+    every latency the bench measures, so it is printed beside them."""
+
+    cpu_share: float  # CPU seconds per wall second over its whole run
+    loop_lag_p99: float
 
 
-def serve_fakes(conn: Connection, turns: int) -> None:
-    """Child process: run both fakes until the parent says stop, then report protocol violations."""
-    # A barge-in abandons its LLM stream mid-reply; the fake's write to the closed socket is expected.
-    logging.basicConfig(level=logging.ERROR)
-    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+def serve_sarvam(conn: Connection) -> None:
+    """Child process: the Sarvam STT/TTS fake until the parent says stop; then its load and any
+    protocol violations."""
     sarvam = FakeSarvam(api_key=SARVAM_KEY, end_silence_ms=STT_END_SILENCE_S * 1000)
     sarvam.transcript_delay_s = STT_TRANSCRIPT_DELAY_S
     sarvam.first_audio_delay_s = TTS_FIRST_AUDIO_S
     sarvam.default_transcript = "when do you open"
+    with sarvam:
+        conn.send((sarvam.http_url, sarvam.ws_url))
+        load = _serve_until_stopped(conn, sarvam.loop)
+        conn.send((load, list(sarvam.violations)))
+
+
+def serve_chat(conn: Connection, turns: int) -> None:
+    """Child process: the OpenAI-compatible chat fake until the parent says stop; then its load.
+
+    Each fake has a process of its own: in one process their two loops' threads took turns at
+    the GIL, and the wait for it was counted as the pipeline's."""
+    # A barge-in abandons its LLM stream mid-reply; the fake's write to the closed socket is expected.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     chat = FakeChatServer(api_key=CLARIFAI_PAT)
     chat.first_token_delay_s = LLM_FIRST_TOKEN_S
     chat.reply_with(functools.partial(_reply, turns=turns))
-    with sarvam, chat:
-        conn.send(FakeUrls(sarvam.http_url, sarvam.ws_url, chat.base_url("/v2/ext/openai/v1")))
-        cpu, wall = time.process_time(), time.monotonic()
-        conn.recv()
-        conn.send((list(sarvam.violations), (time.process_time() - cpu) / (time.monotonic() - wall)))
+    with chat:
+        conn.send(chat.base_url("/v2/ext/openai/v1"))
+        conn.send(_serve_until_stopped(conn, chat.loop))
+
+
+def _serve_until_stopped(conn: Connection, loop: asyncio.AbstractEventLoop) -> FakeLoad:
+    logging.basicConfig(level=logging.ERROR)
+    lags: list[float] = []
+    stop = asyncio.Event()
+    watcher = asyncio.run_coroutine_threadsafe(watch_loop(lags, stop), loop)
+    cpu, wall = time.process_time(), time.monotonic()
+    conn.recv()
+    share = (time.process_time() - cpu) / (time.monotonic() - wall)
+    loop.call_soon_threadsafe(stop.set)
+    watcher.result(timeout=5)
+    return FakeLoad(cpu_share=share, loop_lag_p99=pct(lags, 0.99))
 
 
 def _reply(request: ChatRequest, *, turns: int) -> str:
@@ -310,23 +336,30 @@ class Figures:
     barge_ins_missed: int
     loop_lag: list[float]
     cpu_share: float  # this process's CPU seconds per wall second while the sessions ran
-    fakes_cpu_share: float  # the same for the fakes' process, over its whole run
+    sarvam_load: FakeLoad
+    chat_load: FakeLoad
 
 
 async def run(sessions: int, turns: int, spread_s: float) -> Figures:
     spawn = multiprocessing.get_context("spawn")
-    parent, child = spawn.Pipe()
-    fakes = spawn.Process(target=serve_fakes, args=(child, turns), name="bench-fakes", daemon=True)
-    fakes.start()
+    sarvam_conn, sarvam_child = spawn.Pipe()
+    chat_conn, chat_child = spawn.Pipe()
+    fakes = [
+        spawn.Process(target=serve_sarvam, args=(sarvam_child,), name="bench-sarvam", daemon=True),
+        spawn.Process(target=serve_chat, args=(chat_child, turns), name="bench-chat", daemon=True),
+    ]
+    for fake in fakes:
+        fake.start()
     try:
-        urls: FakeUrls = await asyncio.to_thread(parent.recv)
+        sarvam_http, sarvam_ws = await asyncio.to_thread(sarvam_conn.recv)
+        chat_base = await asyncio.to_thread(chat_conn.recv)
         settings = ProviderSettings(
             mode=SpeechMode.REAL,
             sarvam_api_key=SARVAM_KEY,
-            sarvam_base_url=urls.sarvam_http,
-            sarvam_ws_url=urls.sarvam_ws,
+            sarvam_base_url=sarvam_http,
+            sarvam_ws_url=sarvam_ws,
             clarifai_pat=CLARIFAI_PAT,
-            clarifai_base_url=urls.chat_base,
+            clarifai_base_url=chat_base,
         )
         callers = [BenchCaller() for _ in range(sessions)]
         schedule = Schedule(sessions=sessions, spread_s=spread_s)
@@ -344,12 +377,15 @@ async def run(sessions: int, turns: int, spread_s: float) -> Figures:
             await feeder
         cpu_share = await watcher
         base = await baseline(schedule, turns)
-        parent.send("stop")
-        violations, fakes_cpu_share = await asyncio.to_thread(parent.recv)
+        sarvam_conn.send("stop")
+        chat_conn.send("stop")
+        sarvam_load, violations = await asyncio.to_thread(sarvam_conn.recv)
+        chat_load = await asyncio.to_thread(chat_conn.recv)
     finally:
-        await asyncio.to_thread(fakes.join, 10)
-        if fakes.is_alive():
-            fakes.terminate()
+        for fake in fakes:
+            await asyncio.to_thread(fake.join, 10)
+            if fake.is_alive():
+                fake.terminate()
     if violations:
         raise RuntimeError(f"the clients broke the Sarvam protocol: {violations[:3]}")
     all_turns = [t for r in results for t in r.turns]
@@ -363,7 +399,8 @@ async def run(sessions: int, turns: int, spread_s: float) -> Figures:
         barge_ins_missed=sum(1 for r in results if r.barge_in_stop is None),
         loop_lag=lags,
         cpu_share=cpu_share,
-        fakes_cpu_share=fakes_cpu_share,
+        sarvam_load=sarvam_load,
+        chat_load=chat_load,
     )
 
 
@@ -395,9 +432,10 @@ MAIN_HEADER = (
     f"{'sessions':>8} {'turns':>6} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'baseline':>9} {'p50':>7} {'p95':>7}",
 )
 DIAGNOSTICS_HEADER = (
-    f"{'':>8} {'STT leg':>15} {'reply leg':>15} {'barge-in tail':>15} {'loop lag':>15} {'CPU':>7} {'fakes':>6}",
+    f"{'':>8} {'STT leg':>15} {'reply leg':>15} {'barge-in tail':>15} {'loop lag':>15} {'CPU':>7}"
+    f" {'Sarvam fake':>13} {'chat fake':>13}",
     f"{'sessions':>8} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}"
-    f" {'':>7} {'CPU':>6}",
+    f" {'':>7} {'CPU':>5} {'lag99':>7} {'CPU':>5} {'lag99':>7}",
 )
 
 
@@ -417,8 +455,12 @@ def diagnostics_row(sessions: int, f: Figures) -> str:
     return (
         f"{sessions:>8} {p50_p95(f.stt_leg)} {p50_p95(f.reply_leg)} {p50_p95(f.unplayed_at_barge_in)}"
         f" {ms(pct(f.loop_lag, 0.99)):>7} {ms(max(f.loop_lag, default=math.nan)):>7}"
-        f" {f.cpu_share * 100:>6.0f}% {f.fakes_cpu_share * 100:>5.0f}%"
+        f" {f.cpu_share * 100:>6.0f}% {fake_load(f.sarvam_load)} {fake_load(f.chat_load)}"
     )
+
+
+def fake_load(load: FakeLoad) -> str:
+    return f"{load.cpu_share * 100:>4.0f}% {ms(load.loop_lag_p99):>7}"
 
 
 def main() -> None:

@@ -334,6 +334,11 @@ class FakeChatServer(ChatCompletions):
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.port}"
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The fake's own event loop, for probes that must run where its handlers run."""
+        return self._server.loop
+
     def base_url(self, prefix: str = "/v1") -> str:
         return self.url + prefix.rstrip("/")
 

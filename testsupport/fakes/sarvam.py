@@ -230,6 +230,11 @@ class FakeSarvam:
         return f"ws://127.0.0.1:{self._server.port}"
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The fake's own event loop, for probes that must run where its handlers run."""
+        return self._server.loop
+
+    @property
     def chat_base_url(self) -> str:
         return self.http_url + "/v1"
 
