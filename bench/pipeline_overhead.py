@@ -249,6 +249,9 @@ async def one_session(
             unplayed = caller.unplayed_at(decided)
     finally:
         await conversation.end(contracts.EndReason.COMPLETED)
+        # The shared clock keeps ticking for the sessions still running; an open input nobody
+        # reads would fill up and warn that it drops audio.
+        caller.input.close()
         await caller.output.aclose()
     return SessionResult(turns=measured, barge_in_stop=stop, unplayed_at_barge_in=unplayed)
 
