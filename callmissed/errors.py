@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
     NOT_ACCEPTABLE = "not_acceptable"
     CONFLICT = "conflict"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
@@ -42,6 +43,7 @@ class ErrorCode(StrEnum):
     CONCURRENCY_LIMIT = "concurrency_limit"
     CAPACITY_EXHAUSTED = "capacity_exhausted"
     UPSTREAM_ERROR = "upstream_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -103,6 +105,20 @@ class CapacityExhausted(ApplicationError):
     code = ErrorCode.CAPACITY_EXHAUSTED
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_message = "Voice capacity is exhausted right now; try again shortly."
+
+
+class PayloadTooLarge(ApplicationError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_message = "The request body is too large."
+
+
+class ServiceUnavailable(ApplicationError):
+    """A dependency we need for this request (Redis, the broker) is down; retry after a moment."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_message = "A dependency is briefly unavailable; try again shortly."
 
 
 class UpstreamError(ApplicationError):
