@@ -43,6 +43,7 @@ class EndReason(StrEnum):
     PROVIDER_ERROR = "provider_error"
     LOST = "lost"
     ERROR = "error"
+    KEY_REVOKED = "key_revoked"  # the API key that opened a legacy socket was revoked
 
 
 # Reasons that mean the session failed rather than ended normally.

@@ -32,6 +32,7 @@ from billing import services as billing_services
 from billing import stripe_gateway
 from callmissed.errors import NotFound
 from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm, TopUpForm
+from voice import lifecycle as voice_lifecycle
 from voice import selectors as voice_selectors
 from voice.models import VoiceSession
 
@@ -77,6 +78,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @organization_required
 def overview(request: HttpRequest, organization: Organization) -> HttpResponse:
+    voice_lifecycle.voice_sessions_expire_unjoined(organization=organization)
     sessions = voice_selectors.voice_session_list(organization=organization)
     recent = sessions.filter(created_at__gte=timezone.now() - timedelta(days=30))
     by_status = dict(recent.order_by().values_list("status").annotate(n=Count("id")))
@@ -127,6 +129,7 @@ def key_revoke(request: HttpRequest, organization: Organization, key_id: str) ->
 
 @organization_required
 def sessions(request: HttpRequest, organization: Organization) -> HttpResponse:
+    voice_lifecycle.voice_sessions_expire_unjoined(organization=organization)
     filters = SessionFilterForm(request.GET or None, status_choices=list(VoiceSession.Status.choices))
     status = filters.cleaned_data["status"] if filters.is_valid() else ""
     queryset = voice_selectors.voice_session_list(organization=organization, status=status or None)
@@ -136,6 +139,7 @@ def sessions(request: HttpRequest, organization: Organization) -> HttpResponse:
 
 @organization_required
 def session_detail(request: HttpRequest, organization: Organization, session_id: str) -> HttpResponse:
+    voice_lifecycle.voice_sessions_expire_unjoined(organization=organization)
     session = voice_selectors.voice_session_get(organization=organization, session_id=session_id)
     context = {
         "session": session,

@@ -1,20 +1,28 @@
-"""Lifecycle writes driven by the agent worker's events and the reaper: status transitions
-(created → active → ended|failed, never backwards), applied once per event id."""
+"""Lifecycle writes driven by the agent worker's events, the reaper and expiry at read and
+admission: status transitions (created → active → ended|failed, never backwards), applied once
+per event id, and the deletion of ended sessions' LiveKit rooms until LiveKit confirms it."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import Organization
 from agent_worker import contracts
 from voice import livekit, ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 
 logger = logging.getLogger(__name__)
+
+# One expiry closes at most this many sessions; the next read, admission or reaper tick the rest.
+EXPIRE_BATCH_SIZE = 500
+# A room deletion still unconfirmed this long after it was queued is queued again by the reaper
+# (longer than the task's own retries take, so the two rarely overlap).
+ROOM_DELETE_REQUEUE_SECONDS = 300
 
 
 def _first_time(event_id: str, kind: str, session: VoiceSession | None) -> bool:
@@ -83,30 +91,94 @@ def voice_session_end(
         if turn_latencies and not session.turn_latencies:
             session.turn_latencies = turn_latencies
             fields.append("turn_latencies")
+        ended_now = "status" in fields
+        if delete_room and ended_now and session.transport == contracts.Transport.LIVEKIT:
+            # Recorded with the end, so the room is deleted even if the queue below is lost.
+            session.room_delete_queued_at = timezone.now()
+            fields.append("room_delete_queued_at")
         if fields:
             session.save(update_fields=fields)
         room_name = session.room_name
-        transport = session.transport
-    if delete_room and transport == contracts.Transport.LIVEKIT:
-        transaction.on_commit(lambda: _delete_room_quietly(room_name))
+    if "room_delete_queued_at" in fields:
+        transaction.on_commit(lambda: _queue_room_delete(room_name))
     return session
 
 
 def voice_session_terminate(*, session_id: str, reason: contracts.EndReason, error: str = "") -> VoiceSession | None:
-    """End a live session from Django's side (billing, an operator) and tear down its transport:
-    the LiveKit room is deleted, so the agent leaves; a legacy socket's consumer is told to close."""
+    """End a live session from Django's side (billing, an operator, DELETE) and tear down its
+    transport: the LiveKit room's deletion is queued (the agent leaves when it goes); a legacy
+    socket's consumer is told to close, and notices the ended row by itself if that message is lost."""
     session = voice_session_end(session_id=session_id, reason=reason, error=error, delete_room=True)
     if session is not None and session.transport == contracts.Transport.WEBSOCKET:
         transaction.on_commit(lambda: ws_control.websocket_session_terminate(session_id=session_id, reason=reason))
     return session
 
 
-def _delete_room_quietly(room_name: str) -> None:
+def voice_sessions_expire_unjoined(
+    *, organization: Organization | None = None, now: datetime | None = None, limit: int = EXPIRE_BATCH_SIZE
+) -> list[VoiceSession]:
+    """Fail ``created`` sessions past their join deadline as ``unjoined`` and queue their rooms'
+    deletion. Called at admission and at read (so no deployment needs beat for a session to stop
+    counting against the caps) and by the reaper; ``voice_session_end`` makes it exactly-once
+    with the worker's own events, whoever comes first."""
+    now = now or timezone.now()
+    overdue = VoiceSession.objects.filter(status=VoiceSession.Status.CREATED, join_deadline__lt=now)
+    if organization is not None:
+        overdue = overdue.filter(organization=organization)
+    expired = []
+    for session_id in overdue.values_list("pk", flat=True)[:limit]:
+        session = voice_session_end(
+            session_id=str(session_id),
+            reason=contracts.EndReason.UNJOINED,
+            at=now,
+            error="Nobody joined the session before its join deadline.",
+            delete_room=True,
+        )
+        if session is not None and session.end_reason == contracts.EndReason.UNJOINED:
+            expired.append(session)
+    return expired
+
+
+def voice_session_room_delete(*, room_name: str) -> None:
+    """Delete a session's LiveKit room now and record that it is gone; raises ``UpstreamError``
+    while LiveKit cannot be reached (the caller retries). A room already gone counts as deleted."""
+    livekit.room_delete(room_name=room_name)
+    VoiceSession.objects.filter(room_name=room_name, room_delete_queued_at__isnull=False).update(
+        room_delete_queued_at=None
+    )
+
+
+def voice_sessions_room_delete_requeue(*, now: datetime | None = None, limit: int = EXPIRE_BATCH_SIZE) -> list[str]:
+    """Rooms whose deletion was queued more than ``ROOM_DELETE_REQUEUE_SECONDS`` ago and is still
+    not confirmed (LiveKit was down past the task's retries, or the queue lost the task): queue
+    them again. Returns their names."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=ROOM_DELETE_REQUEUE_SECONDS)
+    rooms = list(
+        VoiceSession.objects.filter(room_delete_queued_at__lt=stale)
+        .order_by("room_delete_queued_at")
+        .values_list("room_name", flat=True)[:limit]
+    )
+    if rooms:
+        VoiceSession.objects.filter(room_name__in=rooms).update(room_delete_queued_at=now)
+        for room_name in rooms:
+            _queue_room_delete(room_name)
+    return rooms
+
+
+def _queue_room_delete(room_name: str) -> None:
+    """Hand the room to the ``voice.delete_room`` task. Never raises: the deletion is recorded on
+    the row, and the reaper queues it again if this one is lost."""
+    from voice import tasks  # tasks import this module
+
     try:
-        livekit.room_delete(room_name=room_name)
+        if tasks.delete_room.app.conf.task_always_eager:
+            # No worker (``make run``): one attempt inline, not the task's retries inside a request.
+            voice_session_room_delete(room_name=room_name)
+        else:
+            tasks.delete_room.delay(room_name=room_name)
     except Exception:
-        # The reaper retries rooms of ended sessions; a failed delete must not fail the caller.
-        logger.warning("Could not delete LiveKit room %s", room_name, exc_info=True)
+        logger.warning("Could not delete LiveKit room %s yet; it stays queued for the reaper", room_name, exc_info=True)
 
 
 def transcript_segment_add(*, segment: contracts.TranscriptSegment) -> TranscriptSegment | None:

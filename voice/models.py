@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from django.db import models
 
@@ -15,6 +16,14 @@ class VoiceSessionQuerySet(models.QuerySet["VoiceSession"]):
     def live(self) -> VoiceSessionQuerySet:
         """Sessions that count against caps: created (waiting for the caller) or active."""
         return self.filter(status__in=(VoiceSession.Status.CREATED, VoiceSession.Status.ACTIVE))
+
+    def holding_capacity(self, *, now: datetime) -> VoiceSessionQuerySet:
+        """Live sessions that really hold a provider stream: a ``created`` one past its join
+        deadline is as good as ended (the next expiry closes it), so it blocks no one."""
+        return self.filter(
+            models.Q(status=VoiceSession.Status.ACTIVE)
+            | models.Q(status=VoiceSession.Status.CREATED, join_deadline__gte=now)
+        )
 
 
 class VoiceSession(models.Model):
@@ -54,6 +63,10 @@ class VoiceSession(models.Model):
     duration_seconds = models.FloatField(null=True, blank=True)
     turn_latencies = models.JSONField(default=list, blank=True)
     content_deleted_at = models.DateTimeField(null=True, blank=True)
+    # Set while the LiveKit room still has to be deleted (when that was last queued); cleared
+    # once LiveKit confirms it gone. The reaper re-queues stale ones, so a LiveKit outage or a
+    # lost task never leaves a room of an ended session running.
+    room_delete_queued_at = models.DateTimeField(null=True, blank=True)
 
     objects = VoiceSessionQuerySet.as_manager()
 
@@ -66,7 +79,14 @@ class VoiceSession(models.Model):
                 name="uniq_session_idempotency_key",
             )
         ]
-        indexes = [models.Index(fields=["organization", "-created_at", "-id"], name="session_org_created")]
+        indexes = [
+            models.Index(fields=["organization", "-created_at", "-id"], name="session_org_created"),
+            models.Index(
+                fields=["room_delete_queued_at"],
+                condition=models.Q(room_delete_queued_at__isnull=False),
+                name="session_room_delete_pending",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"

@@ -1,7 +1,10 @@
-"""The reaper: closes sessions whose agent never came or went silent, so none stays live forever.
+"""The reaper: closes sessions whose agent never came or went silent, so none stays live forever,
+and sees every ended session's LiveKit room deleted.
 
-Run by Celery beat (``voice.reap_sessions``). Every close goes through ``voice_session_end``, so a
-session the worker ends at the same moment is closed exactly once, whichever wins.
+Run by Celery beat (``voice.reap_sessions``). Join deadlines are also expired at admission and at
+read (``lifecycle.voice_sessions_expire_unjoined``), so a deployment without beat never has a
+session counting against the caps past its deadline. Every close goes through
+``voice_session_end``, so a session the worker ends at the same moment is closed exactly once.
 """
 
 from __future__ import annotations
@@ -27,31 +30,17 @@ BATCH_SIZE = 500
 class ReapResult:
     unjoined: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
-    rooms_to_delete: list[str] = field(default_factory=list)
+    rooms_requeued: list[str] = field(default_factory=list)
 
 
 def voice_sessions_reap(*, now: datetime | None = None) -> ReapResult:
-    """Fail sessions nobody joined before their deadline (``unjoined``) and close active sessions
-    past their maximum duration plus a grace period (``lost``: the worker stopped reporting).
-
-    Returns the LiveKit rooms the caller should delete; the Celery task deletes them with retries.
-    """
+    """Fail sessions nobody joined before their deadline (``unjoined``), close active sessions
+    past their maximum duration plus a grace period (``lost``: the worker stopped reporting), and
+    queue again the room deletions LiveKit has not confirmed. Every room is deleted by the
+    ``voice.delete_room`` task, queued when the session ends."""
     now = now or timezone.now()
     result = ReapResult()
-
-    unjoined = VoiceSession.objects.filter(status=VoiceSession.Status.CREATED, join_deadline__lt=now).values_list(
-        "pk", flat=True
-    )[:BATCH_SIZE]
-    for session_id in unjoined:
-        session = lifecycle.voice_session_end(
-            session_id=str(session_id),
-            reason=contracts.EndReason.UNJOINED,
-            at=now,
-            error="Nobody joined the session before its join deadline.",
-        )
-        if session is not None and session.end_reason == contracts.EndReason.UNJOINED:
-            result.unjoined.append(str(session_id))
-            _collect_room(result, session)
+    result.unjoined = [str(s.pk) for s in lifecycle.voice_sessions_expire_unjoined(now=now, limit=BATCH_SIZE)]
 
     grace = timedelta(seconds=settings.SESSION_LOST_GRACE_SECONDS)
     # Live sessions are few (capped per provider account): narrow in SQL, decide exactly here,
@@ -74,16 +63,17 @@ def voice_sessions_reap(*, now: datetime | None = None) -> ReapResult:
             at=now,
             duration_seconds=duration,
             error="The agent stopped reporting before the session ended.",
+            delete_room=True,
         )
         if session is not None and session.end_reason == contracts.EndReason.LOST:
             result.lost.append(str(session_id))
-            _collect_room(result, session)
 
-    if result.unjoined or result.lost:
-        logger.info("Reaped %d unjoined and %d lost sessions", len(result.unjoined), len(result.lost))
+    result.rooms_requeued = lifecycle.voice_sessions_room_delete_requeue(now=now, limit=BATCH_SIZE)
+    if result.unjoined or result.lost or result.rooms_requeued:
+        logger.info(
+            "Reaped %d unjoined and %d lost sessions; queued %d room deletions again",
+            len(result.unjoined),
+            len(result.lost),
+            len(result.rooms_requeued),
+        )
     return result
-
-
-def _collect_room(result: ReapResult, session: VoiceSession) -> None:
-    if session.transport == contracts.Transport.LIVEKIT:
-        result.rooms_to_delete.append(session.room_name)

@@ -17,7 +17,7 @@ from accounts.models import ApiKey, AuditLog, Organization
 from agent_worker import contracts
 from billing import services as billing_services
 from callmissed.errors import CapacityExhausted, IdempotencyConflict
-from voice import lifecycle, livekit, ws_control
+from voice import lifecycle, livekit
 from voice.models import TranscriptSegment, VoiceSession
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def _token_for(session: VoiceSession) -> str:
 
 
 def _check_provider_capacity() -> None:
-    live = VoiceSession.objects.live().count()
+    live = VoiceSession.objects.holding_capacity(now=timezone.now()).count()
     if live >= settings.PROVIDER_MAX_LIVE_SESSIONS:
         raise CapacityExhausted(retry_after=CAPACITY_RETRY_AFTER_SECONDS)
 
@@ -68,6 +68,7 @@ def voice_session_create(
         with transaction.atomic():
             # Serialise admission per organization so two racing creates cannot both pass the caps.
             Organization.objects.select_for_update().filter(pk=organization.pk).first()
+            lifecycle.voice_sessions_expire_unjoined(organization=organization)
             billing_services.session_admission_check(organization=organization)
             _check_provider_capacity()
             session = VoiceSession(
@@ -107,17 +108,15 @@ def _replay(session: VoiceSession, fingerprint: str) -> CreatedSession:
 
 
 def voice_session_delete(*, session: VoiceSession, actor_key: ApiKey | None = None) -> None:
-    """End the session if live (room torn down first, so the agent leaves), then drop its content.
+    """End the session if live, then drop its content.
 
-    The row stays (without prompt, metadata or transcripts) because usage and charges refer to it.
+    The end is recorded here whatever LiveKit's state: the room's deletion is queued after commit
+    and retried until LiveKit confirms it, and a legacy socket's consumer is told to close (it
+    also notices the ended row by itself). The row stays (without prompt, metadata or transcripts)
+    because usage and charges refer to it.
     """
-    if session.is_live and session.transport == contracts.Transport.LIVEKIT:
-        livekit.room_delete(room_name=session.room_name)
-    elif session.is_live and session.transport == contracts.Transport.WEBSOCKET:
-        # The socket's consumer ends its conversation and closes; the row is ended here regardless.
-        ws_control.websocket_session_terminate(session_id=str(session.id), reason=contracts.EndReason.DELETED)
     with transaction.atomic():
-        lifecycle.voice_session_end(session_id=str(session.id), reason=contracts.EndReason.DELETED)
+        lifecycle.voice_session_terminate(session_id=str(session.id), reason=contracts.EndReason.DELETED)
         session.refresh_from_db()
         TranscriptSegment.objects.filter(session=session).delete()
         session.system_prompt = ""

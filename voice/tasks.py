@@ -20,7 +20,7 @@ from agent_worker import contracts
 from billing import services as billing_services
 from billing.pricing import PriceMissing
 from callmissed.errors import UpstreamError
-from voice import lifecycle, livekit, reaper
+from voice import lifecycle, reaper
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,6 @@ def session_ended(payload: dict[str, Any]) -> None:
 @shared_task(name=TASK_REAP_SESSIONS)
 def reap_sessions() -> dict[str, int]:
     result = reaper.voice_sessions_reap()
-    for room_name in result.rooms_to_delete:
-        delete_room.delay(room_name=room_name)
     return {"unjoined": len(result.unjoined), "lost": len(result.lost)}
 
 
@@ -127,10 +125,11 @@ def reap_sessions() -> dict[str, int]:
     name=TASK_DELETE_ROOM,
     autoretry_for=(UpstreamError,),
     retry_backoff=5,
-    retry_backoff_max=300,
+    retry_backoff_max=80,
     retry_jitter=True,
-    max_retries=12,
+    # Retries end well within lifecycle.ROOM_DELETE_REQUEUE_SECONDS; the reaper takes over after.
+    max_retries=5,
 )
 def delete_room(*, room_name: str) -> None:
     """Idempotent: a room that is already gone counts as deleted."""
-    livekit.room_delete(room_name=room_name)
+    lifecycle.voice_session_room_delete(room_name=room_name)

@@ -22,7 +22,7 @@ from accounts.authentication import request_api_key
 from billing import selectors as billing_selectors
 from billing.api.serializers import SessionUsageSerializer
 from callmissed.errors import ValidationFailed
-from voice import selectors, services
+from voice import lifecycle, selectors, services
 from voice.api.pagination import NewestFirstCursorPagination
 from voice.api.serializers import SessionSummarySerializer, TranscriptSegmentSerializer
 from voice.config import SessionConfigSerializer
@@ -140,6 +140,7 @@ class VoiceSessionsApi(APIView):
         key = request_api_key(request)
         filters = VoiceSessionFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
+        lifecycle.voice_sessions_expire_unjoined(organization=key.organization)
         qs: QuerySet[VoiceSession] = selectors.voice_session_list(
             organization=key.organization, metadata=_metadata_filters(request.query_params), **filters.validated_data
         )
@@ -182,7 +183,9 @@ class VoiceSessionDetailApi(APIView):
 
     @extend_schema(operation_id="voice_sessions_retrieve", responses={200: VoiceSessionDetailOutputSerializer})
     def get(self, request: Request, session_id: str) -> Response:
-        session = selectors.voice_session_get(organization=request_api_key(request).organization, session_id=session_id)
+        organization = request_api_key(request).organization
+        lifecycle.voice_sessions_expire_unjoined(organization=organization)
+        session = selectors.voice_session_get(organization=organization, session_id=session_id)
         return Response(VoiceSessionDetailOutputSerializer(session).data)
 
     @extend_schema(operation_id="voice_sessions_destroy", responses={204: None})

@@ -21,13 +21,22 @@ def _deleted_rooms(server: Any) -> list[str]:
     return [c.request.room for c in server.calls_to("DeleteRoom")]
 
 
-def test_a_session_nobody_joined_before_its_deadline_fails_as_unjoined(livekit_server: Any) -> None:
+def reap(on_commit: Any) -> dict[str, int]:
+    """One reaper run; the room deletions it queues go out when its transactions commit."""
+    with on_commit(execute=True):
+        result: dict[str, int] = tasks.reap_sessions.apply().get()
+    return result
+
+
+def test_a_session_nobody_joined_before_its_deadline_fails_as_unjoined(
+    livekit_server: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     now = timezone.now()
     late = VoiceSessionFactory.create(join_deadline=now - timedelta(seconds=1))
     waiting = VoiceSessionFactory.create(join_deadline=now + timedelta(seconds=30))
     livekit_server.rooms.update({late.room_name, waiting.room_name})
 
-    assert tasks.reap_sessions.apply().get() == {"unjoined": 1, "lost": 0}
+    assert reap(django_capture_on_commit_callbacks) == {"unjoined": 1, "lost": 0}
 
     late.refresh_from_db()
     waiting.refresh_from_db()
@@ -38,7 +47,9 @@ def test_a_session_nobody_joined_before_its_deadline_fails_as_unjoined(livekit_s
     assert livekit_server.rooms == {waiting.room_name}
 
 
-def test_an_active_session_past_max_duration_plus_grace_is_closed_as_lost(livekit_server: Any, settings: Any) -> None:
+def test_an_active_session_past_max_duration_plus_grace_is_closed_as_lost(
+    livekit_server: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     settings.SESSION_LOST_GRACE_SECONDS = 120
     now = timezone.now()
     silent = VoiceSessionFactory.create(max_duration_seconds=60)
@@ -47,7 +58,7 @@ def test_an_active_session_past_max_duration_plus_grace_is_closed_as_lost(liveki
     lifecycle.voice_session_mark_active(session_id=str(in_grace.id), at=now - timedelta(seconds=60 + 100))
     livekit_server.rooms.update({silent.room_name, in_grace.room_name})
 
-    assert tasks.reap_sessions.apply().get() == {"unjoined": 0, "lost": 1}
+    assert reap(django_capture_on_commit_callbacks) == {"unjoined": 0, "lost": 1}
 
     silent.refresh_from_db()
     in_grace.refresh_from_db()
@@ -58,14 +69,16 @@ def test_an_active_session_past_max_duration_plus_grace_is_closed_as_lost(liveki
     assert _deleted_rooms(livekit_server) == [silent.room_name]
 
 
-def test_the_reaper_leaves_ended_sessions_and_a_second_run_does_nothing(livekit_server: Any) -> None:
+def test_the_reaper_leaves_ended_sessions_and_a_second_run_does_nothing(
+    livekit_server: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     old = timezone.now() - timedelta(hours=2)
     ended = VoiceSessionFactory.create(join_deadline=old)
     lifecycle.voice_session_end(session_id=str(ended.id), reason=contracts.EndReason.COMPLETED, at=old)
     unjoined = VoiceSessionFactory.create(join_deadline=old)
 
-    assert tasks.reap_sessions.apply().get() == {"unjoined": 1, "lost": 0}
-    assert tasks.reap_sessions.apply().get() == {"unjoined": 0, "lost": 0}
+    assert reap(django_capture_on_commit_callbacks) == {"unjoined": 1, "lost": 0}
+    assert reap(django_capture_on_commit_callbacks) == {"unjoined": 0, "lost": 0}
 
     ended.refresh_from_db()
     assert (ended.status, ended.end_reason) == ("ended", "completed")
@@ -73,20 +86,24 @@ def test_the_reaper_leaves_ended_sessions_and_a_second_run_does_nothing(livekit_
     assert _deleted_rooms(livekit_server) == [unjoined.room_name]
 
 
-def test_websocket_sessions_are_reaped_without_a_room_call(livekit_server: Any) -> None:
+def test_websocket_sessions_are_reaped_without_a_room_call(
+    livekit_server: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     ws = VoiceSessionFactory.create(
         transport=contracts.Transport.WEBSOCKET, join_deadline=timezone.now() - timedelta(seconds=5)
     )
-    tasks.reap_sessions.apply().get()
+    reap(django_capture_on_commit_callbacks)
     ws.refresh_from_db()
     assert (ws.status, ws.end_reason) == ("failed", "unjoined")
     assert _deleted_rooms(livekit_server) == []
 
 
-def test_a_worker_end_racing_the_reaper_keeps_the_first_reason(livekit_server: Any) -> None:
+def test_a_worker_end_racing_the_reaper_keeps_the_first_reason(
+    livekit_server: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     session = VoiceSessionFactory.create(join_deadline=timezone.now() - timedelta(seconds=1))
     lifecycle.voice_session_end(session_id=str(session.id), reason=contracts.EndReason.USER_LEFT)
-    tasks.reap_sessions.apply().get()
+    reap(django_capture_on_commit_callbacks)
     assert VoiceSession.objects.get(pk=session.pk).end_reason == "user_left"
     assert _deleted_rooms(livekit_server) == []
 
