@@ -7,6 +7,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from accounts import signals
 from accounts.keys import VISIBLE_PREFIX_CHARS, generate_key, hash_key
 from accounts.models import ApiKey, AuditLog, Membership, Organization
 
@@ -81,6 +82,10 @@ def api_key_revoke(*, api_key: ApiKey, actor: User | None = None) -> ApiKey:
             target=str(api_key.id),
             detail={"prefix": api_key.prefix},
         )
+        revoked = api_key
+        # After commit: a receiver acting on a revocation that rolled back would end calls for nothing.
+        # Robust: the key is revoked either way; a failing receiver is logged, not raised to the caller.
+        transaction.on_commit(lambda: signals.api_key_revoked.send(sender=ApiKey, api_key=revoked), robust=True)
     return api_key
 
 

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class VoiceConfig(AppConfig):
     name = "voice"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from voice import signals  # noqa: F401  (connects the receivers)

@@ -9,7 +9,9 @@ it is admitted by ``voice_session_create`` and the conversation's events are app
 same task bodies the worker's Celery events run, called in-process.
 
 The channel layer carries control only: the consumer joins ``voice-session.<id>`` and ends the
-conversation on ``session.terminate`` (REST DELETE, billing).
+conversation on ``session.terminate`` (REST DELETE, billing, key revocation). A call that cannot
+join is refused; one whose control message is lost still stops, as ``_tick`` reads its own row
+every few seconds.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from agent_worker.providers import sarvam_stt as _stt_client  # noqa: F401
 from agent_worker.providers import sarvam_tts as _tts_client  # noqa: F401
 from agent_worker.worker import WorkerSettings
 from callmissed.errors import ApplicationError, ErrorCode
-from voice import services, tasks
+from voice import selectors, services, tasks
 from voice.config import SessionConfigSerializer
 from voice.ws_control import session_group
 
@@ -73,6 +75,8 @@ class CloseCode(IntEnum):
     INVALID_CONFIG = 4422
     CONCURRENCY_LIMIT = 4429
     CAPACITY_EXHAUSTED = 4503
+    # The same code: the server cannot run the call safely right now (its control channel is down).
+    SERVICE_UNAVAILABLE = 4503
 
 
 class WsErrorCode(StrEnum):
@@ -105,10 +109,14 @@ _END_CLOSE = {
     contracts.EndReason.INSUFFICIENT_FUNDS: CloseCode.PAYMENT_REQUIRED,
     contracts.EndReason.PROVIDER_ERROR: CloseCode.INTERNAL_ERROR,
     contracts.EndReason.ERROR: CloseCode.INTERNAL_ERROR,
+    contracts.EndReason.KEY_REVOKED: CloseCode.KEY_REVOKED,
 }
 
 
 _TICK_SECONDS = 0.1
+# Joining the session's control group is retried after these pauses before the call is refused.
+_CONTROL_JOIN_RETRY_SECONDS = (0.25, 0.5)
+CONTROL_UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 
 
 def _env_float(name: str, default: float) -> float:
@@ -129,6 +137,9 @@ class LegacyWsLimits:
     # Caller audio the pipeline may fall behind by before the oldest is dropped.
     input_buffer_seconds: float = 3.0  # LEGACY_WS_INPUT_BUFFER_SECONDS
     usage_report_seconds: float = 5.0  # LEGACY_WS_USAGE_REPORT_SECONDS
+    # How often a call reads its own row, so one ended elsewhere stops even if the control
+    # message to this socket was lost.
+    session_check_seconds: float = 2.0  # LEGACY_WS_SESSION_CHECK_SECONDS
 
     @classmethod
     def from_env(cls) -> LegacyWsLimits:
@@ -139,6 +150,7 @@ class LegacyWsLimits:
             underrun_fill_seconds=_env_float("LEGACY_WS_UNDERRUN_FILL_SECONDS", cls.underrun_fill_seconds),
             input_buffer_seconds=_env_float("LEGACY_WS_INPUT_BUFFER_SECONDS", cls.input_buffer_seconds),
             usage_report_seconds=_env_float("LEGACY_WS_USAGE_REPORT_SECONDS", cls.usage_report_seconds),
+            session_check_seconds=_env_float("LEGACY_WS_SESSION_CHECK_SECONDS", cls.session_check_seconds),
         )
 
     def max_frame_bytes(self, sample_rate: int) -> int:
@@ -272,6 +284,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._usage_totals: dict[tuple[str, str, str], float] = {}
         self._usage_lock = asyncio.Lock()
         self._usage_flushed_at = 0.0
+        self._row_checked_at = 0.0
         self._agent_speaking = False
 
     # ------------------------------------------------------------------ Channels plumbing
@@ -459,6 +472,9 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
 
     async def _start_session(self, session_id: str, config: contracts.SessionConfig, rate: int) -> None:
         self.session_id = session_id
+        if not await self._join_control_group():
+            await self._refuse_uncontrollable()
+            return
         self.sample_rate = rate
         self._max_frame_bytes = self.limits.max_frame_bytes(rate)
         worker = WorkerSettings.from_env()
@@ -475,14 +491,6 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         )
         self._conversation = conversation
         self._phase = _Phase.RUNNING
-        if self.channel_layer is not None:
-            self._group = session_group(session_id)
-            try:
-                await self.channel_layer.group_add(self._group, self.channel_name)
-            except Exception:
-                # Without the control channel REST DELETE cannot reach this socket; the call still works.
-                logger.exception("Legacy WS session %s could not join its control group", session_id)
-                self._group = ""
         await self.send_event(
             {
                 "type": "session.started",
@@ -504,12 +512,58 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             return
         # The caller's frames wait unread while the pipeline starts (the first session of a
         # process loads the offline models): the underrun clock starts once they can be heard.
-        self._fill_origin = self._usage_flushed_at = time.monotonic()
+        self._fill_origin = self._usage_flushed_at = self._row_checked_at = time.monotonic()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name=f"legacy-ws-tick-{session_id}")
         await apply_event(
             tasks.session_started,
             contracts.SessionStarted(session_id=session_id, providers=conversation.providers_label),
         )
+
+    async def _join_control_group(self) -> bool:
+        """Join ``voice-session.<id>``, through which DELETE, billing and key revocation stop
+        this call; retried briefly, since a call nothing can stop must not start."""
+        if self.channel_layer is None:
+            return True  # no channel layer configured: the row check in ``_tick`` is the only stop
+        group = session_group(self.session_id)
+        for pause in (*_CONTROL_JOIN_RETRY_SECONDS, None):
+            try:
+                await self.channel_layer.group_add(group, self.channel_name)
+            except Exception:
+                logger.warning("Legacy WS session %s could not join its control group", self.session_id, exc_info=True)
+                if pause is None:
+                    return False
+                await asyncio.sleep(pause)
+            else:
+                self._group = group
+                return True
+        return False
+
+    async def _refuse_uncontrollable(self) -> None:
+        """The session row exists but its call could not be made stoppable: end it as failed (the
+        slot is freed), then say so and close with 4503 so the client retries shortly."""
+        self._phase = _Phase.CLOSED
+        message = "The server could not set up this call's control channel. Try again in a few seconds."
+        logger.error("Legacy WS session %s refused: its control group could not be joined", self.session_id)
+        await apply_event(
+            tasks.session_ended,
+            contracts.SessionEnded(
+                session_id=self.session_id, reason=contracts.EndReason.ERROR, duration_seconds=0, error=message
+            ),
+        )
+        await self.send_error(
+            ErrorCode.SERVICE_UNAVAILABLE, message, fatal=True, retry_after=CONTROL_UNAVAILABLE_RETRY_AFTER_SECONDS
+        )
+        await self.send_event(
+            {
+                "type": "session.ended",
+                "session_id": self.session_id,
+                "reason": str(contracts.EndReason.ERROR),
+                "duration_seconds": 0.0,
+                "error": message,
+            }
+        )
+        await self._close_socket(CloseCode.SERVICE_UNAVAILABLE)
+        self._finished.set()
 
     async def _receive_audio(self, pcm: bytes) -> None:
         assert self._audio_in is not None
@@ -606,6 +660,22 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 )
             if now - self._usage_flushed_at >= self.limits.usage_report_seconds:
                 await self._flush_usage()
+            if now - self._row_checked_at >= self.limits.session_check_seconds:
+                self._row_checked_at = now
+                await self._stop_if_ended_elsewhere()
+
+    async def _stop_if_ended_elsewhere(self) -> None:
+        """The backstop to the control group: a row ended by DELETE, billing or a key revocation
+        ends the call with the row's reason even when the control message never arrived."""
+        try:
+            reason = await database_sync_to_async(selectors.voice_session_stop_reason)(session_id=self.session_id)
+        except Exception:
+            # A database blip must not end a call; the next check tries again.
+            logger.warning("Legacy WS session %s: could not read its row", self.session_id, exc_info=True)
+            return
+        if reason is not None and self._phase is _Phase.RUNNING and self._conversation is not None:
+            logger.warning("Legacy WS session %s was ended elsewhere (%s); ending the call", self.session_id, reason)
+            self._spawn(self._conversation.end(reason))
 
     # ------------------------------------------------------------------ conversation events
 

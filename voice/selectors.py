@@ -33,6 +33,21 @@ def voice_session_get(*, organization: Organization, session_id: str | uuid.UUID
     return session
 
 
+def voice_session_stop_reason(*, session_id: str) -> contracts.EndReason | None:
+    """Why a running call must stop: the row's end reason once it is no longer live (``None``
+    while it is). One primary-key read, for a legacy socket to check its own row now and then."""
+    row = VoiceSession.objects.filter(pk=session_id).values_list("status", "end_reason").first()
+    if row is None:
+        return contracts.EndReason.ERROR
+    status, end_reason = row
+    if status in (VoiceSession.Status.CREATED, VoiceSession.Status.ACTIVE):
+        return None
+    try:
+        return contracts.EndReason(end_reason)
+    except ValueError:
+        return contracts.EndReason.ERROR
+
+
 def voice_session_list(
     *,
     organization: Organization,

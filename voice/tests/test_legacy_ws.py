@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from channels.layers import get_channel_layer
 from django.db import connection, connections
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
@@ -618,6 +619,75 @@ def test_rest_delete_ends_the_live_socket(server, chat, make_client) -> None:
     row = session_row(ended["session_id"])
     assert (row.status, row.end_reason) == (VoiceSession.Status.ENDED, "deleted")
     assert row.content_deleted_at is not None and transcript_rows(ended["session_id"]) == []
+
+
+def test_a_delete_whose_control_message_is_lost_still_ends_the_socket_call(
+    server, chat, make_client, monkeypatch
+) -> None:
+    chat.script_replies(GREETING)
+    api = make_client()
+    lost: list[tuple[str, dict[str, Any]]] = []
+
+    async def dropped(group: str, message: dict[str, Any]) -> None:
+        lost.append((group, message))
+
+    # The control message leaves this process and never arrives: only the socket's own check is left.
+    monkeypatch.setattr(get_channel_layer(), "group_send", dropped)
+
+    async def scenario() -> tuple[WsCaller, int]:
+        caller, session_id = await open_session(server, api.plaintext)
+        await wait_for_greeting(caller)
+        response = await in_thread(lambda: api.delete(f"/v1/voice/sessions/{session_id}"))
+        await caller.wait_for(lambda: caller.first("session.ended") is not None)
+        await caller.wait_closed()
+        await caller.aclose()
+        return caller, response.status_code
+
+    caller, status = run(scenario())
+    assert status == 204
+    ended = caller.first("session.ended")
+    assert ended is not None and ended["reason"] == "deleted"
+    assert [message["reason"] for _, message in lost] == ["deleted"]
+    assert caller.closed is not None and caller.closed.code == CloseCode.NORMAL
+    row = session_row(ended["session_id"])
+    assert (row.status, row.end_reason) == (VoiceSession.Status.ENDED, "deleted")
+
+
+def test_revoking_the_key_ends_its_open_socket_call(server, chat, make_client) -> None:
+    chat.script_replies(GREETING)
+    api = make_client()
+
+    async def scenario() -> WsCaller:
+        caller, _ = await open_session(server, api.plaintext)
+        await wait_for_greeting(caller)
+        await in_thread(lambda: account_services.api_key_revoke(api_key=api.key))
+        await caller.wait_for(lambda: caller.first("session.ended") is not None)
+        await caller.wait_closed()
+        await caller.aclose()
+        return caller
+
+    caller = run(scenario())
+    ended = caller.first("session.ended")
+    assert ended is not None and ended["reason"] == "key_revoked"
+    assert caller.closed is not None and caller.closed.code == CloseCode.KEY_REVOKED
+    row = session_row(ended["session_id"])
+    assert (row.status, row.end_reason) == (VoiceSession.Status.ENDED, "key_revoked")
+
+
+def test_a_call_whose_control_group_cannot_be_joined_is_refused_loudly(server, key, tmp_path) -> None:
+    app = "voice.tests.asgi_control_group_down:application"
+    with DaphneServer(env=server.env, log_path=tmp_path / "daphne.log", application=app) as broken:
+        caller = run(first_message_then_close(broken, key, config_message(system_prompt=PROMPT)))
+
+    assert caller.closed is not None and caller.closed.code == CloseCode.SERVICE_UNAVAILABLE == 4503
+    assert caller.first("session.started") is None
+    error, ended = caller.events
+    assert (error["type"], error["code"], error["fatal"]) == ("error", "service_unavailable", True)
+    assert error["retry_after"] > 0
+    assert (ended["type"], ended["reason"]) == ("session.ended", "error")
+    row = session_row(ended["session_id"])
+    assert (row.status, row.end_reason) == (VoiceSession.Status.FAILED, "error")
+    assert not VoiceSession.objects.live().exists()  # its slot is free
 
 
 def test_the_session_is_read_through_rest_by_its_owner_only(server, chat, sarvam, make_client) -> None:

@@ -38,7 +38,10 @@ def database_url_for(test_db_name: str) -> str:
 class DaphneServer:
     """``with DaphneServer(env) as server: server.ws_url(key)``; logs in ``log_path``."""
 
-    def __init__(self, *, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, *, env: Mapping[str, str], log_path: Path, application: str = "callmissed.asgi:application"
+    ) -> None:
+        self.application = application  # a test may serve a wrapper that injects a fault
         self.port = free_port()
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "callmissed.settings_test", **env}
         self.log_path = log_path
@@ -65,7 +68,7 @@ class DaphneServer:
                     "127.0.0.1",
                     "-p",
                     str(self.port),
-                    "callmissed.asgi:application",
+                    self.application,
                 ],
                 cwd=ROOT,
                 env=self.env,
