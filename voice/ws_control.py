@@ -1,8 +1,10 @@
 """Control messages to a live legacy-WebSocket session over the channel layer.
 
-The consumer serving a session joins ``voice-session.<id>``; anything in Django (REST DELETE,
-billing) ends that session with ``websocket_session_terminate``. Only control goes this way:
-audio never crosses the channel layer.
+The consumer serving a session joins ``voice-session.<id>`` (or refuses the call if it cannot);
+anything in Django (REST DELETE, billing, key revocation) ends that session with
+``websocket_session_terminate`` after recording the end on its row. A message lost here still
+stops the call: the consumer reads its row every few seconds. Only control goes this way: audio
+never crosses the channel layer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def websocket_session_terminate(*, session_id: str, reason: str) -> None:
     """Ask the consumer holding ``session_id`` to end it with ``reason`` (an ``EndReason`` value).
 
     Fire and forget: a session whose socket is already gone simply has no listener. A channel
-    layer that cannot be reached is logged, not raised — the caller still records the end."""
+    layer that cannot be reached is logged, not raised — the caller has recorded the end, and the
+    consumer's own row check stops the call within seconds."""
     contracts.EndReason(reason)  # a typo here would silently end sessions as "error"
     layer = get_channel_layer()
     if layer is None:
