@@ -3,10 +3,8 @@ Checkout top-ups, webhooks verified and applied once in any order, reconciliatio
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from celery.exceptions import Retry
@@ -14,25 +12,15 @@ from django.utils import timezone
 
 from billing import services, tasks
 from billing.models import BillingAccount, MeterEventReport, ReconciliationReport, StripeWebhookEvent
+from billing.tests.conftest import WEBHOOK
+from billing.tests.conftest import deliver as _deliver
 from billing.tests.support import KIMI_TURN, C, usage_event
-from testsupport.fakes.stripe_api import FakeStripe, event_payload, signed_webhook
+from testsupport.fakes.stripe_api import event_payload
 from voice.tests.factories import VoiceSessionFactory
 
 pytestmark = pytest.mark.django_db
 
-STRIPE_KEY = "sk_test_callmissed"
-WEBHOOK_SECRET = "whsec_test_callmissed"
 METER_EVENTS = "/v1/billing/meter_events"
-WEBHOOK = "/v1/billing/stripe/webhook"
-
-
-@pytest.fixture
-def stripe_fake(settings: Any) -> Iterator[FakeStripe]:
-    with FakeStripe(api_key=STRIPE_KEY) as fake:
-        settings.STRIPE_SECRET_KEY = STRIPE_KEY
-        settings.STRIPE_API_BASE = fake.api_base
-        settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
-        yield fake
 
 
 def _bill_a_turn(client, capture) -> list[MeterEventReport]:
@@ -41,11 +29,6 @@ def _bill_a_turn(client, capture) -> list[MeterEventReport]:
         applied = services.usage_event_apply(event=usage_event(session, *KIMI_TURN))
     assert applied is not None
     return [r.meter_report for r in applied.records]
-
-
-def _deliver(client, event: dict[str, Any], *, secret: str = WEBHOOK_SECRET):
-    body, signature = signed_webhook(event, secret)
-    return client.generic("POST", WEBHOOK, body, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
 
 
 def test_usage_reaches_stripe_as_one_meter_event_per_record(api, stripe_fake, django_capture_on_commit_callbacks):

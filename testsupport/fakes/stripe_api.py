@@ -14,7 +14,7 @@ Endpoints: customers (create, retrieve), billing meters (create, list, retrieve)
 (create), meter event summaries (list), checkout sessions (create, retrieve), events (list,
 retrieve). Test-side helpers: ``add_event`` (an event for ``GET /v1/events``),
 ``complete_checkout_session`` (a paid session plus its ``checkout.session.completed`` event),
-``signed_webhook`` and ``event_payload`` (module functions) for webhook deliveries.
+``signed_webhook``, ``signature_header`` and ``event_payload`` (module functions) for webhook deliveries.
 
 Behaviour copied from Stripe because billing depends on it:
 
@@ -39,10 +39,11 @@ Behaviour copied from Stripe because billing depends on it:
   events with ``start_time <= timestamp < end_time`` for the customer, per ``value_grouping_window``.
 
 Faults (each applies to the next matching requests, matched by path prefix, after the request is
-recorded and authenticated): ``fail_next(prefix, status=500|429, times=)`` answers a Stripe error
-without executing; ``drop_connection_next(prefix, processed=True)`` closes the socket without an
-answer — by default after executing and saving the idempotent result, i.e. the crash-after-send
-case where the library's retry (``max_network_retries``) must be answered by the replay.
+recorded and authenticated): ``fail_next(prefix, status=500|429|400…, times=, error_type=,
+message=, code=, param=)`` answers a Stripe error without executing;
+``drop_connection_next(prefix, processed=True)`` closes the socket without an answer — by
+default after executing and saving the idempotent result, i.e. the crash-after-send case where
+the library's retry (``max_network_retries``) must be answered by the replay.
 """
 
 from __future__ import annotations
@@ -219,6 +220,7 @@ class _Fault:
     status: int | None = None  # answer with this status, or None to drop the connection
     should_retry: bool | None = None
     processed: bool = True
+    error: StripeApiError | None = None  # the exact error to answer, when the test gave one
 
 
 @dataclass(frozen=True)
@@ -400,15 +402,35 @@ class FakeStripe:
     # --- test-side controls ----------------------------------------------------------------------
 
     def fail_next(
-        self, path_prefix: str, status: int = 500, *, times: int = 1, should_retry: bool | None = None
+        self,
+        path_prefix: str,
+        status: int = 500,
+        *,
+        times: int = 1,
+        should_retry: bool | None = None,
+        error_type: str | None = None,
+        message: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
     ) -> None:
         """Answer the next ``times`` requests under ``path_prefix`` with a Stripe error, unexecuted.
 
         ``should_retry`` sets ``Stripe-Should-Retry``, which the library obeys over its defaults
-        (it retries 409 and 5xx, not 429, unless told to).
+        (it retries 409 and 5xx, not 429, unless told to). ``error_type`` (``invalid_request_error``,
+        ``idempotency_error``, ``card_error``, ``api_error``…), ``message``, ``code`` and ``param``
+        shape the error body exactly; without them a generic error for the status is answered.
         """
+        error = None
+        if error_type is not None or message is not None or code is not None or param is not None:
+            error = StripeApiError(
+                status,
+                message or f"Injected failure {status}",
+                type=error_type or ("api_error" if status >= 500 else "invalid_request_error"),
+                code=code,
+                param=param,
+            )
         with self._lock:
-            self._faults.append(_Fault(path_prefix, times, status=status, should_retry=should_retry))
+            self._faults.append(_Fault(path_prefix, times, status=status, should_retry=should_retry, error=error))
 
     def drop_connection_next(self, path_prefix: str, *, times: int = 1, processed: bool = True) -> None:
         """Close the socket of the next ``times`` requests under ``path_prefix`` without answering.
@@ -533,6 +555,11 @@ class FakeStripe:
     @staticmethod
     def _injected_error(fault: _Fault) -> StripeApiError:
         headers = {} if fault.should_retry is None else {"Stripe-Should-Retry": str(fault.should_retry).lower()}
+        if fault.error is not None:
+            error = fault.error
+            return StripeApiError(
+                error.status, error.message, type=error.type, code=error.code, param=error.param, headers=headers
+            )
         if fault.status == 429:
             return StripeApiError(
                 429,
@@ -1003,7 +1030,12 @@ def signed_webhook(payload: Mapping[str, Any], secret: str, timestamp: int | Non
     Stripe signs ``"<t>.<raw body>"`` with HMAC-SHA256 keyed by the endpoint secret (the whole
     ``whsec_…`` string) and sends ``t=<t>,v1=<hex digest>``.
     """
-    signed_at = int(time.time()) if timestamp is None else timestamp
     body = json.dumps(payload, indent=2).encode("utf-8")
+    return body, signature_header(body, secret, timestamp)
+
+
+def signature_header(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """The ``Stripe-Signature`` header for ``body`` exactly as given (JSON or not)."""
+    signed_at = int(time.time()) if timestamp is None else timestamp
     digest = hmac.new(secret.encode("utf-8"), f"{signed_at}.".encode() + body, hashlib.sha256).hexdigest()
-    return body, f"t={signed_at},v1={digest}"
+    return f"t={signed_at},v1={digest}"

@@ -1,0 +1,34 @@
+"""The loopback Stripe fake wired into settings, and webhook deliveries signed as Stripe signs them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from testsupport.fakes.stripe_api import FakeStripe, signature_header, signed_webhook
+
+STRIPE_KEY = "sk_test_callmissed"
+WEBHOOK_SECRET = "whsec_test_callmissed"
+WEBHOOK = "/v1/billing/stripe/webhook"
+
+
+@pytest.fixture
+def stripe_fake(settings: Any) -> Iterator[FakeStripe]:
+    with FakeStripe(api_key=STRIPE_KEY) as fake:
+        settings.STRIPE_SECRET_KEY = STRIPE_KEY
+        settings.STRIPE_API_BASE = fake.api_base
+        settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+        yield fake
+
+
+def deliver(client: Any, event: Any, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> Any:
+    body, signature = signed_webhook(event, secret, timestamp=timestamp)
+    return client.generic("POST", WEBHOOK, body, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
+
+
+def deliver_raw(client: Any, body: bytes, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> Any:
+    """A delivery of ``body`` exactly as given (not necessarily JSON), correctly signed."""
+    signature = signature_header(body, secret, timestamp)
+    return client.generic("POST", WEBHOOK, body, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
