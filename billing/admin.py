@@ -15,6 +15,7 @@ from billing.models import (
     ModelPrice,
     ReconciliationReport,
     StripeWebhookEvent,
+    TopUpCheckout,
     UsageRecord,
 )
 
@@ -101,11 +102,35 @@ class MeterEventReportAdmin(ReadOnlyAdmin):
     search_fields = ["identifier"]
 
 
+class EventOutcomeFilter(admin.SimpleListFilter):
+    title = "outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("applied", "Applied"), ("refused", "Refused (see error)"), ("pending", "Pending or retrying")]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        if self.value() == "applied":
+            return queryset.filter(processed_at__isnull=False, error="")
+        if self.value() == "refused":
+            return queryset.filter(processed_at__isnull=False).exclude(error="")
+        if self.value() == "pending":
+            return queryset.filter(processed_at__isnull=True)
+        return queryset
+
+
 @admin.register(StripeWebhookEvent)
 class StripeWebhookEventAdmin(ReadOnlyAdmin):
-    list_display = ["event_id", "type", "created", "received_at", "processed_at"]
-    list_filter = ["type"]
+    list_display = ["event_id", "type", "created", "received_at", "processed_at", "attempts", "error"]
+    list_filter = [EventOutcomeFilter, "type"]
     search_fields = ["event_id"]
+
+
+@admin.register(TopUpCheckout)
+class TopUpCheckoutAdmin(ReadOnlyAdmin):
+    list_display = ["stripe_id", "organization", "amount_cents", "currency", "status", "created_at", "credited_at"]
+    list_filter = ["status"]
+    search_fields = ["stripe_id", "organization__name"]
 
 
 @admin.register(ReconciliationReport)

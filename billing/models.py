@@ -171,21 +171,52 @@ class MeterEventReport(models.Model):
 
 
 class StripeWebhookEvent(models.Model):
-    """Each Stripe event stored once on its id, applied once."""
+    """Each Stripe event stored once on its id, applied once.
 
-    event_id = models.CharField(max_length=100, primary_key=True)
+    ``processed_at`` empty: not applied yet (or a transient failure that will be retried).
+    ``processed_at`` set and ``error`` empty: applied. Both set: refused for good, ``error`` says why.
+    """
+
+    event_id = models.CharField(max_length=255, primary_key=True)
     type = models.CharField(max_length=100)
     created = models.DateTimeField(help_text="When Stripe created the event")
     payload = models.JSONField()
     received_at = models.DateTimeField(auto_now_add=True)
-    processed_at = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the event was applied or refused for good (then error says why)."
+    )
     error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created"]
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class TopUpCheckout(models.Model):
+    """A Checkout Session this platform created for a top-up: the only payment a Stripe event may
+    credit, and only for the organization, amount and currency it asked for."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        CREDITED = "credited"
+
+    stripe_id = models.CharField(max_length=255, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    amount_cents = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3, default="usd", help_text="Stripe's lower-case ISO code")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    credited_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.CheckConstraint(condition=models.Q(amount_cents__gt=0), name="top_up_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.stripe_id}: {self.amount_cents / 100:.2f} {self.currency.upper()} ({self.status})"
 
 
 class ReconciliationReport(models.Model):

@@ -19,9 +19,16 @@ from django.utils import timezone
 from accounts.models import Organization
 from agent_worker import contracts
 from billing import stripe_gateway
-from billing.models import BillingAccount, LedgerEntry, MeterEventReport, UsageRecord
+from billing.models import BillingAccount, LedgerEntry, MeterEventReport, TopUpCheckout, UsageRecord
 from billing.pricing import display, price_usage
-from callmissed.errors import ConcurrencyLimit, PaymentRequired, ValidationFailed
+from callmissed.errors import (
+    ApplicationError,
+    ConcurrencyLimit,
+    IdempotencyConflict,
+    PaymentRequired,
+    UpstreamError,
+    ValidationFailed,
+)
 from voice import lifecycle
 from voice.models import VoiceSession
 
@@ -30,6 +37,7 @@ logger = logging.getLogger(__name__)
 MICRO = Decimal(1_000_000)
 MIN_TOP_UP = Decimal("5.00")
 MAX_TOP_UP = Decimal("10000.00")
+TOP_UP_CURRENCY = "usd"
 
 
 def billing_account_get_or_create(*, organization: Organization) -> BillingAccount:
@@ -250,20 +258,50 @@ class Checkout:
 def checkout_create(
     *, organization: Organization, amount: Decimal, success_url: str, cancel_url: str, idempotency_key: str
 ) -> Checkout:
+    """A Stripe Checkout Session for a top-up of ``amount`` USD, recorded as the only payment a
+    webhook may credit. Stripe's refusals become typed errors; nothing is recorded unless Stripe
+    created the session."""
     if not stripe_gateway.enabled():
         raise ValidationFailed("Payments are not configured on this server (STRIPE_SECRET_KEY is unset).")
-    if not MIN_TOP_UP <= amount <= MAX_TOP_UP:
+    if not amount.is_finite() or not MIN_TOP_UP <= amount <= MAX_TOP_UP:
         raise ValidationFailed(
             fields={"amount_usd": [f"Top-ups are between {MIN_TOP_UP} and {MAX_TOP_UP} USD."]},
         )
+    amount_cents = int((amount * 100).to_integral_value())
     account = billing_account_get_or_create(organization=organization)
-    customer_id = stripe_customer_ensure(account=account)
-    session_id, url = stripe_gateway.checkout_session_create(
-        customer_id=customer_id,
-        organization_id=str(organization.pk),
-        amount_cents=int((amount * 100).to_integral_value()),
-        success_url=success_url,
-        cancel_url=cancel_url,
-        idempotency_key=idempotency_key,
+    try:
+        customer_id = stripe_customer_ensure(account=account)
+        session_id, url = stripe_gateway.checkout_session_create(
+            customer_id=customer_id,
+            organization_id=str(organization.pk),
+            amount_cents=amount_cents,
+            currency=TOP_UP_CURRENCY,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            idempotency_key=idempotency_key,
+        )
+    except stripe_gateway.StripeFailure as failure:
+        raise _checkout_error(failure) from failure
+    # A replayed idempotency key returns the session already recorded.
+    TopUpCheckout.objects.get_or_create(
+        stripe_id=session_id,
+        defaults={"organization": organization, "amount_cents": amount_cents, "currency": TOP_UP_CURRENCY},
     )
     return Checkout(id=session_id, url=url)
+
+
+# Stripe's parameter names for what the client sent us.
+_CHECKOUT_FIELDS = {"success_url": "success_url", "cancel_url": "cancel_url", "line_items": "amount_usd"}
+
+
+def _checkout_error(failure: stripe_gateway.StripeFailure) -> ApplicationError:
+    logger.warning("Stripe Checkout failed: %s", failure)
+    if isinstance(failure, stripe_gateway.StripeRefused):
+        if failure.idempotency:
+            return IdempotencyConflict("This Idempotency-Key was already used for a different checkout.")
+        param = (failure.param or "").split("[")[0]
+        if param in _CHECKOUT_FIELDS:
+            field_name = _CHECKOUT_FIELDS[param]
+            reason = str(failure).split(": ", 1)[-1]
+            return ValidationFailed(fields={field_name: [f"Stripe refused this value: {reason}"]})
+    return UpstreamError("Stripe could not create the Checkout Session; try again shortly.")

@@ -8,6 +8,8 @@ name once per process.
 from __future__ import annotations
 
 import functools
+import json
+import time
 from datetime import datetime
 from typing import Any
 
@@ -18,9 +20,28 @@ from django.conf import settings
 # "already recorded", which is exactly what we wanted.
 _DUPLICATE_HINTS = ("identifier", "already")
 
+# A delivery signed longer ago than this is refused, so a captured delivery cannot be replayed
+# later (Stripe's own default).
+SIGNATURE_MAX_AGE_SECONDS = 300
+# A signature dated ahead of our clock by more than this is refused too: only clock skew
+# explains a signature from the future, and a few minutes of it is all an honest sender has.
+SIGNATURE_MAX_FUTURE_SECONDS = 180
+
 
 class StripeFailure(Exception):
     """Stripe answered with an error or could not be reached; safe to retry."""
+
+
+class StripeRefused(StripeFailure):
+    """Stripe refused the request itself: the same request fails the same way again.
+
+    ``param`` names the request parameter Stripe objected to, when it said; ``idempotency`` is
+    True when the idempotency key was already used for a different request."""
+
+    def __init__(self, message: str, *, param: str | None = None, idempotency: bool = False) -> None:
+        super().__init__(message)
+        self.param = param
+        self.idempotency = idempotency
 
 
 def enabled() -> bool:
@@ -44,6 +65,10 @@ def client() -> stripe.StripeClient:
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
+    except stripe.IdempotencyError as error:
+        raise StripeRefused(f"IdempotencyError: {error.user_message or error}", idempotency=True) from error
+    except stripe.InvalidRequestError as error:
+        raise StripeRefused(f"InvalidRequestError: {error.user_message or error}", param=error.param) from error
     except stripe.StripeError as error:
         raise StripeFailure(f"{type(error).__name__}: {error.user_message or error}") from error
 
@@ -119,6 +144,7 @@ def checkout_session_create(
     customer_id: str,
     organization_id: str,
     amount_cents: int,
+    currency: str,
     success_url: str,
     cancel_url: str,
     idempotency_key: str,
@@ -134,7 +160,7 @@ def checkout_session_create(
                 {
                     "quantity": 1,
                     "price_data": {
-                        "currency": "usd",
+                        "currency": currency,
                         "unit_amount": amount_cents,
                         "product_data": {"name": "CallMissed prepaid credit"},
                     },
@@ -155,13 +181,42 @@ def events_since(*, created_gte: datetime, types: list[str]) -> list[dict[str, A
         params={"created": {"gte": int(created_gte.timestamp())}, "types": types, "limit": 100},
     )
     found = [event.to_dict() for event in events.auto_paging_iter()]
-    return sorted(found, key=lambda e: e["created"])
+    # Malformed entries are left for billing.webhooks to refuse; they must not break the sort.
+    return sorted(found, key=lambda e: e["created"] if isinstance(e.get("created"), int) else 0)
 
 
-def webhook_verify(*, body: bytes, signature: str) -> dict[str, Any]:
-    """The event Stripe signed; raises ``ValueError`` for a bad signature or body."""
+def webhook_verify(*, body: bytes, signature: str, now: float | None = None) -> Any:
+    """The JSON value Stripe signed, parsed; raises ``ValueError`` for a bad signature, a
+    signature dated outside [now − max age, now + skew], or a body that is not strict JSON.
+
+    The value's shape is not checked here (``billing.webhooks`` does that)."""
+    if not signature.isascii():
+        raise ValueError("The Stripe-Signature header is not ASCII.")
     try:
-        event = stripe.Webhook.construct_event(body, signature, settings.STRIPE_WEBHOOK_SECRET)
+        # Age is checked below against ``now``, so tests can move the clock both ways.
+        stripe.WebhookSignature.verify_header(body, signature, settings.STRIPE_WEBHOOK_SECRET, tolerance=None)
     except stripe.SignatureVerificationError as error:
         raise ValueError(str(error)) from error
-    return dict(event.to_dict())
+    signed_at = _signature_timestamp(signature)
+    current = time.time() if now is None else now
+    if signed_at < current - SIGNATURE_MAX_AGE_SECONDS:
+        raise ValueError(f"The signature timestamp {signed_at} is older than {SIGNATURE_MAX_AGE_SECONDS} s.")
+    if signed_at > current + SIGNATURE_MAX_FUTURE_SECONDS:
+        raise ValueError(f"The signature timestamp {signed_at} is in the future.")
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError as error:
+        raise ValueError("The body is nested too deeply.") from error
+
+
+def _signature_timestamp(signature: str) -> int:
+    # The first ``t=`` item, as the library reads it; verify_header has already parsed it once.
+    for item in signature.split(","):
+        key, _, value = item.partition("=")
+        if key == "t":
+            return int(value)
+    raise ValueError("The Stripe-Signature header has no timestamp.")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from billing import services, stripe_gateway, webhooks
 from billing.models import BillingAccount, MeterEventReport, ReconciliationReport
+from callmissed.errors import ValidationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,11 @@ def reconcile_stripe() -> dict[str, int]:
     recovered = 0
     since = timezone.now() - RECOVER_EVENTS_SINCE
     for event in stripe_gateway.events_since(created_gte=since, types=list(webhooks.HANDLED_TYPES)):
-        row, created = webhooks.stripe_event_store(event=event)
+        # The same checks as a webhook delivery: a listed event is no more trusted than a pushed one.
+        try:
+            row, created = webhooks.stripe_event_receive(event=event)
+        except ValidationFailed:
+            continue  # logged, and stored with its error when it had an id
         if created or row.processed_at is None:
             recovered += int(webhooks.stripe_event_apply(event_id=row.event_id))
     drifting = sum(1 for report in _reconcile_meters() if report.drift)

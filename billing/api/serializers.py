@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.core.validators import URLValidator
 from django.utils import timezone
 from rest_framework import serializers
 
@@ -65,10 +66,14 @@ class LimitsOutputSerializer(serializers.Serializer):
     payment_failed = serializers.BooleanField()
 
 
+# Stripe redirects the payer's browser to these: web addresses only.
+_WEB_URL = URLValidator(schemes=["http", "https"])
+
+
 class CheckoutInputSerializer(StrictSerializer):
     amount_usd = serializers.DecimalField(max_digits=8, decimal_places=2)
-    success_url = serializers.URLField(max_length=2000)
-    cancel_url = serializers.URLField(max_length=2000)
+    success_url = serializers.URLField(max_length=2000, validators=[_WEB_URL])
+    cancel_url = serializers.URLField(max_length=2000, validators=[_WEB_URL])
 
 
 class CheckoutOutputSerializer(serializers.Serializer):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 
+from django.core.exceptions import RequestDataTooBig
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -16,7 +19,9 @@ from rest_framework.views import APIView
 from accounts.authentication import request_api_key
 from billing import selectors, services, stripe_gateway, tasks, webhooks
 from billing.api import serializers
-from callmissed.errors import ValidationFailed
+from callmissed.errors import PayloadTooLarge, ServiceUnavailable, ValidationFailed
+
+logger = logging.getLogger(__name__)
 
 
 class UsageApi(APIView):
@@ -58,8 +63,12 @@ class CheckoutApi(APIView):
         body = serializers.CheckoutInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         client_key = request.headers.get("Idempotency-Key")
-        # Scoped to the organization so two tenants' keys can never collide at Stripe.
-        idempotency_key = f"cm-checkout-{key.organization.pk}-{client_key or uuid.uuid4().hex}"[:255]
+        # Scoped to the organization so two tenants' keys can never collide at Stripe; hashed so any
+        # header value (long, non-ASCII) becomes a key Stripe accepts and two keys never share one.
+        scope = uuid.uuid4().hex
+        if client_key:
+            scope = hashlib.sha256(client_key.encode("utf-8", "surrogatepass")).hexdigest()
+        idempotency_key = f"cm-checkout-{key.organization.pk}-{scope}"
         checkout = services.checkout_create(
             organization=key.organization,
             amount=body.validated_data["amount_usd"],
@@ -85,10 +94,21 @@ class StripeWebhookApi(APIView):
         if not signature or not stripe_gateway.webhooks_enabled():
             raise ValidationFailed("Missing Stripe-Signature header or webhooks are not configured.")
         try:
-            event = stripe_gateway.webhook_verify(body=request.body, signature=signature)
+            body = request.body
+        except RequestDataTooBig as error:
+            raise PayloadTooLarge() from error
+        try:
+            event = stripe_gateway.webhook_verify(body=body, signature=signature)
         except ValueError as error:
             raise ValidationFailed(f"Invalid Stripe webhook: {error}") from error
-        row, created = webhooks.stripe_event_store(event=event)
+        row, created = webhooks.stripe_event_receive(event=event)
         if created or row.processed_at is None:
-            tasks.apply_stripe_event.delay(event_id=row.event_id)
+            try:
+                tasks.apply_stripe_event.delay(event_id=row.event_id)
+            except Exception as error:
+                # Stored but not queued: a non-2xx makes Stripe deliver again, and that delivery queues it.
+                logger.exception("Could not queue Stripe event %s", row.event_id)
+                raise ServiceUnavailable(
+                    "The event is stored but could not be queued; deliver it again.", retry_after=30
+                ) from error
         return Response({"received": True, "duplicate": not created})
