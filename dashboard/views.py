@@ -30,7 +30,7 @@ from accounts.models import Organization
 from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing import stripe_gateway
-from callmissed.errors import NotFound
+from callmissed.errors import ApplicationError, NotFound
 from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm, TopUpForm
 from voice import lifecycle as voice_lifecycle
 from voice import selectors as voice_selectors
@@ -164,7 +164,7 @@ def billing(request: HttpRequest, organization: Organization) -> HttpResponse:
                 cancel_url=back,
                 idempotency_key=f"cm-checkout-{organization.pk}-{uuid.uuid4().hex}",
             )
-        except stripe_gateway.StripeFailure:
+        except (stripe_gateway.StripeFailure, ApplicationError):
             messages.error(request, "Payments are unavailable right now; please try again in a minute.")
         else:
             return redirect(checkout.url)

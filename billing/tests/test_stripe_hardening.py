@@ -14,12 +14,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import OperationalError
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from accounts.models import Membership
 from billing import stripe_gateway, tasks, webhooks
 from billing.models import BillingAccount, LedgerEntry, StripeWebhookEvent, TopUpCheckout
 from billing.tests.conftest import WEBHOOK, WEBHOOK_SECRET, deliver, deliver_raw
@@ -514,3 +516,15 @@ def test_the_admin_lists_refused_events_with_their_reason(admin_client, api, str
     page = admin_client.get("/admin/billing/stripewebhookevent/", {"outcome": "refused"})
     assert page.status_code == 200 and event["id"] in page.content.decode()
     assert admin_client.get("/admin/billing/topupcheckout/").status_code == 200
+
+
+def test_the_dashboard_top_up_shows_a_message_when_stripe_fails(client, api, stripe_fake) -> None:
+    user = User.objects.create_user("payer", password="x" * 12)
+    Membership.objects.create(user=user, organization=api.org, role=Membership.Role.OWNER)
+    client.force_login(user)
+    stripe_fake.fail_next("/v1/checkout/sessions", status=500, should_retry=False)
+
+    page = client.post("/dashboard/billing/", {"amount_usd": "25"})
+
+    assert page.status_code == 200 and "Payments are unavailable" in page.content.decode()
+    assert not TopUpCheckout.objects.exists()
