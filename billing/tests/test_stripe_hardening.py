@@ -214,6 +214,19 @@ def test_a_signature_header_that_is_not_ascii_is_a_400(client, stripe_fake) -> N
     _assert_envelope(response, 400, "validation_error")
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.text(st.characters(min_codepoint=32, max_codepoint=255), min_size=1, max_size=80)
+    | st.builds("t={},v1={}".format, st.integers(0, 2**40) | st.text(max_size=12), st.text(max_size=70))
+)
+def test_no_stripe_signature_header_gets_a_500(client, stripe_fake, header) -> None:
+    body = json.dumps(_event()).encode()
+    response = client.generic("POST", WEBHOOK, body, content_type="application/json", HTTP_STRIPE_SIGNATURE=header)
+
+    _assert_envelope(response, 400, "validation_error")
+    assert not StripeWebhookEvent.objects.exists()
+
+
 # --- malformed signed events ----------------------------------------------------------------------
 
 
