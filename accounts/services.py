@@ -23,6 +23,21 @@ def organization_get_or_create(*, name: str) -> Organization:
     return org
 
 
+# Mailboxes that ignore dots in the local part: a.b@gmail.com and ab@gmail.com are one inbox.
+_DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def email_identity(email: str) -> str:
+    """The person behind an address, for one-per-person rules: lower case, no ``+tag`` (sub-addresses
+    reach the same inbox at most providers), and no dots where the provider ignores them."""
+    local, _, domain = email.strip().lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    if domain in _DOTLESS_DOMAINS:
+        domain = _DOTLESS_DOMAINS[domain]
+        local = local.replace(".", "")
+    return f"{local}@{domain}"
+
+
 @transaction.atomic
 def account_signup(*, username: str, email: str, password: str, organization_name: str) -> User:
     """A new customer: their user, their organization, and owner membership of it, together or not at all."""

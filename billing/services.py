@@ -6,6 +6,7 @@ organization row locked, so two racing creates cannot both slip under a cap.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,26 +41,41 @@ MAX_TOP_UP = Decimal("10000.00")
 TOP_UP_CURRENCY = "usd"
 
 
-def billing_account_get_or_create(*, organization: Organization) -> BillingAccount:
-    """Every organization gets an account (and its signup credit) the first time billing looks."""
+def billing_account_get_or_create(
+    *, organization: Organization, signup_credit: bool = True, signup_credit_claim: str = ""
+) -> BillingAccount:
+    """Every organization gets an account the first time billing looks, and with it the signup credit
+    unless ``signup_credit`` is False (the signup's rule refused it).
+
+    The credit is posted once per claim: the dashboard's signup passes the owner's normalized email,
+    so a second organization for the same person starts at zero. Without a claim (operators, the
+    management command) the organization itself is the claim."""
     account = BillingAccount.objects.filter(organization=organization).first()
     if account is not None:
         return account
-    credit = Decimal(settings.BILLING_SIGNUP_CREDIT_USD)
+    credit = Decimal(settings.BILLING_SIGNUP_CREDIT_USD) if signup_credit else Decimal(0)
+    if signup_credit_claim:
+        # The ledger's unique reference makes the claim race-free; hashed, so no email sits in it.
+        reference = "grant:signup:claim:" + hashlib.sha256(signup_credit_claim.encode()).hexdigest()
+    else:
+        reference = f"grant:signup:{organization.pk}"
     with transaction.atomic():
         account, created = BillingAccount.objects.get_or_create(
             organization=organization,
             defaults={"max_concurrent_sessions": settings.BILLING_MAX_CONCURRENT_SESSIONS},
         )
         if created and credit > 0:
-            ledger_post(
+            granted = ledger_post(
                 account=account,
                 kind=LedgerEntry.Kind.GRANT,
                 amount=credit,
-                reference=f"grant:signup:{organization.pk}",
+                reference=reference,
                 description="Signup credit",
             )
-            account.refresh_from_db()
+            if granted:
+                account.refresh_from_db()
+            else:
+                logger.info("signup credit for organization %s refused: claim already used", organization.pk)
     return account
 
 

@@ -14,6 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from callmissed.env import env_bool, env_int, env_list, env_str
+from callmissed.ratelimit import parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -222,3 +223,15 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Dashboard throttles (per client address and per username; atomic counters in the cache) -----
+LOGIN_RATE_LIMIT = env_str("LOGIN_RATE_LIMIT", "10/min")  # login attempts per client address
+LOGIN_FAILURE_LIMIT = env_str("LOGIN_FAILURE_LIMIT", "5/15min")  # failed logins per username
+SIGNUP_RATE_LIMIT = env_str("SIGNUP_RATE_LIMIT", "5/hour")  # accounts created per client address
+# Organizations per client address per UTC day that get BILLING_SIGNUP_CREDIT_USD (and once per email).
+BILLING_SIGNUP_CREDITS_PER_IP = env_str("BILLING_SIGNUP_CREDITS_PER_IP", "2/day")
+for _name in ("LOGIN_RATE_LIMIT", "LOGIN_FAILURE_LIMIT", "SIGNUP_RATE_LIMIT", "BILLING_SIGNUP_CREDITS_PER_IP"):
+    parse_rate(globals()[_name], setting=_name)
+# Empty: throttles count REMOTE_ADDR. Behind a proxy you run, the header it sets (its last entry is used),
+# e.g. X-Forwarded-For; never set it when clients can reach the server directly, or they pick their address.
+CLIENT_IP_HEADER = env_str("CLIENT_IP_HEADER", "")

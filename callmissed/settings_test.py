@@ -16,3 +16,8 @@ CACHES["default"]["KEY_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"  # noqa: F405
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", True)
 # Tests about other things create many sessions at once; the billing tests set each org's cap.
 BILLING_MAX_CONCURRENT_SESSIONS = 1000
+# Every test client calls from 127.0.0.1: the throttle tests set these back to the defaults.
+LOGIN_RATE_LIMIT = "100000/min"
+LOGIN_FAILURE_LIMIT = "100000/min"
+SIGNUP_RATE_LIMIT = "100000/min"
+BILLING_SIGNUP_CREDITS_PER_IP = "100000/day"

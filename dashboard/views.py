@@ -6,16 +6,21 @@ Every object lookup is scoped to that organization, so another tenant's id is a 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -30,6 +35,7 @@ from accounts.models import Organization
 from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing import stripe_gateway
+from callmissed import ratelimit
 from callmissed.errors import ApplicationError, NotFound
 from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm, TopUpForm
 from voice import lifecycle as voice_lifecycle
@@ -58,18 +64,86 @@ def organization_required(view: Callable[..., HttpResponse]) -> View:
     return wrapper
 
 
+def _throttled(request: HttpRequest, template: str, context: dict[str, Any], retry_after: int) -> HttpResponse:
+    """429 in the dashboard's own page, the form kept as the user filled it, and when to try again."""
+    minutes = math.ceil(retry_after / 60)
+    wait = f"{minutes} minute{'s' if minutes != 1 else ''}" if retry_after > 60 else "a minute"
+    context["throttled"] = f"Too many attempts from your network. Please wait {wait} and try again."
+    response = render(request, template, context, status=429)
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+def _without_passwords(data: Any) -> dict[str, str]:
+    return {name: value for name, value in data.items() if "password" not in name and name != "csrfmiddlewaretoken"}
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login with two throttles: attempts per client address (a scripted spray from one
+    network) and attempts per username (a guessing run spread over many addresses). A success
+    clears the username's count; a refused attempt never reaches the password check."""
+
+    redirect_authenticated_user = True
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        by_address = ratelimit.hit(
+            "login-ip", ratelimit.client_ip(request), ratelimit.parse_rate(settings.LOGIN_RATE_LIMIT)
+        )
+        if not by_address.allowed:
+            return self._throttled(request, by_address.retry_after)
+        username = str(request.POST.get("username", "")).strip().lower()
+        if username:
+            by_user = ratelimit.hit("login-user", username, ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
+            if not by_user.allowed:
+                return self._throttled(request, by_user.retry_after)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
+        username = str(form.cleaned_data.get("username", "")).strip().lower()
+        ratelimit.reset("login-user", username, ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
+        return super().form_valid(form)
+
+    def _throttled(self, request: HttpRequest, retry_after: int) -> HttpResponse:
+        # An unbound form: binding it would run authentication, which is what the throttle withholds.
+        form = AuthenticationForm(request, initial=_without_passwords(request.POST))
+        context = self.get_context_data(form=form)
+        return _throttled(request, str(self.template_name), context, retry_after)
+
+
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
+    """A new account, throttled per client address; whether its organization gets the signup credit
+    is decided here, where the client's address and the owner's email are known (billing grants it)."""
     if request.user.is_authenticated:
         return redirect("dashboard:overview")
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = account_services.account_signup(
-            username=form.cleaned_data["username"],
-            email=form.cleaned_data["email"],
-            password=form.cleaned_data["password1"],
-            organization_name=form.cleaned_data["organization_name"],
+        address = ratelimit.client_ip(request)
+        allowed = ratelimit.hit("signup-ip", address, ratelimit.parse_rate(settings.SIGNUP_RATE_LIMIT))
+        if not allowed.allowed:
+            unbound = SignupForm(initial=_without_passwords(request.POST))
+            return _throttled(request, "dashboard/signup.html", {"form": unbound}, allowed.retry_after)
+        # The credit is money: while the cache is down nobody gets it, rather than everybody.
+        credit_slot = ratelimit.hit(
+            "signup-credit-ip",
+            address,
+            ratelimit.parse_rate(settings.BILLING_SIGNUP_CREDITS_PER_IP),
+            fail_open=False,
         )
+        with transaction.atomic():
+            user = account_services.account_signup(
+                username=form.cleaned_data["username"],
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password1"],
+                organization_name=form.cleaned_data["organization_name"],
+            )
+            organization = account_selectors.organization_for_user(user=user)
+            assert organization is not None  # account_signup made the user its owner
+            billing_services.billing_account_get_or_create(
+                organization=organization,
+                signup_credit=credit_slot.allowed,
+                signup_credit_claim=account_services.email_identity(form.cleaned_data["email"]),
+            )
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, "Welcome! Create an API key to start your first voice session.")
         return redirect("dashboard:keys")

@@ -1,0 +1,120 @@
+"""Fixed-window counters on the shared cache, for the dashboard's login and signup throttles.
+
+``cache.add`` creates a window's counter and ``cache.incr`` bumps it: Redis ``INCR`` is atomic, so
+concurrent requests in every server process see one count and never more than ``limit`` pass
+(a read-then-write counter lets a burst through). A cache outage fails open by default (the
+request is served, the outage logged): losing the throttle for a while beats locking everyone
+out; callers that guard money pass ``fail_open=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest
+
+logger = logging.getLogger(__name__)
+
+# The time source of every window; tests replace it to stand still at a chosen instant.
+clock: Callable[[], float] = time.time
+
+_UNITS = {
+    "s": 1, "sec": 1, "second": 1,
+    "m": 60, "min": 60, "minute": 60,
+    "h": 3600, "hour": 3600,
+    "d": 86400, "day": 86400,
+}  # fmt: skip
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+?)s?\s*$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    limit: int
+    window_seconds: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    count: int
+    retry_after: int  # seconds until the window that refused this request ends
+
+
+def parse_rate(value: str, *, setting: str = "rate") -> Rate:
+    """``"10/min"``, ``"5/15min"``, ``"5/hour"``, ``"2/day"``; a bad value raises at start-up."""
+    match = _RATE.match(value.lower())
+    if not match or match.group(3) not in _UNITS or int(match.group(1)) < 1:
+        raise ImproperlyConfigured(f"{setting} must look like '10/min' or '5/15min', got {value!r}")
+    multiple = int(match.group(2) or 1)
+    return Rate(limit=int(match.group(1)), window_seconds=max(1, multiple) * _UNITS[match.group(3)])
+
+
+def _key(scope: str, ident: str, bucket: int) -> str:
+    # Hashed: usernames and addresses may hold characters some cache backends refuse in keys.
+    digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"rl:{scope}:{digest}:{bucket}"
+
+
+def _window(rate: Rate, now: float | None) -> tuple[int, float]:
+    at = clock() if now is None else now
+    bucket = int(at // rate.window_seconds)
+    return bucket, (bucket + 1) * rate.window_seconds - at
+
+
+def hit(scope: str, ident: str, rate: Rate, *, now: float | None = None, fail_open: bool = True) -> Decision:
+    """Count one event for ``ident`` in the current window; allowed while the count is within the limit."""
+    bucket, remaining = _window(rate, now)
+    key = _key(scope, ident, bucket)
+    retry_after = max(1, math.ceil(remaining))
+    timeout = retry_after + 1  # the key outlives its window by a moment, never by a whole window
+    try:
+        cache.add(key, 0, timeout=timeout)
+        try:
+            count = cache.incr(key)
+        except ValueError:  # expired between add and incr: this event opens the window again
+            cache.add(key, 1, timeout=timeout)
+            count = 1
+    except Exception:  # any backend's outage (connection refused, timeout, …)
+        logger.warning(
+            "rate limit %s: cache unavailable, %s", scope, "allowing" if fail_open else "refusing", exc_info=True
+        )
+        return Decision(allowed=fail_open, count=0, retry_after=retry_after)
+    return Decision(allowed=count <= rate.limit, count=count, retry_after=retry_after)
+
+
+def reset(scope: str, ident: str, rate: Rate, *, now: float | None = None) -> None:
+    """Forget ``ident``'s count in the current window (a successful login clears its failures)."""
+    bucket, _ = _window(rate, now)
+    try:
+        cache.delete(_key(scope, ident, bucket))
+    except Exception:
+        logger.warning("rate limit %s: cache unavailable, count not reset", scope, exc_info=True)
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The address a throttle counts: ``REMOTE_ADDR``, or the last hop of ``CLIENT_IP_HEADER`` when a
+    proxy we run sets it. IPv6 clients are counted per /64, the block one subscriber usually holds."""
+    raw = ""
+    header = settings.CLIENT_IP_HEADER
+    if header:
+        raw = request.headers.get(header, "").split(",")[-1].strip()
+    raw = raw or str(request.META.get("REMOTE_ADDR") or "")
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return raw or "unknown"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
