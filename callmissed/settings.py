@@ -235,3 +235,29 @@ for _name in ("LOGIN_RATE_LIMIT", "LOGIN_FAILURE_LIMIT", "SIGNUP_RATE_LIMIT", "B
 # Empty: throttles count REMOTE_ADDR. Behind a proxy you run, the header it sets (its last entry is used),
 # e.g. X-Forwarded-For; never set it when clients can reach the server directly, or they pick their address.
 CLIENT_IP_HEADER = env_str("CLIENT_IP_HEADER", "")
+
+# --- Production refuses development parts ---------------------------------------------------------
+# The embedded defaults serve one developer's process; in production each would fail quietly:
+# SQLite under several server processes, rate limits and the channel layer per process, tasks run
+# inside requests and lost with them, and the offline demo voice answering real callers.
+if PRODUCTION:
+    if not env_str("DATABASE_URL") or "sqlite" in DATABASES["default"]["ENGINE"]:
+        raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL in production (SQLite is for development)")
+    if (
+        not REDIS_URL
+        or "locmem" in CACHES["default"]["BACKEND"]
+        or "InMemory" in CHANNEL_LAYERS["default"]["BACKEND"]
+    ):
+        raise ImproperlyConfigured(
+            "REDIS_URL must be set in production: without it the cache (rate limits), the channel layer "
+            "and the Celery broker live in one process"
+        )
+    if CELERY_TASK_ALWAYS_EAGER:
+        raise ImproperlyConfigured("CELERY_TASK_ALWAYS_EAGER must be off in production (tasks would run in requests)")
+    if CELERY_BROKER_URL.startswith("memory://"):
+        raise ImproperlyConfigured("CELERY_BROKER_URL must be a real broker in production, not memory://")
+    # Offline speech is allowed when asked for by name; the silent fallback of "auto" is not.
+    if env_str("SPEECH_PROVIDERS", "auto").strip().lower() == "auto" and not SARVAM_API_KEY:
+        raise ImproperlyConfigured(
+            "SARVAM_API_KEY must be set in production, or SPEECH_PROVIDERS=offline to serve the offline voices"
+        )

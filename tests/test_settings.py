@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PROD_ENV = {
     "DJANGO_ENV": "production",
@@ -14,11 +16,16 @@ PROD_ENV = {
     "DJANGO_ALLOWED_HOSTS": "api.callmissed.com",
     "LIVEKIT_API_KEY": "APIprod",
     "LIVEKIT_API_SECRET": "a-long-production-livekit-secret-value",
+    "DATABASE_URL": "postgres://callmissed@db.internal:5432/callmissed",
+    "REDIS_URL": "redis://redis.internal:6379/0",
+    "SARVAM_API_KEY": "sk_prod_sarvam_key",
 }
+# The test run's own database, broker and provider settings must not leak into the production env.
+_FROM_TEST_ENV = ("DJANGO_", "LIVEKIT_", "DATABASE_URL", "REDIS_URL", "CELERY_", "SPEECH_PROVIDERS", "SARVAM_")
 
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "LIVEKIT_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(_FROM_TEST_ENV)}
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
@@ -58,3 +65,36 @@ def test_bad_typed_env_value_fails_loudly() -> None:
     result = _manage("check", env={"DJANGO_DEBUG": "maybe"})
     assert result.returncode != 0
     assert "DJANGO_DEBUG must be a boolean" in result.stderr
+
+
+def _without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in PROD_ENV.items() if k not in names}
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (_without("DATABASE_URL"), "DATABASE_URL"),
+        ({**PROD_ENV, "DATABASE_URL": "sqlite:////srv/callmissed.sqlite3"}, "DATABASE_URL"),
+        (_without("REDIS_URL"), "REDIS_URL"),
+        ({**PROD_ENV, "CELERY_TASK_ALWAYS_EAGER": "true"}, "CELERY_TASK_ALWAYS_EAGER"),
+        ({**PROD_ENV, "CELERY_BROKER_URL": "memory://"}, "CELERY_BROKER_URL"),
+        (_without("SARVAM_API_KEY"), "SARVAM_API_KEY"),
+    ],
+    ids=["no-database-url", "sqlite", "no-redis-url", "eager-celery", "memory-broker", "silent-offline-speech"],
+)
+def test_production_refuses_to_start_on_development_parts(env: dict[str, str], named: str) -> None:
+    result = _manage("check", env=env)
+    assert result.returncode != 0, result.stdout
+    assert "ImproperlyConfigured" in result.stderr and named in result.stderr
+
+
+def test_production_may_serve_the_offline_voices_when_asked_by_name() -> None:
+    result = _manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        env={**_without("SARVAM_API_KEY"), "SPEECH_PROVIDERS": "offline"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
