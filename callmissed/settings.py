@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "callmissed.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "callmissed.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -235,6 +236,10 @@ for _name in ("LOGIN_RATE_LIMIT", "LOGIN_FAILURE_LIMIT", "SIGNUP_RATE_LIMIT", "B
 # Empty: throttles count REMOTE_ADDR. Behind a proxy you run, the header it sets (its last entry is used),
 # e.g. X-Forwarded-For; never set it when clients can reach the server directly, or they pick their address.
 CLIENT_IP_HEADER = env_str("CLIENT_IP_HEADER", "")
+
+# --- Content-Security-Policy (callmissed/csp.py) ----------------------------------------------------
+# Where forms may lead besides our own pages: the top-up form's redirect to Stripe Checkout.
+CSP_FORM_ACTION_ORIGINS = env_list("CSP_FORM_ACTION_ORIGINS", ["https://checkout.stripe.com"])
 
 # --- Production refuses development parts ---------------------------------------------------------
 # The embedded defaults serve one developer's process; in production each would fail quietly:
