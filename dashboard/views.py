@@ -14,7 +14,7 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
@@ -64,11 +64,15 @@ def organization_required(view: Callable[..., HttpResponse]) -> View:
     return wrapper
 
 
-def _throttled(request: HttpRequest, template: str, context: dict[str, Any], retry_after: int) -> HttpResponse:
-    """429 in the dashboard's own page, the form kept as the user filled it, and when to try again."""
+def _throttle_message(retry_after: int) -> str:
     minutes = math.ceil(retry_after / 60)
     wait = f"{minutes} minute{'s' if minutes != 1 else ''}" if retry_after > 60 else "a minute"
-    context["throttled"] = f"Too many attempts from your network. Please wait {wait} and try again."
+    return f"Too many attempts from your network. Please wait {wait} and try again."
+
+
+def _throttled(request: HttpRequest, template: str, context: dict[str, Any], retry_after: int) -> HttpResponse:
+    """429 in the dashboard's own page, the form kept as the user filled it, and when to try again."""
+    context["throttled"] = _throttle_message(retry_after)
     response = render(request, template, context, status=429)
     response["Retry-After"] = str(retry_after)
     return response
@@ -78,36 +82,64 @@ def _without_passwords(data: Any) -> dict[str, str]:
     return {name: value for name, value in data.items() if "password" not in name and name != "csrfmiddlewaretoken"}
 
 
+def _login_username(request: HttpRequest) -> str:
+    return str(request.POST.get("username", "")).strip().lower()
+
+
+def _login_refusal(request: HttpRequest) -> int | None:
+    """Seconds to wait when this login attempt is over a throttle, else None (and the attempt counted).
+
+    Two throttles: attempts per client address (a scripted spray from one network) and attempts per
+    username (a guessing run spread over many addresses); a success clears the username's count."""
+    address = ratelimit.client_ip(request)
+    by_address = ratelimit.hit("login-ip", address, ratelimit.parse_rate(settings.LOGIN_RATE_LIMIT))
+    if not by_address.allowed:
+        return by_address.retry_after
+    username = _login_username(request)
+    if username:
+        by_user = ratelimit.hit("login-user", username, ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
+        if not by_user.allowed:
+            return by_user.retry_after
+    return None
+
+
+def _login_succeeded(request: HttpRequest) -> None:
+    ratelimit.reset("login-user", _login_username(request), ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
+
+
 class LoginView(auth_views.LoginView):
-    """Django's login with two throttles: attempts per client address (a scripted spray from one
-    network) and attempts per username (a guessing run spread over many addresses). A success
-    clears the username's count; a refused attempt never reaches the password check."""
+    """Django's login behind the login throttles: a refused attempt never reaches the password check."""
 
     redirect_authenticated_user = True
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        by_address = ratelimit.hit(
-            "login-ip", ratelimit.client_ip(request), ratelimit.parse_rate(settings.LOGIN_RATE_LIMIT)
-        )
-        if not by_address.allowed:
-            return self._throttled(request, by_address.retry_after)
-        username = str(request.POST.get("username", "")).strip().lower()
-        if username:
-            by_user = ratelimit.hit("login-user", username, ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
-            if not by_user.allowed:
-                return self._throttled(request, by_user.retry_after)
+        retry_after = _login_refusal(request)
+        if retry_after is not None:
+            # An unbound form: binding it would run authentication, which is what the throttle withholds.
+            form = AuthenticationForm(request, initial=_without_passwords(request.POST))
+            return _throttled(request, str(self.template_name), self.get_context_data(form=form), retry_after)
         return super().post(request, *args, **kwargs)
 
     def form_valid(self, form: AuthenticationForm) -> HttpResponse:
-        username = str(form.cleaned_data.get("username", "")).strip().lower()
-        ratelimit.reset("login-user", username, ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
+        _login_succeeded(self.request)
         return super().form_valid(form)
 
-    def _throttled(self, request: HttpRequest, retry_after: int) -> HttpResponse:
-        # An unbound form: binding it would run authentication, which is what the throttle withholds.
-        form = AuthenticationForm(request, initial=_without_passwords(request.POST))
-        context = self.get_context_data(form=form)
-        return _throttled(request, str(self.template_name), context, retry_after)
+
+def admin_login(request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    """The admin's own login page behind the same throttles (staff passwords are worth guessing too)."""
+    if request.method == "POST":
+        retry_after = _login_refusal(request)
+        if retry_after is not None:
+            messages.error(request, _throttle_message(retry_after))
+            request.method = "GET"  # the admin renders its page without binding (and authenticating) the form
+            response = admin.site.login(request, extra_context)
+            response.status_code = 429
+            response["Retry-After"] = str(retry_after)
+            return response
+    response = admin.site.login(request, extra_context)
+    if request.method == "POST" and request.user.is_authenticated:
+        _login_succeeded(request)
+    return response
 
 
 @require_http_methods(["GET", "POST"])

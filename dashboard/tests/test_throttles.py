@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
 
 from accounts.models import Membership
@@ -96,6 +98,28 @@ def test_a_throttled_login_never_reaches_the_password_check() -> None:
     assert "_auth_user_id" not in client.session
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_concurrent_burst_from_one_address_gets_exactly_ten_attempts() -> None:
+    address = _address()
+    barrier = threading.Barrier(25)
+    statuses: list[int] = []
+
+    def attempt(i: int) -> None:
+        try:
+            barrier.wait()
+            status = _client(address).post("/login/", {"username": f"burst{i}", "password": "wrong"}).status_code
+            statuses.append(status)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=attempt, args=(i,)) for i in range(25)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(statuses) == [200] * 10 + [429] * 15
+
+
 def test_the_login_window_ends_and_the_address_may_try_again(production_limits: dict[str, float]) -> None:
     client = _client()
     for i in range(11):
@@ -121,6 +145,17 @@ def test_a_successful_login_clears_the_usernames_failures() -> None:
     assert _client().post("/login/", {"username": user.username, "password": PASSWORD}).status_code == 302
     for _ in range(5):
         assert _client().post("/login/", {"username": user.username, "password": "guess"}).status_code == 200
+
+
+def test_the_admin_login_is_behind_the_same_throttles() -> None:
+    User.objects.create_superuser("root", "root@example.com", PASSWORD)
+    for _ in range(5):
+        assert _client().post("/admin/login/", {"username": "root", "password": "guess"}).status_code == 200
+    client = _client()
+    response = client.post("/admin/login/", {"username": "root", "password": PASSWORD})
+    assert response.status_code == 429 and response["Retry-After"] == "900"
+    assert "Too many attempts" in response.content.decode()
+    assert "_auth_user_id" not in client.session
 
 
 def test_login_still_works_when_the_cache_is_down(settings: Any) -> None:
