@@ -17,6 +17,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 HEADER = "Content-Security-Policy"
+REPORT_ONLY_HEADER = "Content-Security-Policy-Report-Only"
 
 
 def policy(nonce: str, override: dict[str, str] | None = None) -> str:
@@ -46,8 +47,11 @@ class ContentSecurityPolicyMiddleware:
         nonce = secrets.token_urlsafe(18)
         request.csp_nonce = nonce  # type: ignore[attr-defined]
         response = self.get_response(request)
-        if HEADER not in response:
-            response[HEADER] = policy(nonce, getattr(response, "csp_override", None))
+        if HEADER not in response and REPORT_ONLY_HEADER not in response:
+            # Django's technical error pages (DEBUG only) are all inline styles and scripts: a developer
+            # still sees them whole, with any violation reported in the console.
+            header = REPORT_ONLY_HEADER if settings.DEBUG and response.status_code >= 400 else HEADER
+            response[header] = policy(nonce, getattr(response, "csp_override", None))
         return response
 
 

@@ -60,3 +60,12 @@ def test_dashboard_templates_have_no_inline_handlers_or_styles() -> None:
         )
     ]
     assert offending == []
+
+
+def test_debug_error_pages_report_instead_of_blocking(client: Client, settings: Any) -> None:
+    settings.DEBUG = True
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404
+    assert "Content-Security-Policy" not in response
+    assert "default-src 'self'" in response["Content-Security-Policy-Report-Only"]
+    assert "Content-Security-Policy" in client.get("/login/")
