@@ -22,4 +22,4 @@ RUN useradd --create-home --uid 1000 callmissed
 USER callmissed
 
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "callmissed.asgi:application"]
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--websocket-max-message-size", "1048576", "--websocket-max-frame-size", "1048576", "callmissed.asgi:application"]

@@ -33,7 +33,7 @@ run: install
 	echo "    -d '{\"system_prompt\": \"You are a helpful assistant.\", \"voice\": \"shubh\", \"language\": \"en-IN\", \"llm_model\": \"kimi-k2.5\"}'"; \
 	echo "API docs: http://$(HOST):$(PORT)/v1/docs"; \
 	echo ""
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) callmissed.asgi:application
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 1048576 --websocket-max-frame-size 1048576 callmissed.asgi:application
 
 ## Lint, type-check and run every test (PostgreSQL/Redis when DATABASE_URL/REDIS_URL are set).
 test: install-dev browser lint typecheck pytest

@@ -26,6 +26,31 @@ from agent_worker.heap import settle_after_startup  # noqa: E402
 from voice.routing import websocket_urlpatterns  # noqa: E402
 
 
+def _fail_websockets_with_a_close_frame() -> None:
+    """Make Daphne's WebSocket layer (autobahn) close a broken connection with a close frame.
+
+    Autobahn's server default (``failByDrop``) drops the TCP connection on a frame that breaks
+    the protocol, a text message that is not UTF-8 or a message over Daphne's
+    ``--websocket-max-message-size``: the client sees 1006 and cannot tell why. With the close
+    handshake it gets 1002, 1007 or 1009, as docs/legacy-websocket.md says. Daphne has no flag
+    for it; it imports this module before it builds its factory."""
+    from daphne.ws_protocol import WebSocketFactory
+
+    reset = WebSocketFactory.resetProtocolOptions
+    if getattr(reset, "closes_with_a_frame", False):
+        return
+
+    def reset_protocol_options(self: WebSocketFactory) -> None:
+        reset(self)
+        self.failByDrop = False
+
+    reset_protocol_options.closes_with_a_frame = True  # type: ignore[attr-defined]
+    WebSocketFactory.resetProtocolOptions = reset_protocol_options  # type: ignore[method-assign]
+
+
+_fail_websockets_with_a_close_frame()
+
+
 class _OriginValidatorAllowingNone(OriginValidator):
     def valid_origin(self, parsed_origin: Any) -> bool:
         return parsed_origin is None or super().valid_origin(parsed_origin)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -45,6 +46,7 @@ from agent_worker.providers import llm as _llm_clients  # noqa: F401
 from agent_worker.providers import sarvam_stt as _stt_client  # noqa: F401
 from agent_worker.providers import sarvam_tts as _tts_client  # noqa: F401
 from agent_worker.worker import WorkerSettings
+from callmissed import jsonsafe
 from callmissed.errors import ApplicationError, ErrorCode
 from voice import selectors, services, tasks
 from voice.config import SessionConfigSerializer
@@ -58,10 +60,21 @@ DEFAULT_SAMPLE_RATE = 16000
 # session resamples both ways.
 _PIPELINE_RATE = {8000: 8000, 16000: 16000, 24000: 16000}
 CONFIG_FIELDS_WS_ONLY = ("type", "sample_rate")
+# A config is a few hundred bytes and the control messages fewer: a longer text message is
+# refused before it is parsed.
+MAX_TEXT_MESSAGE_BYTES = 64 * 1024
+# What Daphne is started with (--websocket-max-message-size): it reads a whole message before
+# the consumer sees it, so a larger one is refused there, with 1009.
+MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class CloseCode(IntEnum):
     NORMAL = 1000  # the session ended (see session.ended's reason)
+    # Sent by Daphne's WebSocket layer itself, with no error event: a frame that breaks the
+    # protocol, a text message that is not UTF-8, a message over MAX_MESSAGE_BYTES.
+    WS_PROTOCOL_VIOLATION = 1002
+    WS_INVALID_PAYLOAD = 1007
+    WS_MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     KEY_MISSING = 4001
     KEY_INVALID = 4002
@@ -110,6 +123,11 @@ _END_CLOSE = {
     contracts.EndReason.PROVIDER_ERROR: CloseCode.INTERNAL_ERROR,
     contracts.EndReason.ERROR: CloseCode.INTERNAL_ERROR,
     contracts.EndReason.KEY_REVOKED: CloseCode.KEY_REVOKED,
+}
+# The error event owed before a close other than 1000 when nothing has said why yet.
+_END_ERROR = {
+    contracts.EndReason.INSUFFICIENT_FUNDS: str(ErrorCode.PAYMENT_REQUIRED),
+    contracts.EndReason.PROVIDER_ERROR: str(WsErrorCode.PROVIDER_ERROR),
 }
 
 
@@ -180,6 +198,54 @@ def parse_config(message: dict[str, Any]) -> tuple[dict[str, Any], int]:
     if errors:
         raise ConfigInvalid(dict(sorted(errors.items(), key=lambda item: item[0] == "sample_rate")))
     return dict(serializer.validated_data), rate
+
+
+class _BadNumber:
+    """A number the strict reader refuses, kept in place so the field holding it can be named."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @staticmethod
+    def refuse(value: Any) -> Any:
+        if isinstance(value, _BadNumber):
+            raise jsonsafe.UnsafeJson(f"The number {value.text[:32]} is out of range.")
+        raise TypeError(type(value).__name__)
+
+
+def _finite_or_bad(text: str) -> float | _BadNumber:
+    value = float(text)
+    return value if math.isfinite(value) else _BadNumber(text)
+
+
+def unsafe_config_fields(text: str) -> dict[str, list[str]]:
+    """The fields of a config message that ``jsonsafe`` refused, each with the reason.
+
+    A config object whose ``metadata`` holds a NUL or whose ``sample_rate`` is ``1e400`` is a
+    field error for the client to fix (4422, as the REST API's 400 names the field), not an
+    unreadable message (4400). Empty when the text is not otherwise a config object, or when what
+    is wrong cannot be pinned on one field name that is itself fit to send back."""
+    try:
+        message = json.loads(text, parse_float=_finite_or_bad, parse_constant=_BadNumber)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(message, dict) or message.get("type") != "config":
+        return {}
+    fields: dict[str, list[str]] = {}
+    for name, value in message.items():
+        try:
+            jsonsafe.loads(json.dumps(name))
+        except ValueError:
+            return {}  # a name with a NUL or a lone surrogate cannot be sent back as a field
+        try:
+            # Re-encoded (NUL and surrogates escaped, bad numbers refused on the way) and read
+            # back strictly, one level down (in a list) as it is inside the message.
+            jsonsafe.loads(json.dumps([value], default=_BadNumber.refuse))
+        except jsonsafe.UnsafeJson as error:
+            fields[name] = [str(error)]
+        except (ValueError, RecursionError):
+            fields[name] = [f"Nested more than {jsonsafe.MAX_DEPTH} levels deep."]
+    return fields
 
 
 _RETRYABLE_DB_ERRORS = (OperationalError, InterfaceError)
@@ -286,6 +352,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._usage_flushed_at = 0.0
         self._row_checked_at = 0.0
         self._agent_speaking = False
+        self._fatal_error_sent = False
 
     # ------------------------------------------------------------------ Channels plumbing
 
@@ -335,6 +402,45 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
+        try:
+            await self._dispatch(message)
+        except StopConsumer:
+            raise
+        except Exception:
+            logger.exception("Legacy WS session %s: handling %r failed", self.session_id or "-", message.get("type"))
+            await self._internal_error()
+            if message.get("type") == "websocket.disconnect":
+                raise StopConsumer() from None
+
+    async def _internal_error(self) -> None:
+        """A handler raised: say so and close with 1011 and a close frame, the session ended as
+        failed. Left to Daphne, the exception would close the socket with no error event and leave
+        a running conversation and its session row behind."""
+        message = "The server failed while handling your message; the session has ended."
+        try:
+            if self._conversation is not None:
+                if self._phase is _Phase.RUNNING:
+                    self._phase = _Phase.ENDING
+                    self._close_code = CloseCode.INTERNAL_ERROR
+                    await self.send_error(ErrorCode.INTERNAL_ERROR, message, fatal=True)
+                    self._spawn(self._conversation.end(contracts.EndReason.ERROR, error=message))
+                return  # otherwise the conversation is already ending, and closes the socket
+            if self.session_id:
+                # The row exists but no conversation runs it.
+                await apply_event(
+                    tasks.session_ended,
+                    contracts.SessionEnded(
+                        session_id=self.session_id,
+                        reason=contracts.EndReason.ERROR,
+                        duration_seconds=0,
+                        error=message,
+                    ),
+                )
+            await self._refuse(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL_ERROR, message)
+        except Exception:
+            logger.exception("Legacy WS session %s: reporting an internal error failed", self.session_id or "-")
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale DB connections before every message with a hop to the one
         # sync thread; at 50 audio frames a second per socket that thread becomes the server's
         # bottleneck. This consumer reaches the ORM only through database_sync_to_async, which
@@ -421,6 +527,9 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         # The caller's audio clock starts with the config: a client may stream right after it,
         # and what it sends while the session is being created is not "ahead" of real time.
         self._clock_origin = time.monotonic()
+        # A config is in hand: the timer must not refuse the socket while the row is created.
+        if self._config_timer is not None:
+            self._config_timer.cancel()
         if text_data is None:
             await self._refuse(
                 CloseCode.PROTOCOL_ERROR,
@@ -428,8 +537,26 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 'Audio before the config message: send {"type": "config", …} first.',
             )
             return
-        message = _json_object(text_data)
-        if message is None or message.get("type") != "config":
+        if _text_too_long(text_data):
+            await self._refuse(CloseCode.FRAME_TOO_LARGE, WsErrorCode.FRAME_TOO_LARGE, _TEXT_TOO_LONG)
+            return
+        try:
+            message = jsonsafe.loads(text_data)
+        except jsonsafe.UnsafeJson as error:
+            fields = unsafe_config_fields(text_data)
+            if fields:
+                name, reasons = next(iter(fields.items()))
+                await self._refuse(
+                    CloseCode.INVALID_CONFIG, ErrorCode.VALIDATION_ERROR, f"{name}: {reasons[0]}", fields
+                )
+            else:
+                await self._refuse(
+                    CloseCode.PROTOCOL_ERROR,
+                    WsErrorCode.PROTOCOL_ERROR,
+                    f'The first message must be a JSON object {{"type": "config", …}}: {error}',
+                )
+            return
+        if not isinstance(message, dict) or message.get("type") != "config":
             await self._refuse(
                 CloseCode.PROTOCOL_ERROR,
                 WsErrorCode.PROTOCOL_ERROR,
@@ -597,23 +724,26 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._audio_in.push(pcm)
 
     async def _receive_control(self, text: str) -> None:
-        message = _json_object(text)
-        kind = message.get("type") if message is not None else None
+        if _text_too_long(text):
+            await self._fail(CloseCode.FRAME_TOO_LARGE, WsErrorCode.FRAME_TOO_LARGE, _TEXT_TOO_LONG)
+            return
+        try:
+            message = jsonsafe.loads(text)
+        except jsonsafe.UnsafeJson as error:
+            await self.send_error(WsErrorCode.PROTOCOL_ERROR, f"{_NOT_AN_OBJECT} {error}", fatal=False)
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
         if kind == "end":
             self._phase = _Phase.ENDING
             assert self._conversation is not None
             self._spawn(self._conversation.end(contracts.EndReason.COMPLETED))
         elif kind == "config":
             await self.send_error(WsErrorCode.PROTOCOL_ERROR, "The session is already configured.", fatal=False)
-        elif message is None:
-            await self.send_error(
-                WsErrorCode.PROTOCOL_ERROR,
-                "Text messages must be JSON objects; audio goes in binary messages.",
-                fatal=False,
-            )
+        elif not isinstance(message, dict):
+            await self.send_error(WsErrorCode.PROTOCOL_ERROR, _NOT_AN_OBJECT, fatal=False)
         else:
             await self.send_error(
-                WsErrorCode.PROTOCOL_ERROR, f"Unknown message type {kind!r}. Accepted: end.", fatal=False
+                WsErrorCode.PROTOCOL_ERROR, f"Unknown message type {repr(kind)[:80]}. Accepted: end.", fatal=False
             )
 
     async def _fail(self, close: CloseCode, code: str, message: str) -> None:
@@ -744,6 +874,13 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                     error=ended.error,
                 ),
             )
+            close = self._close_code or _END_CLOSE.get(ended.reason, CloseCode.NORMAL)
+            if close is not CloseCode.NORMAL and not self._fatal_error_sent:
+                await self.send_error(
+                    _END_ERROR.get(ended.reason, str(ErrorCode.INTERNAL_ERROR)),
+                    ended.error or f"The session ended: {ended.reason}.",
+                    fatal=True,
+                )
             await self.send_event(
                 {
                     "type": "session.ended",
@@ -753,7 +890,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                     "error": ended.error,
                 }
             )
-            await self._close_socket(self._close_code or _END_CLOSE.get(ended.reason, CloseCode.NORMAL))
+            await self._close_socket(close)
         finally:
             await self._release()
 
@@ -772,7 +909,15 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
 
     async def send_event(self, event: dict[str, Any]) -> None:
         if self._socket_open:
-            await self.send(text_data=json.dumps(event, ensure_ascii=False))
+            await self._send(text_data=json.dumps(event, ensure_ascii=False))
+
+    async def _send(self, **message: Any) -> None:
+        try:
+            await self.send(**message)
+        except Disconnected:
+            # Daphne's WebSocket layer closed the connection (the client left, or sent a message
+            # over its size limit) and the disconnect message is still on its way to us.
+            self._socket_open = False
 
     async def send_error(
         self,
@@ -784,6 +929,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         retry_after: int | None = None,
     ) -> None:
         event: dict[str, Any] = {"type": "error", "code": str(code), "message": message, "fatal": fatal}
+        self._fatal_error_sent = self._fatal_error_sent or fatal
         if fields:
             event["fields"] = fields
         if retry_after is not None:
@@ -792,7 +938,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
 
     async def _send_audio(self, pcm: bytes) -> None:
         if self._socket_open:
-            await self.send(bytes_data=pcm)
+            await self._send(bytes_data=pcm)
 
     async def _close_socket(self, code: CloseCode) -> None:
         if self._socket_open:
@@ -805,12 +951,14 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         task.add_done_callback(self._background.discard)
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+_TEXT_TOO_LONG = f"Text messages may be at most {MAX_TEXT_MESSAGE_BYTES // 1024} KiB; audio goes in binary messages."
+
+
+def _text_too_long(text: str) -> bool:
+    return len(text) > MAX_TEXT_MESSAGE_BYTES or len(text.encode("utf-8")) > MAX_TEXT_MESSAGE_BYTES
+
+
+_NOT_AN_OBJECT = "Text messages must be JSON objects; audio goes in binary messages."
 
 
 def _usage_json(component: str, model: str, provider: str, quantity: float) -> dict[str, Any]:

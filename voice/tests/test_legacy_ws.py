@@ -442,6 +442,8 @@ def test_billing_stops_a_live_call_for_insufficient_funds(server, chat, key) -> 
     ended = caller.first("session.ended")
     assert ended is not None and ended["reason"] == "insufficient_funds"
     assert caller.closed is not None and caller.closed.code == CloseCode.PAYMENT_REQUIRED
+    # As every 4xxx close, it says why first.
+    assert [(e["code"], e["fatal"]) for e in caller.of("error")] == [("payment_required", True)]
     row = session_row(session_id)
     assert (row.status, row.end_reason) == (VoiceSession.Status.ENDED, "insufficient_funds")
     assert transcript_rows(session_id) == [("agent", GREETING)]

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from testsupport.fakes.sarvam import silence, tone
 from testsupport.processes import free_port, wait_for_listener
+from voice.consumers import MAX_MESSAGE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_SECONDS = 0.02
@@ -68,6 +69,11 @@ class DaphneServer:
                     "127.0.0.1",
                     "-p",
                     str(self.port),
+                    # As the Makefile and the image start it: a larger message is refused with 1009.
+                    "--websocket-max-message-size",
+                    str(MAX_MESSAGE_BYTES),
+                    "--websocket-max-frame-size",
+                    str(MAX_MESSAGE_BYTES),
                     self.application,
                 ],
                 cwd=ROOT,
@@ -114,6 +120,9 @@ def config_message(**fields: Any) -> str:
 class Closed:
     code: int | None
     reason: str
+    # False when the connection dropped without a close frame from the server (the client
+    # reports 1006 then, a code no server sends).
+    frame: bool = True
 
 
 @dataclass
@@ -149,7 +158,9 @@ class WsCaller:
                 self.changed.set()
         except ConnectionClosed:
             pass
-        self.closed = Closed(code=self.ws.close_code, reason=self.ws.close_reason or "")
+        self.closed = Closed(
+            code=self.ws.close_code, reason=self.ws.close_reason or "", frame=self.ws.protocol.close_rcvd is not None
+        )
         self.changed.set()
 
     # ---- sending
