@@ -234,6 +234,35 @@ def test_a_message_over_a_mebibyte_during_the_session_closes_with_1009_and_ends_
     assert VoiceSession.objects.get(pk=session_id).end_reason == "user_left"
 
 
+def test_sockets_racing_past_the_live_session_limit_are_refused_with_4429(server) -> None:
+    org = make_org(name="Busy Clinic")
+    account = billing_account_get_or_create(organization=org)
+    BillingAccount.objects.filter(pk=account.pk).update(max_concurrent_sessions=2)
+    key = make_key(org).plaintext
+
+    async def race() -> list[WsCaller]:
+        callers = await asyncio.gather(*(WsCaller.open(server.ws_url(key)) for _ in range(5)))
+        await asyncio.gather(*(c.ws.send(config_message()) for c in callers))
+        for caller in callers:
+            await caller.wait_for(lambda: caller.first("session.started") is not None or caller.closed is not None)  # noqa: B023
+        for caller in callers:
+            with contextlib.suppress(ConnectionClosed):
+                await caller.send_json({"type": "end"})
+        for caller in callers:
+            await caller.wait_closed()
+            await caller.aclose()
+        return callers
+
+    callers = run(race())
+
+    codes = sorted(c.closed.code for c in callers if c.closed is not None)
+    assert codes == [CloseCode.NORMAL] * 2 + [CloseCode.CONCURRENCY_LIMIT] * 3
+    for caller in callers:
+        if caller.closed is not None and caller.closed.code == CloseCode.CONCURRENCY_LIMIT:
+            assert [(e["code"], e["fatal"]) for e in caller.events] == [("concurrency_limit", True)]
+    assert wait_for_no_live_sessions() == []
+
+
 # ------------------------------------------------------------------------------ a handler that raises
 
 
