@@ -142,6 +142,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "voice-reap-sessions": {"task": "voice.reap_sessions", "schedule": timedelta(seconds=30)},
+    "voice-clear-idempotency-responses": {
+        "task": "voice.clear_idempotency_responses",
+        "schedule": timedelta(minutes=5),
+    },
     "billing-flush-meter-events": {"task": "billing.flush_meter_events", "schedule": timedelta(minutes=5)},
     "billing-reconcile-stripe": {"task": "billing.reconcile_stripe", "schedule": timedelta(hours=1)},
 }

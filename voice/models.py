@@ -55,6 +55,10 @@ class VoiceSession(models.Model):
     # NULL, not "", for "no key": the unique constraint must ignore sessions created without one.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_fingerprint = models.CharField(max_length=64, blank=True)
+    # Stripe's semantics: a replay of the key answers these exact bytes (the first 201, token
+    # included), never a new credential. Cleared by a sweep once it can no longer be replayed.
+    idempotency_response = models.TextField(blank=True)
+    idempotency_key_used_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     join_deadline = models.DateTimeField()
@@ -85,6 +89,12 @@ class VoiceSession(models.Model):
                 fields=["room_delete_queued_at"],
                 condition=models.Q(room_delete_queued_at__isnull=False),
                 name="session_room_delete_pending",
+            ),
+            # Only rows still holding a stored response (a token): keeps the sweep cheap.
+            models.Index(
+                fields=["idempotency_key_used_at"],
+                condition=~models.Q(idempotency_response=""),
+                name="session_idem_response",
             ),
         ]
 

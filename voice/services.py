@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import ApiKey, AuditLog, Organization
 from agent_worker import contracts
 from billing import services as billing_services
-from callmissed.errors import CapacityExhausted, IdempotencyConflict
+from callmissed.errors import CapacityExhausted, Conflict, IdempotencyConflict, PaymentRequired
 from voice import lifecycle, livekit
 from voice.models import TranscriptSegment, VoiceSession
 
@@ -31,6 +33,13 @@ class CreatedSession:
     token: str
     ws_url: str
     replayed: bool  # True when an Idempotency-Key returned an earlier session
+    # With an Idempotency-Key: the exact response body, stored with the key and answered on replay.
+    body: bytes = b""
+
+
+# Renders the 201 body of a created session; the view owns the representation, the service
+# stores its bytes with the key in the same transaction as the session.
+ResponseRenderer = Callable[[CreatedSession], bytes]
 
 
 def _fingerprint(config: dict[str, Any]) -> str:
@@ -55,56 +64,127 @@ def voice_session_create(
     api_key: ApiKey | None = None,
     transport: contracts.Transport = contracts.Transport.LIVEKIT,
     idempotency_key: str | None = None,
+    render: ResponseRenderer | None = None,
+    now: datetime | None = None,
 ) -> CreatedSession:
-    """Admit and record a new session; ``config`` is the output of ``SessionConfigSerializer``."""
+    """Admit and record a new session; ``config`` is the output of ``SessionConfigSerializer``.
+
+    With an ``idempotency_key`` (and the view's ``render``), a key still bound to an earlier
+    session answers that session's stored first response or an error, never a new token."""
     fingerprint = _fingerprint(config)
-    if idempotency_key:
-        earlier = VoiceSession.objects.filter(organization=organization, idempotency_key=idempotency_key).first()
-        if earlier is not None:
-            return _replay(earlier, fingerprint)
+    now = now or timezone.now()
+    idempotency_key = idempotency_key or None
+    with transaction.atomic():
+        # Serialise admission per organization so two racing creates cannot both pass the caps;
+        # every create of the org takes this lock first, so the key lookup below sees any winner.
+        Organization.objects.select_for_update().filter(pk=organization.pk).first()
+        lifecycle.voice_sessions_expire_unjoined(organization=organization, now=now)
+        if idempotency_key:
+            earlier = _bound_session(organization=organization, idempotency_key=idempotency_key, now=now)
+            if earlier is not None:
+                return _replay(earlier, fingerprint, now=now)
+        billing_services.session_admission_check(organization=organization)
+        _check_provider_capacity()
+        session = VoiceSession(
+            organization=organization,
+            api_key=api_key,
+            transport=transport,
+            room_name=livekit.new_room_name(),
+            system_prompt=config["system_prompt"],
+            voice=config["voice"],
+            language=config["language"],
+            llm_model=config["llm_model"],
+            tts_provider=config["tts_provider"],
+            max_duration_seconds=config["max_duration_seconds"],
+            metadata=config.get("metadata") or {},
+            idempotency_key=idempotency_key,
+            idempotency_key_used_at=now if idempotency_key else None,
+            request_fingerprint=fingerprint,
+            join_deadline=now + timedelta(seconds=settings.SESSION_JOIN_TIMEOUT_SECONDS),
+        )
+        # The key's uniqueness is the database's to enforce (below), not a pre-read that races.
+        session.full_clean(validate_constraints=False)
+        try:
+            with transaction.atomic():
+                session.save()
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            # A writer that skipped the org lock won the key: answer with its session.
+            earlier = VoiceSession.objects.get(organization=organization, idempotency_key=idempotency_key)
+            return _replay(earlier, fingerprint, now=now)
 
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            # Serialise admission per organization so two racing creates cannot both pass the caps.
-            Organization.objects.select_for_update().filter(pk=organization.pk).first()
-            lifecycle.voice_sessions_expire_unjoined(organization=organization)
-            billing_services.session_admission_check(organization=organization)
-            _check_provider_capacity()
-            session = VoiceSession(
-                organization=organization,
-                api_key=api_key,
-                transport=transport,
-                room_name=livekit.new_room_name(),
-                system_prompt=config["system_prompt"],
-                voice=config["voice"],
-                language=config["language"],
-                llm_model=config["llm_model"],
-                tts_provider=config["tts_provider"],
-                max_duration_seconds=config["max_duration_seconds"],
-                metadata=config.get("metadata") or {},
-                idempotency_key=idempotency_key or None,
-                request_fingerprint=fingerprint,
-                join_deadline=now + timedelta(seconds=settings.SESSION_JOIN_TIMEOUT_SECONDS),
-            )
-            session.full_clean()
-            session.save()
-    except IntegrityError:
-        if not idempotency_key:
-            raise
-        # A concurrent request with the same key won the race: answer with its session.
-        earlier = VoiceSession.objects.get(organization=organization, idempotency_key=idempotency_key)
-        return _replay(earlier, fingerprint)
-
-    token = _token_for(session) if transport == contracts.Transport.LIVEKIT else ""
-    return CreatedSession(session=session, token=token, ws_url=settings.LIVEKIT_URL, replayed=False)
+        token = _token_for(session) if transport == contracts.Transport.LIVEKIT else ""
+        created = CreatedSession(session=session, token=token, ws_url=settings.LIVEKIT_URL, replayed=False)
+        if idempotency_key and render is not None:
+            body = render(created)
+            session.idempotency_response = body.decode()
+            session.save(update_fields=["idempotency_response"])
+            created = replace(created, body=body)
+    return created
 
 
-def _replay(session: VoiceSession, fingerprint: str) -> CreatedSession:
+def _bound_session(*, organization: Organization, idempotency_key: str, now: datetime) -> VoiceSession | None:
+    """The session this key still binds, or None; a key past its TTL is released here."""
+    earlier = VoiceSession.objects.filter(organization=organization, idempotency_key=idempotency_key).first()
+    if earlier is None:
+        return None
+    used_at = earlier.idempotency_key_used_at or earlier.created_at
+    if used_at > now - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS):
+        return earlier
+    earlier.idempotency_key = None
+    earlier.idempotency_response = ""
+    earlier.save(update_fields=["idempotency_key", "idempotency_response"])
+    return None
+
+
+def _replay(session: VoiceSession, fingerprint: str, *, now: datetime) -> CreatedSession:
+    """The stored first response while the session still waits for its caller; else an error."""
     if session.request_fingerprint != fingerprint:
         raise IdempotencyConflict()
-    token = _token_for(session) if session.transport == contracts.Transport.LIVEKIT else ""
-    return CreatedSession(session=session, token=token, ws_url=settings.LIVEKIT_URL, replayed=True)
+    waiting = (
+        session.status == VoiceSession.Status.CREATED
+        and session.content_deleted_at is None
+        and session.join_deadline > now
+        and session.idempotency_response
+    )
+    if not waiting:
+        raise Conflict(
+            f"The session created with this Idempotency-Key ({session.id}) is no longer waiting for its "
+            "caller; create a new session with a new Idempotency-Key.",
+            fields={"session_id": str(session.id), "status": session.status},
+        )
+    # The stored token grants nothing new, but an organization that may no longer run sessions
+    # does not get it handed out again.
+    problem = billing_services.funds_problem(
+        account=billing_services.billing_account_get_or_create(organization=session.organization)
+    )
+    if problem:
+        raise PaymentRequired(problem)
+    return CreatedSession(
+        session=session,
+        token="",
+        ws_url=settings.LIVEKIT_URL,
+        replayed=True,
+        body=session.idempotency_response.encode(),
+    )
+
+
+def idempotency_responses_clear(*, now: datetime | None = None) -> int:
+    """Drop stored responses (their tokens) that can no longer be replayed: key past its TTL,
+    or session no longer waiting for its caller. Idempotent; returns how many were cleared."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    return (
+        VoiceSession.objects.exclude(idempotency_response="")
+        .filter(
+            Q(idempotency_key_used_at__lt=cutoff)
+            | Q(idempotency_key_used_at__isnull=True)
+            | ~Q(status=VoiceSession.Status.CREATED)
+            | Q(join_deadline__lte=now)
+        )
+        .update(idempotency_response="")
+    )
 
 
 def voice_session_delete(*, session: VoiceSession, actor_key: ApiKey | None = None) -> None:

@@ -20,12 +20,13 @@ from agent_worker import contracts
 from billing import services as billing_services
 from billing.pricing import PriceMissing
 from callmissed.errors import UpstreamError
-from voice import lifecycle, reaper
+from voice import lifecycle, reaper, services
 
 logger = logging.getLogger(__name__)
 
 TASK_REAP_SESSIONS = "voice.reap_sessions"
 TASK_DELETE_ROOM = "voice.delete_room"
+TASK_CLEAR_IDEMPOTENCY_RESPONSES = "voice.clear_idempotency_responses"
 
 # A database blip must not lose an event: retry with backoff, every countdown far below the
 # broker's visibility timeout (1 h) so Redis never redelivers a message that is still waiting.
@@ -119,6 +120,12 @@ def session_ended(payload: dict[str, Any]) -> None:
 def reap_sessions() -> dict[str, int]:
     result = reaper.voice_sessions_reap()
     return {"unjoined": len(result.unjoined), "lost": len(result.lost)}
+
+
+@shared_task(name=TASK_CLEAR_IDEMPOTENCY_RESPONSES)
+def clear_idempotency_responses() -> int:
+    """Stored create responses hold live tokens: drop those that can no longer be replayed."""
+    return services.idempotency_responses_clear()
 
 
 @shared_task(

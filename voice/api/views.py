@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import HttpResponse
 from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
@@ -14,6 +15,7 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -41,6 +43,17 @@ class VoiceSessionCreateOutputSerializer(SessionSummarySerializer):
 
     class Meta(SessionSummarySerializer.Meta):
         fields = ["id", "ws_url", "token", "join_deadline", *SessionSummarySerializer.Meta.fields[1:]]
+
+
+def _created_data(created: services.CreatedSession) -> Any:
+    session = created.session
+    session.ws_url = created.ws_url  # type: ignore[attr-defined]
+    session.token = created.token  # type: ignore[attr-defined]
+    return VoiceSessionCreateOutputSerializer(session).data
+
+
+def _render_created(created: services.CreatedSession) -> bytes:
+    return JSONRenderer().render(_created_data(created))
 
 
 class VoiceSessionFilterSerializer(serializers.Serializer):
@@ -92,11 +105,15 @@ class VoiceSessionsApi(APIView):
                 IDEMPOTENCY_HEADER,
                 str,
                 OpenApiParameter.HEADER,
-                description="Retrying with the same key and body returns the same session.",
+                description=(
+                    "Retrying with the same key and body within the key's lifetime (24 h by default) answers "
+                    "the first response again (header Idempotent-Replayed: true) while the session waits for "
+                    "its caller, else 409."
+                ),
             )
         ],
     )
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
         key = request_api_key(request)
         idempotency_key = request.headers.get(IDEMPOTENCY_HEADER) or None
         if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
@@ -115,14 +132,15 @@ class VoiceSessionsApi(APIView):
             api_key=key,
             config=dict(body.validated_data),
             idempotency_key=idempotency_key,
+            render=_render_created,
         )
-        session = created.session
-        session.ws_url = created.ws_url  # type: ignore[attr-defined]
-        session.token = created.token  # type: ignore[attr-defined]
-        headers = {"Idempotent-Replayed": "true"} if created.replayed else {}
-        return Response(
-            VoiceSessionCreateOutputSerializer(session).data, status=status.HTTP_201_CREATED, headers=headers
-        )
+        if created.body:
+            # The stored bytes of the first answer: a replay is byte-identical, token included.
+            headers = {"Idempotent-Replayed": "true"} if created.replayed else {}
+            return HttpResponse(
+                created.body, status=status.HTTP_201_CREATED, content_type="application/json", headers=headers
+            )
+        return Response(_created_data(created), status=status.HTTP_201_CREATED)
 
     @extend_schema(
         operation_id="voice_sessions_list",

@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0002_audit_organization_created'),
-        ('voice', '0001_initial'),
+        ('voice', '0002_idempotency_stored_response'),
     ]
 
     operations = [
