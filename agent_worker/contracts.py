@@ -97,6 +97,8 @@ class WorkerEvent(_Payload):
 
 class SessionStarted(WorkerEvent):
     providers: str = ""  # e.g. "offline" or "sarvam+clarifai"; shown in session data
+    # The LiveKit room it runs in: lets Django delete the room of a session it does not know.
+    room_name: str = ""
 
 
 class TranscriptSegment(WorkerEvent):

@@ -247,7 +247,11 @@ async def run_job(
         else:
             # A conversation that could not run (providers refused the config) ended inside start().
             if conversation.ended is None:
-                reporter.report(contracts.SessionStarted(session_id=session_id, providers=conversation.providers_label))
+                reporter.report(
+                    contracts.SessionStarted(
+                        session_id=session_id, providers=conversation.providers_label, room_name=room_name
+                    )
+                )
         ended = await conversation.wait_ended()
     finally:
         unwatch()

@@ -34,25 +34,54 @@ def _first_time(event_id: str, kind: str, session: VoiceSession | None) -> bool:
 def voice_session_mark_active(
     *, session_id: str, at: datetime | None = None, providers: str = "", event_id: str | None = None
 ) -> VoiceSession | None:
-    """created → active. Anything else (already active, ended, failed) is left as it is."""
+    """created → active, when the caller joined before the join deadline; a later join fails the
+    session as ``unjoined``. A session already over is never revived or rewritten, except that the
+    worker's own end overtaking its start (two Celery workers) still records when it started.
+    ``voice_session_start_admitted`` then says whether the worker may go on."""
+    started = at or timezone.now()
     with transaction.atomic():
         session = VoiceSession.objects.select_for_update().filter(pk=session_id).first()
         if session is None:
             return None
         if event_id and not _first_time(event_id, contracts.TASK_SESSION_STARTED, session):
             return session
+        if session.status == VoiceSession.Status.CREATED and started > session.join_deadline:
+            # No beat ran the reaper yet: the late join ends the session as the reaper would have.
+            return voice_session_end(
+                session_id=session_id,
+                reason=contracts.EndReason.UNJOINED,
+                at=session.join_deadline,
+                error="The caller joined after the session's join deadline.",
+            )
         if session.status == VoiceSession.Status.CREATED:
             session.status = VoiceSession.Status.ACTIVE
-            session.started_at = at or timezone.now()
+            session.started_at = started
             if providers:
                 session.providers = providers
             session.save(update_fields=["status", "started_at", "providers"])
-        elif session.started_at is None and session.end_reason != contracts.EndReason.UNJOINED:
-            # The end overtook the start (two Celery workers): record when it started, keep the end.
-            session.started_at = min(at or timezone.now(), session.ended_at or timezone.now())
+        elif (
+            session.started_at is None
+            and session.ended_at is not None
+            and started <= session.ended_at
+            and _ended_by_worker(session)
+        ):
+            # The end overtook the start: record when it started, keep the end.
+            session.started_at = started
             session.providers = session.providers or providers
             session.save(update_fields=["started_at", "providers"])
     return session
+
+
+def voice_session_start_admitted(*, session: VoiceSession, at: datetime) -> bool:
+    """Whether a conversation the worker started at ``at`` is one the platform admits: the session
+    is live, or this is the recorded start of a run whose own end overtook it. Anything else (the
+    platform ended, deleted or failed it, or a token reused after the end) must not run."""
+    return session.is_live or (session.started_at is not None and session.started_at == at)
+
+
+def _ended_by_worker(session: VoiceSession) -> bool:
+    """Ended by the worker's own event, rather than by the platform (reaper, delete, billing)."""
+    return ProcessedEvent.objects.filter(session=session, kind=contracts.TASK_SESSION_ENDED).exists()
 
 
 def voice_session_end(

@@ -65,12 +65,18 @@ def session_started(payload: dict[str, Any]) -> None:
     session = lifecycle.voice_session_mark_active(
         session_id=event.session_id, at=event.occurred_at, providers=event.providers, event_id=event.event_id
     )
+    # The token outlives its session (and a join deadline), so the agent can be dispatched to a
+    # session the platform no longer admits: deleting the room is what ends that conversation.
     if session is None:
         logger.warning("session_started for unknown session %s", event.session_id)
-    elif session.end_reason == contracts.EndReason.UNJOINED and session.transport == contracts.Transport.LIVEKIT:
-        # The caller joined after the join deadline (the token outlives it): the session is already
-        # failed and not billed, so the conversation must not go on. Deleting the room ends it.
-        logger.info("Session %s was joined after its deadline; deleting its room", event.session_id)
+        if event.room_name:
+            delete_room.delay(room_name=event.room_name)
+    elif session.transport == contracts.Transport.LIVEKIT and not lifecycle.voice_session_start_admitted(
+        session=session, at=event.occurred_at
+    ):
+        logger.info(
+            "Session %s started but is %s (%s); deleting its room", session.id, session.status, session.end_reason
+        )
         delete_room.delay(room_name=session.room_name)
 
 

@@ -240,6 +240,15 @@ async def test_a_deleted_room_ends_the_session_without_another_delete(
     assert _deleted_rooms(lk_server) == []
 
 
+async def test_the_start_report_names_the_room_so_the_platform_can_delete_one_it_does_not_admit(
+    start_job: Any,
+) -> None:
+    harness = await start_job(_metadata())
+    await _wait_until(lambda: harness.reporter.of(contracts.SessionStarted), "the session to start")
+    (started,) = harness.reporter.of(contracts.SessionStarted)
+    assert (started.session_id, started.room_name) == (SESSION_ID, ROOM)
+
+
 async def test_an_agent_leaving_does_not_end_the_session_but_the_caller_does(
     start_job: Any, lk_server: FakeLiveKitServer
 ) -> None:
