@@ -45,8 +45,14 @@ def voice_session_mark_active(
             return None
         if event_id and not _first_time(event_id, contracts.TASK_SESSION_STARTED, session):
             return session
-        if session.status == VoiceSession.Status.CREATED and started > session.join_deadline:
-            # No beat ran the reaper yet: the late join ends the session as the reaper would have.
+        if (
+            session.status == VoiceSession.Status.CREATED
+            and session.transport == contracts.Transport.LIVEKIT
+            and started > session.join_deadline
+        ):
+            # The token outlives the join deadline and no beat may have run the reaper yet: the
+            # late join ends the session as the reaper would have. (A legacy socket's caller is
+            # connected from the start; its start may be slow while the offline models load.)
             return voice_session_end(
                 session_id=session_id,
                 reason=contracts.EndReason.UNJOINED,
