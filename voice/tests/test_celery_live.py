@@ -161,7 +161,7 @@ def drain_behind(reporter: EventReporter, session_id: str) -> None:
 
 
 def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
-    celery_worker: Any, reporter: EventReporter, api: Any, seeded_prices: None
+    celery_worker: Any, reporter: EventReporter, api: Any, seeded_prices: None, lk_server: FakeLiveKitServer
 ) -> None:
     created = api.post("/v1/voice/sessions", data=json.dumps({"language": "hi-IN"}), content_type="application/json")
     assert created.status_code == 201, created.content
@@ -186,6 +186,12 @@ def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
     send(reporter, turn2, ended, turn1)
     send(reporter, contracts.SessionStarted(session_id=sid, occurred_at=T0 + timedelta(seconds=40)))
     drain_behind(reporter, sid)
+    # A start after the end is the token used again: its room is deleted, the session unchanged.
+    room_name = VoiceSession.objects.get(pk=sid).room_name
+    wait_for(
+        lambda: DeleteRoomRequest(room=room_name) in [c.request for c in lk_server.calls_to("DeleteRoom")],
+        "the late start's room to be deleted",
+    )
 
     session = VoiceSession.objects.get(pk=sid)
     assert (session.status, session.end_reason, session.started_at) == ("ended", "user_left", T0)
@@ -216,10 +222,12 @@ def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
 def test_an_end_that_arrives_before_the_start_is_final(celery_worker: Any, reporter: EventReporter) -> None:
     session = VoiceSessionFactory.create()
     sid = str(session.id)
+    # The worker reports the start first (so it happened first); the end overtakes it in the queue.
+    started = contracts.SessionStarted(session_id=sid, providers="sarvam+clarifai")
     send(
         reporter,
         contracts.SessionEnded(session_id=sid, reason=contracts.EndReason.PROVIDER_ERROR, duration_seconds=4.0),
-        contracts.SessionStarted(session_id=sid, providers="sarvam+clarifai"),
+        started,
     )
     drain_behind(reporter, sid)
     session = VoiceSession.objects.get(pk=sid)
@@ -255,7 +263,7 @@ def test_beat_reaper_task_fails_unjoined_sessions_and_deletes_their_rooms(
     wait_for(lambda: session.room_name not in lk_server.rooms, "the room deletion")
     session = VoiceSession.objects.get(pk=session.pk)
     assert session.end_reason == "unjoined"
-    deleted = [c.request for c in lk_server.calls_to("DeleteRoom")]
+    deleted = [c.request for c in lk_server.calls_to("DeleteRoom") if c.request.room == session.room_name]
     assert deleted == [DeleteRoomRequest(room="cm_live_unjoined")]
 
 
