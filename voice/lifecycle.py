@@ -183,6 +183,13 @@ def voice_session_room_delete(*, room_name: str) -> None:
     )
 
 
+def voice_session_room_delete_queue(*, room_name: str) -> None:
+    """Delete a room after commit, recorded on its session's row (if it has one) so the reaper
+    queues it again until LiveKit confirms it gone."""
+    VoiceSession.objects.filter(room_name=room_name).update(room_delete_queued_at=timezone.now())
+    transaction.on_commit(lambda: _queue_room_delete(room_name))
+
+
 def voice_sessions_room_delete_requeue(*, now: datetime | None = None, limit: int = EXPIRE_BATCH_SIZE) -> list[str]:
     """Rooms whose deletion was queued more than ``ROOM_DELETE_REQUEUE_SECONDS`` ago and is still
     not confirmed (LiveKit was down past the task's retries, or the queue lost the task): queue

@@ -70,14 +70,14 @@ def session_started(payload: dict[str, Any]) -> None:
     if session is None:
         logger.warning("session_started for unknown session %s", event.session_id)
         if event.room_name:
-            delete_room.delay(room_name=event.room_name)
+            lifecycle.voice_session_room_delete_queue(room_name=event.room_name)
     elif session.transport == contracts.Transport.LIVEKIT and not lifecycle.voice_session_start_admitted(
         session=session, at=event.occurred_at
     ):
         logger.info(
             "Session %s started but is %s (%s); deleting its room", session.id, session.status, session.end_reason
         )
-        delete_room.delay(room_name=session.room_name)
+        lifecycle.voice_session_room_delete_queue(room_name=session.room_name)
 
 
 @shared_task(name=contracts.TASK_TRANSCRIPT_SEGMENT, **_DB_RETRY)

@@ -263,7 +263,11 @@ def test_beat_reaper_task_fails_unjoined_sessions_and_deletes_their_rooms(
     wait_for(lambda: session.room_name not in lk_server.rooms, "the room deletion")
     session = VoiceSession.objects.get(pk=session.pk)
     assert session.end_reason == "unjoined"
-    deleted = [c.request for c in lk_server.calls_to("DeleteRoom") if c.request.room == session.room_name]
+    deleted = [
+        c.request
+        for c in lk_server.calls_to("DeleteRoom")
+        if isinstance(c.request, DeleteRoomRequest) and c.request.room == session.room_name
+    ]
     assert deleted == [DeleteRoomRequest(room="cm_live_unjoined")]
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.test import TestCase
 
 from agent_worker import contracts
 from voice import lifecycle, tasks
@@ -23,7 +24,9 @@ def _start(session_id: str, *, room_name: str = "", at: datetime | None = None) 
     event = contracts.SessionStarted(
         session_id=session_id, providers="offline", room_name=room_name, occurred_at=at or datetime.now(UTC)
     )
-    tasks.session_started.apply(kwargs={"payload": event.model_dump(mode="json")}).get()
+    # The room's deletion is queued after commit, as the real task's (outside a transaction) is at once.
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        tasks.session_started.apply(kwargs={"payload": event.model_dump(mode="json")}).get()
 
 
 def _deleted(livekit_server: Any) -> list[str]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.test import TestCase
 
 from agent_worker import contracts
 from voice import lifecycle, tasks
@@ -86,7 +87,8 @@ def test_a_caller_joining_after_the_deadline_gets_the_room_deleted(livekit_serve
     session = VoiceSessionFactory.create()
     livekit_server.rooms.add(session.room_name)
     lifecycle.voice_session_end(session_id=str(session.id), reason=contracts.EndReason.UNJOINED)
-    _send(tasks.session_started, contracts.SessionStarted(session_id=str(session.id), occurred_at=T0))
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        _send(tasks.session_started, contracts.SessionStarted(session_id=str(session.id), occurred_at=T0))
     session.refresh_from_db()
     assert (session.status, session.started_at) == ("failed", None)
     # The agent is disconnected by the deletion and ends its conversation.
