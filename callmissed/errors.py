@@ -11,8 +11,8 @@ import math
 from enum import StrEnum
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from django.shortcuts import render
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
@@ -173,8 +173,25 @@ def _drf_code(exc: drf_exceptions.APIException) -> str:
     return ErrorCode.INVALID_REQUEST
 
 
+# Sent on a 429/503 whose cause names no better wait (a throttle with no history, a dependency down).
+DEFAULT_RETRY_AFTER_SECONDS = 1
+
+
+def _with_retry_after(response: HttpResponse) -> HttpResponse:
+    """429 and 503 always say when to come back (DESIGN.md), whatever raised them."""
+    if response.status_code in (429, 503) and not response.has_header("Retry-After"):
+        response["Retry-After"] = str(DEFAULT_RETRY_AFTER_SECONDS)
+    return response
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF EXCEPTION_HANDLER: render any exception as the envelope."""
+    response = _render_exception(exc)
+    _with_retry_after(response)
+    return response
+
+
+def _render_exception(exc: Exception) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, ApplicationError):
         if exc.retry_after is not None:
@@ -185,6 +202,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = drf_exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        # request.body past DATA_UPLOAD_MAX_MEMORY_SIZE (the Stripe webhook reads the raw body).
+        return Response(envelope(ErrorCode.PAYLOAD_TOO_LARGE, "The request body is too large."), status=413)
+    elif isinstance(exc, SuspiciousOperation | UnreadablePostError):
+        # Too many query fields, a bad Host, a body cut off mid-read: the request, not the server.
+        exc = drf_exceptions.ParseError("The request is malformed.")
 
     if isinstance(exc, drf_exceptions.APIException):
         code = _drf_code(exc)
@@ -247,8 +270,46 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    # Django sends every SuspiciousOperation here, RequestDataTooBig included.
+    if isinstance(exception, RequestDataTooBig):
+        return _error_response(request, 413, ErrorCode.PAYLOAD_TOO_LARGE, "The request body is too large.")
     return _error_response(request, 400, ErrorCode.INVALID_REQUEST, "Bad request.")
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
     return _error_response(request, 500, ErrorCode.INTERNAL_ERROR, "Internal server error.")
+
+
+_CODE_BY_STATUS: dict[int, ErrorCode] = {
+    400: ErrorCode.INVALID_REQUEST,
+    401: ErrorCode.UNAUTHENTICATED,
+    402: ErrorCode.PAYMENT_REQUIRED,
+    403: ErrorCode.PERMISSION_DENIED,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    406: ErrorCode.NOT_ACCEPTABLE,
+    409: ErrorCode.CONFLICT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    429: ErrorCode.RATE_LIMITED,
+    502: ErrorCode.UPSTREAM_ERROR,
+    503: ErrorCode.SERVICE_UNAVAILABLE,
+}
+
+
+def ensure_envelope(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """An API error that left without the envelope (Django's DEBUG pages, a bare ``HttpResponse``
+    from a library) is replaced by one with the same status, so API clients parse every error alike."""
+    if response.status_code < 400 or not request.path.startswith("/v1/"):
+        return response
+    if response.get("Content-Type", "").startswith("application/json"):
+        return response
+    status_code = response.status_code
+    fallback = ErrorCode.INTERNAL_ERROR if status_code >= 500 else ErrorCode.INVALID_REQUEST
+    code = _CODE_BY_STATUS.get(status_code, fallback)
+    message = "Internal server error." if status_code >= 500 else f"{response.reason_phrase or 'Bad request'}."
+    replaced = JsonResponse(envelope(code, message), status=status_code)
+    for header in ("Retry-After", "Allow", "WWW-Authenticate"):
+        if response.has_header(header):
+            replaced[header] = response[header]
+    return _with_retry_after(replaced)

@@ -155,7 +155,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["callmissed.parsers.StrictJSONParser"],
     "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.ApiKeyRateThrottle"],
     "EXCEPTION_HANDLER": "callmissed.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -163,6 +163,8 @@ REST_FRAMEWORK = {
 }
 
 API_RATE_LIMIT = env_str("API_RATE_LIMIT", "600/min")
+# Largest JSON body the API reads (413 above): an 8000-character prompt JSON-escaped is ~48 KB.
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "CallMissed API",
