@@ -41,7 +41,11 @@ class ApiKeyAuthentication(BaseAuthentication):
     keyword = b"bearer"
 
     def authenticate(self, request: Request) -> tuple[Any, Any] | None:
-        header = get_authorization_header(request).split()
+        try:
+            header = get_authorization_header(request).split()
+        except UnicodeEncodeError:
+            # A header value outside Latin-1 (possible from ASGI servers and test clients).
+            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer cm_…'.") from None
         if not header:
             return None
         if header[0].lower() != self.keyword or len(header) != 2:

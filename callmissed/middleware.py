@@ -1,4 +1,9 @@
-"""Request ids: one per request, echoed in ``X-Request-ID`` and in every error envelope."""
+"""Request ids: one per request, echoed in ``X-Request-ID`` and in every error envelope.
+
+The same first middleware also turns away API requests whose query string or ``Idempotency-Key``
+could not be stored or compared (NUL, lone surrogates, non-ASCII keys) before any view sees them,
+and makes sure every API error leaves in the envelope whatever produced it.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,60 @@ import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import SuspiciousOperation
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 _request_id: ContextVar[str] = ContextVar("request_id", default="")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# Stripe's rule for idempotency keys, and what reaches our database and Stripe's headers intact.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]*$")
+API_PREFIX = "/v1/"
 
 
 def current_request_id() -> str:
     return _request_id.get()
+
+
+def _unstorable(text: str) -> str | None:
+    """Why PostgreSQL (text or jsonb) could not take ``text``, or None when it can."""
+    if "\x00" in text:
+        return "Must not contain NUL characters."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Must not contain lone UTF-16 surrogates."
+    return None
+
+
+def _printable(name: str) -> str:
+    return name if _unstorable(name) is None else name.encode("unicode_escape").decode("ascii")
+
+
+def malformed_input(request: HttpRequest) -> dict[str, list[str]]:
+    """Field errors for query parameters and headers of an API request that no view could use."""
+    fields: dict[str, list[str]] = {}
+    for name, values in request.GET.lists():
+        problem = _unstorable(name) or next((p for p in map(_unstorable, values) if p), None)
+        if problem:
+            fields[_printable(name)] = [problem]
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        fields["Idempotency-Key"] = ["Use printable ASCII characters only."]
+    return fields
+
+
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    from callmissed.errors import ErrorCode, envelope  # errors.py reads the request id from here
+
+    try:
+        fields = malformed_input(request)
+    except SuspiciousOperation:  # e.g. more query fields than DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return JsonResponse(envelope(ErrorCode.INVALID_REQUEST, "The query string is malformed."), status=400)
+    if not fields:
+        return None
+    first = next(iter(fields))
+    message = f"{first}: {fields[first][0]}"
+    return JsonResponse(envelope(ErrorCode.INVALID_REQUEST, message, fields=fields), status=400)
 
 
 class RequestIdMiddleware:
@@ -29,7 +80,12 @@ class RequestIdMiddleware:
         token = _request_id.set(request_id)
         request.request_id = request_id  # type: ignore[attr-defined]
         try:
-            response = self.get_response(request)
+            if request.path.startswith(API_PREFIX):
+                from callmissed.errors import ensure_envelope
+
+                response = ensure_envelope(request, _refusal(request) or self.get_response(request))
+            else:
+                response = self.get_response(request)
         finally:
             _request_id.reset(token)
         response[self.header] = request_id
