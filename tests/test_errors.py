@@ -55,3 +55,19 @@ def test_unexpected_failure_is_500_envelope_without_internals(api: Any, monkeypa
     monkeypatch.setattr(selectors, "voice_session_list", explode)
     error = _assert_envelope(api.get("/v1/voice/sessions"), 500, "internal_error")
     assert "hunter2" not in error["message"]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_429_or_503_always_says_when_to_retry(api: Any, monkeypatch: Any, status: int) -> None:
+    from callmissed.errors import ConcurrencyLimit, ServiceUnavailable
+    from voice import selectors
+
+    error_class = ConcurrencyLimit if status == 429 else ServiceUnavailable
+
+    def refuse(**kwargs: Any) -> None:
+        raise error_class()  # no retry_after: the handler still sends one
+
+    monkeypatch.setattr(selectors, "voice_session_list", refuse)
+    response = api.get("/v1/voice/sessions")
+    assert response.status_code == status
+    assert int(response["Retry-After"]) >= 1

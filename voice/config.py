@@ -4,14 +4,40 @@ WebSocket, so both answer bad input with the same fields and messages."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agent_worker import catalog, contracts
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_KEYS = 32
+# The largest integer every JSON client holds exactly (JavaScript's Number.MAX_SAFE_INTEGER).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "maxProperties": MAX_METADATA_KEYS,
+        "description": (
+            f"Up to {MAX_METADATA_KEYS} keys of at most 64 characters, at most {MAX_METADATA_BYTES} bytes as JSON; "
+            f"values are strings, booleans, null, or numbers between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER}."
+        ),
+        "additionalProperties": {
+            "nullable": True,
+            "anyOf": [
+                {"type": "string"},
+                {"type": "boolean"},
+                {"type": "number", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
+            ],
+        },
+    }
+)
+class MetadataField(serializers.DictField):
+    """A small flat JSON object, stored in jsonb and returned to every kind of client."""
 
 
 def _accepted(values: list[str], limit: int = 50) -> str:
@@ -37,7 +63,7 @@ class SessionConfigSerializer(serializers.Serializer):
         min_value=contracts.MIN_MAX_DURATION_SECONDS,
         max_value=contracts.MAX_MAX_DURATION_SECONDS,
     )
-    metadata = serializers.DictField(required=False, default=dict, allow_empty=True)
+    metadata = MetadataField(required=False, default=dict, allow_empty=True)
 
     def to_internal_value(self, data: Any) -> Any:
         """Field rules plus what DRF lets slide: unknown fields, "300" for an integer, 5 for a string.
@@ -109,6 +135,33 @@ class SessionConfigSerializer(serializers.Serializer):
                 raise serializers.ValidationError(f"Value of {key!r} must be a string, number, boolean or null.")
             if len(key) > 64:
                 raise serializers.ValidationError(f"Key {key[:64]!r}… is longer than 64 characters.")
+            _check_metadata_scalar(key, item)
         if len(json.dumps(value)) > MAX_METADATA_BYTES:
             raise serializers.ValidationError(f"Metadata must be at most {MAX_METADATA_BYTES} bytes as JSON.")
         return value
+
+
+def _unstorable(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_metadata_scalar(key: str, item: Any) -> None:
+    """What the JSON parsers let through but a client or PostgreSQL's jsonb cannot hold exactly."""
+    if _unstorable(key):
+        raise serializers.ValidationError("Keys must not contain NUL characters or lone surrogates.")
+    if isinstance(item, bool) or item is None:
+        return
+    # Beyond 2**53 a JavaScript client silently rounds the number: such values belong in a string.
+    if isinstance(item, int | float) and not (math.isfinite(item) and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER):
+        raise serializers.ValidationError(
+            f"Value of {key!r} must be a number between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER}; "
+            "send larger numbers as strings."
+        )
+    if isinstance(item, str) and _unstorable(item):
+        raise serializers.ValidationError(f"Value of {key!r} must not contain NUL characters or lone surrogates.")

@@ -3,7 +3,6 @@ tenant's session is simply not found."""
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from datetime import datetime
@@ -14,6 +13,7 @@ from django.db.models import Q, QuerySet
 from accounts.models import Organization
 from agent_worker import catalog, contracts
 from billing import selectors as billing_selectors
+from callmissed import jsonsafe
 from callmissed.errors import NotFound
 from voice.models import TranscriptSegment, VoiceSession
 
@@ -75,8 +75,9 @@ def _metadata_equals(key: str, raw: str) -> Q:
     """Query strings are text; ``?metadata.plan=2`` should still match ``{"plan": 2}``."""
     condition = Q(**{f"metadata__{key}": raw})
     try:
-        typed = json.loads(raw)
-    except ValueError:
+        # Strict: 1e400 or NaN would reach jsonb as Infinity/NaN, which PostgreSQL refuses.
+        typed = jsonsafe.loads(raw)
+    except jsonsafe.UnsafeJson:
         return condition
     if typed != raw and (typed is None or isinstance(typed, bool | int | float)):
         condition |= Q(**{f"metadata__{key}": typed})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from django.core.validators import URLValidator
@@ -34,6 +34,9 @@ class UsageQuerySerializer(StrictSerializer):
         start = attrs.get("start") or end.replace(day=1)
         if start > end:
             raise serializers.ValidationError({"start": ["Must be on or before end."]})
+        if end >= date.max:
+            # The range runs to the start of the day after end, which must still be a date.
+            raise serializers.ValidationError({"end": [f"Must be before {date.max.isoformat()}."]})
         if end - start > timedelta(days=MAX_USAGE_RANGE_DAYS):
             raise serializers.ValidationError({"end": [f"The range is at most {MAX_USAGE_RANGE_DAYS} days."]})
         return {"start": start, "end": end}

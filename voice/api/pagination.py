@@ -1,10 +1,45 @@
-from rest_framework.pagination import CursorPagination
+from datetime import UTC
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import Cursor, CursorPagination
+
+from callmissed.errors import ValidationFailed
+
+INVALID_CURSOR = "Invalid cursor: use the next or previous link of a page as it is."
+
+
+def _invalid_cursor() -> ValidationFailed:
+    return ValidationFailed(INVALID_CURSOR, fields={"cursor": [INVALID_CURSOR]})
 
 
 class NewestFirstCursorPagination(CursorPagination):
-    """Opaque cursors over (created_at, id) newest first: stable while new sessions arrive."""
+    """Opaque cursors over (created_at, id) newest first: stable while new sessions arrive.
+
+    A cursor is client input: one that does not decode to a position we could have issued (an
+    aware ``created_at``) is a 400 on ``cursor``, never a database error."""
 
     ordering = ("-created_at", "-id")
     page_size = 20
     page_size_query_param = "limit"
     max_page_size = 100
+
+    def decode_cursor(self, request: Any) -> Cursor | None:
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise _invalid_cursor() from None
+        if cursor is None or cursor.position is None:
+            return cursor
+        try:
+            position = parse_datetime(str(cursor.position))
+            if position is None or position.tzinfo is None:
+                raise _invalid_cursor()
+            # The same text DRF makes from a row (str of an aware UTC datetime), so its
+            # "same position as the last row" comparison still holds.
+            normalized = str(position.astimezone(UTC))
+        except (ValueError, OverflowError):
+            raise _invalid_cursor() from None
+        # The stubs type the position as int; DRF keeps the decoded text.
+        return Cursor(offset=cursor.offset, reverse=cursor.reverse, position=normalized)  # type: ignore[arg-type]

@@ -61,6 +61,12 @@ class VoiceSessionFilterSerializer(serializers.Serializer):
     transport = serializers.ChoiceField(choices=TRANSPORT_CHOICES, required=False)
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
+    # Read by the paginator, declared here so the schema documents them and a bad one is a 400.
+    cursor = serializers.CharField(required=False, help_text="A page's next or previous cursor, unchanged.")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=100, help_text="Page size (default 20).")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in attrs.items() if name not in ("cursor", "limit")}
 
 
 def paginated(item: type[serializers.Serializer], name: str) -> serializers.Serializer:
