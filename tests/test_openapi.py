@@ -57,3 +57,37 @@ def test_interactive_docs_page_is_served() -> None:
     response = APIClient().get("/v1/docs")
     assert response.status_code == 200
     assert b"swagger" in response.content.lower()
+
+
+def _served_schema() -> dict[str, Any]:
+    return APIClient().get("/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+
+def test_every_operation_documents_its_errors_as_the_envelope() -> None:
+    schema = _served_schema()
+    envelope = schema["components"]["schemas"]["ErrorEnvelope"]
+    assert envelope["properties"]["error"]["required"] == ["code", "message", "fields", "request_id"]
+    shared = schema["components"]["responses"]
+    operations = [(path, op) for path, item in schema["paths"].items() for op in item.values()]
+    for path, operation in operations:
+        for status in ("400", "500", "503"):
+            assert status in operation["responses"], (path, operation["operationId"], status)
+        for status, response in operation["responses"].items():
+            if int(status) >= 400:
+                name = response["$ref"].rsplit("/", 1)[1]
+                content = shared[name]["content"]["application/json"]["schema"]
+                assert content == {"$ref": "#/components/schemas/ErrorEnvelope"}
+                assert shared[name]["headers"]["X-Request-ID"]["required"] is True
+    assert shared["TooManyRequests"]["headers"]["Retry-After"]["required"] is True
+    assert shared["ServiceUnavailable"]["headers"]["Retry-After"]["required"] is True
+
+
+def test_operations_document_the_errors_their_inputs_can_cause() -> None:
+    paths = _served_schema()["paths"]
+    create = paths["/v1/voice/sessions"]["post"]["responses"]
+    assert {"401", "402", "409", "413", "415", "429"} <= set(create)
+    assert "404" in paths["/v1/voice/sessions/{session_id}"]["get"]["responses"]
+    assert "401" not in paths["/v1/catalog/voices"]["get"]["responses"]
+    # Stripe's webhook is not rate limited and carries no API key.
+    webhook = paths["/v1/billing/stripe/webhook"]["post"]["responses"]
+    assert "413" in webhook and "429" not in webhook and "401" not in webhook
