@@ -33,7 +33,6 @@ _RETRY_AFTER = {429, 503}
 # What an operation's own service can refuse with, beyond what every operation can answer.
 _OPERATION_ERRORS: dict[str, set[int]] = {
     "voice_sessions_create": {402, 409},
-    "voice_sessions_destroy": {502},
     "billing_checkout": {409, 502},
     # Its body is read raw (request=None in its schema), still bounded.
     "billing_stripe_webhook": {413},
