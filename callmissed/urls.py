@@ -6,9 +6,6 @@ from callmissed.csp import csp_override
 from callmissed.errors import handler404 as api_not_found
 from dashboard import views as dashboard_views
 
-# drf-spectacular's default enum hook, then the error responses every operation can give.
-SCHEMA_HOOKS = ["drf_spectacular.hooks.postprocess_schema_enums", "callmissed.openapi.add_error_responses"]
-
 handler400 = "callmissed.errors.handler400"
 handler403 = "callmissed.errors.handler403"
 handler404 = "callmissed.errors.handler404"
@@ -21,9 +18,7 @@ urlpatterns = [
     path("v1/", include("billing.api.urls")),
     path(
         "v1/schema",
-        SpectacularAPIView.as_view(
-            authentication_classes=[], permission_classes=[], custom_settings={"POSTPROCESSING_HOOKS": SCHEMA_HOOKS}
-        ),
+        SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
         name="schema",
     ),
     path(
