@@ -7,11 +7,17 @@ from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from accounts.models import ApiKey
+from callmissed import ratelimit
 
 
 class ApiKeyRateThrottle(SimpleRateThrottle):
     """Per-key request rate (``API_RATE_LIMIT``, e.g. "600/min"), counted in the shared cache so
-    every server process enforces the same budget."""
+    every server process enforces the same budget.
+
+    A fixed window counted with one atomic increment per request (``callmissed.ratelimit``):
+    DRF's own history list is read, then written, so concurrent requests overshoot the limit.
+    When the cache is down the request is let through (and the outage logged once a minute): the
+    rate limit protects the API, it must not take it down."""
 
     scope = "api_key"
 
@@ -21,5 +27,18 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         if isinstance(request.auth, ApiKey):
-            return self.cache_format % {"scope": self.scope, "ident": request.auth.pk}
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+            return f"key-{request.auth.pk}"
+        return f"ip-{self.get_ident(request)}"
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        limit, window = self.parse_rate(self.rate)
+        ident = self.get_cache_key(request, view)
+        if limit is None or window is None or ident is None:
+            return True
+        rate = ratelimit.Rate(limit=limit, window_seconds=window)
+        decision = ratelimit.hit(self.scope, ident, rate, now=self.timer())
+        self._retry_after = decision.retry_after
+        return decision.allowed
+
+    def wait(self) -> float | None:
+        return getattr(self, "_retry_after", None)

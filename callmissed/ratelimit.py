@@ -84,12 +84,25 @@ def hit(scope: str, ident: str, rate: Rate, *, now: float | None = None, fail_op
         except ValueError:  # expired between add and incr: this event opens the window again
             cache.add(key, 1, timeout=timeout)
             count = 1
-    except Exception:  # any backend's outage (connection refused, timeout, …)
-        logger.warning(
-            "rate limit %s: cache unavailable, %s", scope, "allowing" if fail_open else "refusing", exc_info=True
-        )
+    except Exception as error:  # any backend's outage (connection refused, timeout, …)
+        _log_outage(scope, error, fail_open=fail_open)
         return Decision(allowed=fail_open, count=0, retry_after=retry_after)
     return Decision(allowed=count <= rate.limit, count=count, retry_after=retry_after)
+
+
+# An outage fails every request: say so once a minute per scope, not once per request.
+OUTAGE_LOG_EVERY_SECONDS = 60.0
+_outage_logged_at: dict[str, float] = {}
+
+
+def _log_outage(scope: str, error: Exception, *, fail_open: bool) -> None:
+    now = time.monotonic()
+    if now - _outage_logged_at.get(scope, -math.inf) < OUTAGE_LOG_EVERY_SECONDS:
+        return
+    _outage_logged_at[scope] = now
+    logger.warning(
+        "rate limit %s: cache unavailable, %s requests (%r)", scope, "allowing" if fail_open else "refusing", error
+    )
 
 
 def reset(scope: str, ident: str, rate: Rate, *, now: float | None = None) -> None:
