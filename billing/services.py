@@ -22,6 +22,7 @@ from agent_worker import contracts
 from billing import stripe_gateway
 from billing.models import BillingAccount, LedgerEntry, MeterEventReport, TopUpCheckout, UsageRecord
 from billing.pricing import display, price_usage
+from callmissed import queueing
 from callmissed.errors import (
     ApplicationError,
     ConcurrencyLimit,
@@ -213,7 +214,8 @@ def _queue_meter_events(*, account: BillingAccount, records: list[UsageRecord]) 
     ]
     if billable:
         ids = [r.pk for r in reports if r.value > 0]
-        transaction.on_commit(lambda: [tasks.report_meter_event.delay(report_id=i) for i in ids])
+        for report_id in ids:
+            queueing.enqueue_on_commit(tasks.report_meter_event, report_id=report_id)
 
 
 def _end_live_sessions(*, organization: Organization, why: str) -> None:

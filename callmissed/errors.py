@@ -14,6 +14,9 @@ from typing import Any
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from django.shortcuts import render
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -127,6 +130,11 @@ class UpstreamError(ApplicationError):
     default_message = "An upstream service failed."
 
 
+# Connection failures of Redis (cache, channel layer) and of the Celery broker.
+DEPENDENCY_OUTAGES: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, BrokerError)
+DEPENDENCY_RETRY_AFTER_SECONDS = 5
+
+
 def envelope(
     code: str, message: str, *, fields: dict[str, Any] | None = None, request_id: str | None = None
 ) -> dict[str, Any]:
@@ -226,6 +234,12 @@ def _render_exception(exc: Exception) -> Response:
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
         return Response(body, status=exc.status_code, headers=headers)
+
+    if isinstance(exc, DEPENDENCY_OUTAGES):
+        # Redis or the broker is away: the request may succeed in a moment, so say that, not 500.
+        logger.warning("API request failed on an unreachable dependency: %r", exc)
+        unavailable = ServiceUnavailable(retry_after=DEPENDENCY_RETRY_AFTER_SECONDS)
+        return _render_exception(unavailable)
 
     logger.exception("Unhandled API error", exc_info=exc)
     return Response(envelope(ErrorCode.INTERNAL_ERROR, "Internal server error."), status=500)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from callmissed.env import env_bool, env_int, env_list, env_str
 from callmissed.ratelimit import parse_rate
@@ -118,13 +119,33 @@ REDIS_URL = env_str("REDIS_URL", "")
 if REDIS_URL:
     # redis-py 8 reads with a 5 s socket timeout by default, which kills every idle consumer's
     # blocking receive (channels_redis#422): the layer's connections wait without one.
+    # A Redis that is down must cost a request a fraction of a second, not hang it: connects
+    # give up fast everywhere; the layer only keeps reads unbounded. After a Redis restart the
+    # layer's pooled connections are dead: a command that meets one reconnects and runs again
+    # instead of failing (the first REST DELETE after a restart would not reach its call).
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": None,
+                        "socket_connect_timeout": 1,
+                        "retry_on_error": [RedisConnectionError],
+                    }
+                ]
+            },
         }
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # The cache holds only rate-limit counters, which fail open (accounts/throttling.py).
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -136,7 +157,27 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Every countdown/ETA we use stays well below this, so Redis never redelivers a task early.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# The socket options let the worker notice a dead or silent Redis (its blocking pop waits 1 s, so
+# reads get longer than that) and reconnect, and keep a publisher from hanging on one.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3600,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 2,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+}
+# The worker keeps reconnecting for as long as the broker is away (Celery gives up after 100
+# attempts by default and exits), at startup too; beat's reaper, meter flushes and Stripe event
+# application resume by themselves. Tasks are idempotent, so a task cut off by a connection loss
+# is cancelled and redelivered rather than left unacknowledgeable.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Publishing from a request retries once, then gives up: what it queued is swept from the
+# database (callmissed/queueing.py).
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"

@@ -384,14 +384,21 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
 
     async def _receive_control_messages(self) -> None:
         assert self.channel_layer is not None
+        rejoin = False
         while True:
             try:
+                if rejoin and self._group:
+                    # A Redis that restarted empty forgot the group: without this, DELETE and
+                    # billing could no longer reach the call.
+                    await self.channel_layer.group_add(self._group, self.channel_name)
+                rejoin = False
                 message = await self.channel_layer.receive(self.channel_name)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # A broker blip must not take the call down with it; control resumes when it is back.
                 logger.warning("Legacy WS session %s: channel layer receive failed", self.session_id, exc_info=True)
+                rejoin = True
                 await asyncio.sleep(1.0)
                 continue
             try:
