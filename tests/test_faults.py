@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam
 from testsupport.fakes.stripe_api import event_payload, signed_webhook
 from testsupport.redis_server import RedisServer, redis_server_available
+from voice import ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 from voice.tests.factories import VoiceSessionFactory
 from voice.tests.ws_support import ROOT, DaphneServer, WsCaller, database_url_for
@@ -244,6 +246,31 @@ def test_the_rest_api_answers_through_a_redis_outage_and_recovers_by_itself(
     # reconciliation applies stored events that are still unprocessed.
     assert StripeWebhookEvent.objects.filter(processed_at__isnull=True).count() >= 3
     assert "Internal Server Error" not in daphne.log()
+
+
+def test_stopping_a_socket_call_does_not_hang_on_a_frozen_redis(
+    settings: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """REST DELETE and billing stop a socket call over the channel layer, whose reads wait without
+    a timeout: with Redis frozen the request must still come back (the stop is logged)."""
+    layer = settings.CHANNEL_LAYERS["default"]
+    if "hosts" not in layer.get("CONFIG", {}):
+        pytest.skip("needs the Redis channel layer (REDIS_URL)")
+    with RedisServer(directory=tmp_path / "redis") as server:
+        host = {**layer["CONFIG"]["hosts"][0], "address": server.url()}
+        settings.CHANNEL_LAYERS = {"default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": [host]}}}
+        session_id = str(uuid.uuid4())
+        ws_control.websocket_session_terminate(session_id=session_id, reason=contracts.EndReason.DELETED)
+        server.pause()
+        returned = threading.Event()
+
+        def stop() -> None:
+            ws_control.websocket_session_terminate(session_id=session_id, reason=contracts.EndReason.DELETED)
+            returned.set()
+
+        threading.Thread(target=stop, daemon=True).start()
+        assert returned.wait(WAIT_SECONDS), "the stop hung on the frozen Redis"
+    assert f"Could not send session.terminate to WebSocket session {session_id}" in caplog.text
 
 
 async def _speak_and_hear(caller: WsCaller, turn: int) -> None:

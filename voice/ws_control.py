@@ -9,7 +9,9 @@ never crosses the channel layer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -19,6 +21,9 @@ from agent_worker import contracts
 logger = logging.getLogger(__name__)
 
 TERMINATE = "session.terminate"
+# The layer's reads wait without a timeout (a consumer blocks on its channel, see settings): a
+# frozen Redis must not hold the caller (a REST DELETE) for longer than this.
+SEND_TIMEOUT_SECONDS = 2.0
 
 
 def session_group(session_id: str) -> str:
@@ -37,6 +42,10 @@ def websocket_session_terminate(*, session_id: str, reason: str) -> None:
         logger.warning("No channel layer: cannot terminate WebSocket session %s", session_id)
         return
     try:
-        async_to_sync(layer.group_send)(session_group(session_id), {"type": TERMINATE, "reason": reason})
+        async_to_sync(_group_send)(layer, session_group(session_id), {"type": TERMINATE, "reason": reason})
     except Exception:
         logger.exception("Could not send %s to WebSocket session %s", TERMINATE, session_id)
+
+
+async def _group_send(layer: Any, group: str, message: dict[str, Any]) -> None:
+    await asyncio.wait_for(layer.group_send(group, message), SEND_TIMEOUT_SECONDS)
