@@ -11,6 +11,7 @@ lines, usage records, ledger rows and meter-event rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from celery import Celery
 from django.db import connection, connections
 from django.db.models import Sum
+from django.utils import timezone
 
 from accounts.tests.factories import make_key, make_org
 from agent_worker import contracts
@@ -37,7 +41,7 @@ from billing.tests.support import KIMI_TURN, usage_event
 from testsupport.fakes.livekit_server import FakeLiveKitServer
 from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam
-from testsupport.fakes.stripe_api import event_payload, signed_webhook
+from testsupport.fakes.stripe_api import FakeStripe, event_payload, signed_webhook
 from testsupport.redis_server import RedisServer, redis_server_available
 from voice import ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
@@ -59,6 +63,7 @@ pytestmark = [
 SARVAM_KEY = "sk-sarvam-fault-test"
 CLARIFAI_PAT = "clarifai-pat-fault-test"
 WEBHOOK_SECRET = "whsec_fault_test"
+STRIPE_KEY = "sk_test_fault_test"
 GREETING = "Namaste! Welcome to the Pune clinic."
 WAIT_SECONDS = 45
 
@@ -414,19 +419,37 @@ class Worker:
                 self.process.wait()
 
 
+@pytest.fixture(scope="module")
+def stripe_fake() -> Iterator[FakeStripe]:
+    with FakeStripe(api_key=STRIPE_KEY) as fake:
+        yield fake
+
+
 @pytest.fixture
-def worker(django_db_blocker: Any, broker: RedisServer, tmp_path: Path) -> Iterator[Worker]:
+def worker(django_db_blocker: Any, broker: RedisServer, stripe_fake: FakeStripe, tmp_path: Path) -> Iterator[Worker]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "callmissed.settings_test",
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "DATABASE_URL": database_url_for(database_name(django_db_blocker)),
         "REDIS_URL": broker.url(0),
+        # Usage goes on to Stripe as meter events, queued by the worker itself after each commit.
+        "STRIPE_SECRET_KEY": STRIPE_KEY,
+        "STRIPE_API_BASE": stripe_fake.api_base,
     }
     worker = Worker(env=env, log=tmp_path / "worker.log")
     yield worker
     worker.stop()
     print(worker.log.read_text(errors="replace")[-4000:])
+
+
+@contextlib.contextmanager
+def broker_app(broker: RedisServer) -> Iterator[Celery]:
+    app = Celery("fault-test-beat", broker=broker.url(0), set_as_current=False)
+    try:
+        yield app
+    finally:
+        app.close()
 
 
 def send(reporter: EventReporter, *events: contracts.WorkerEvent) -> None:
@@ -460,11 +483,11 @@ def drain(reporter: EventReporter, session_id: str) -> None:
 
 
 def test_events_survive_a_killed_worker_and_a_broker_restart_and_apply_once(
-    worker: Worker, broker: RedisServer
+    worker: Worker, broker: RedisServer, stripe_fake: FakeStripe
 ) -> None:
     session = VoiceSessionFactory.create()
     sid = str(session.pk)
-    reporter = EventReporter(broker_url=broker.url(0), attempts=30, first_retry_delay=0.2)
+    reporter = EventReporter(broker_url=broker.url(0))  # as the agent worker builds it
     try:
         first = [segment(sid, 0, "pehla"), usage_event(session, *KIMI_TURN)]
         worker.start()
@@ -506,3 +529,14 @@ def test_events_survive_a_killed_worker_and_a_broker_restart_and_apply_once(
     ]
     assert ProcessedEvent.objects.filter(session=session).count() == 2  # started, ended
     assert_usage_counted_once(sid, events=3)
+    # Each record reached Stripe's meter exactly once. A meter task the killed worker held
+    # unacknowledged comes back only after the broker's visibility timeout (an hour); meanwhile
+    # the periodic flush resends reports pending for over two minutes (backdated here, as the
+    # clock would). Reports whose tasks are merely still queued may be sent twice: that is a no-op.
+    reports = MeterEventReport.objects.filter(usage_record__session=session)
+    reports.filter(status=MeterEventReport.Status.PENDING).update(created_at=timezone.now() - timedelta(minutes=10))
+    with broker_app(broker) as app:
+        app.send_task("billing.flush_meter_events")  # what beat sends every five minutes
+    wait_until(lambda: not reports.exclude(status=MeterEventReport.Status.SENT).exists(), "the meter events to be sent")
+    sent = sorted(e["identifier"] for e in stripe_fake.meter_events if e["identifier"].startswith("cm-usage-"))
+    assert sent == sorted(reports.values_list("identifier", flat=True))
