@@ -226,7 +226,7 @@ def test_the_rest_api_answers_through_a_redis_outage_and_recovers_by_itself(
     with httpx.Client(base_url=daphne.http_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
         before = rest_round(http)
         assert [r.status_code for _, r in before] == [200, 200, 200, 200, 201, 200, 204, 200]
-        assert broker.llen("celery") == 1  # the webhook's event went to the broker
+        assert broker.llen("celery") >= 1  # the webhook's event (and the room deletion) went to the broker
         assert broker.keys("*api_key*")  # the rate limit counts in Redis
 
         redis_up.stop()  # gone: connections refused
