@@ -1,8 +1,8 @@
 """Queueing Celery tasks from requests without letting a broker outage fail the request.
 
 Use these only for work that a database row already remembers and a periodic sweep retries
-(pending meter events: ``billing.flush_meter_events``; stored Stripe events:
-``billing.reconcile_stripe``): the task is a prompt, the row is the promise. A broker that
+(pending meter events: ``billing.flush_meter_events``): the task is a prompt, the row is the
+promise. A broker that
 cannot be reached is logged, not raised — a request whose writes are committed must not answer
 5xx, nor raise from an ``on_commit`` callback after the commit. After a failure this process
 stops trying for ``OUTAGE_COOLDOWN_SECONDS``, so a hung Redis costs one request its timeout,
