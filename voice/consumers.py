@@ -50,7 +50,7 @@ from callmissed import jsonsafe
 from callmissed.errors import ApplicationError, ErrorCode
 from voice import selectors, services, tasks
 from voice.config import SessionConfigSerializer
-from voice.ws_control import session_group
+from voice.ws_control import group_join, session_group
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 if rejoin and self._group:
                     # A Redis that restarted empty forgot the group: without this, DELETE and
                     # billing could no longer reach the call.
-                    await self.channel_layer.group_add(self._group, self.channel_name)
+                    await group_join(self.channel_layer, self._group, self.channel_name)
                 rejoin = False
                 message = await self.channel_layer.receive(self.channel_name)
             except asyncio.CancelledError:
@@ -661,7 +661,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         group = session_group(self.session_id)
         for pause in (*_CONTROL_JOIN_RETRY_SECONDS, None):
             try:
-                await self.channel_layer.group_add(group, self.channel_name)
+                await group_join(self.channel_layer, group, self.channel_name)
             except Exception:
                 logger.warning("Legacy WS session %s could not join its control group", self.session_id, exc_info=True)
                 if pause is None:

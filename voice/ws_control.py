@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 TERMINATE = "session.terminate"
 # The layer's reads wait without a timeout (a consumer blocks on its channel, see settings): a
-# frozen Redis must not hold the caller (a REST DELETE) for longer than this.
+# frozen Redis must not hold the caller (a REST DELETE, a call being set up) for longer than this.
 SEND_TIMEOUT_SECONDS = 2.0
 
 
@@ -49,3 +49,8 @@ def websocket_session_terminate(*, session_id: str, reason: str) -> None:
 
 async def _group_send(layer: Any, group: str, message: dict[str, Any]) -> None:
     await asyncio.wait_for(layer.group_send(group, message), SEND_TIMEOUT_SECONDS)
+
+
+async def group_join(layer: Any, group: str, channel_name: str) -> None:
+    """Join a session's control group; raises ``TimeoutError`` on a frozen Redis instead of hanging."""
+    await asyncio.wait_for(layer.group_add(group, channel_name), SEND_TIMEOUT_SECONDS)

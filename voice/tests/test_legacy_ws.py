@@ -676,9 +676,11 @@ def test_revoking_the_key_ends_its_open_socket_call(server, chat, make_client) -
     assert (row.status, row.end_reason) == (VoiceSession.Status.ENDED, "key_revoked")
 
 
-def test_a_call_whose_control_group_cannot_be_joined_is_refused_loudly(server, key, tmp_path) -> None:
+@pytest.mark.parametrize("fault", ["refuse", "hang"])
+def test_a_call_whose_control_group_cannot_be_joined_is_refused_loudly(server, key, tmp_path, fault) -> None:
     app = "voice.tests.asgi_control_group_down:application"
-    with DaphneServer(env=server.env, log_path=tmp_path / "daphne.log", application=app) as broken:
+    env = {**server.env, "CONTROL_GROUP_FAULT": fault}
+    with DaphneServer(env=env, log_path=tmp_path / "daphne.log", application=app) as broken:
         caller = run(first_message_then_close(broken, key, config_message(system_prompt=PROMPT)))
 
     assert caller.closed is not None and caller.closed.code == CloseCode.SERVICE_UNAVAILABLE == 4503
