@@ -13,6 +13,7 @@ from accounts import services
 from accounts.keys import hash_key
 from accounts.models import ApiKey, AuditLog, Organization
 from accounts.tests.factories import make_key, make_org
+from accounts.throttling import ApiKeyRateThrottle
 
 pytestmark = pytest.mark.django_db
 
@@ -106,8 +107,10 @@ def test_create_api_key_command_prints_working_key_last() -> None:
     assert ApiKey.objects.filter(organization__name="Brand New Org").count() == 2
 
 
-def test_rate_limit_per_key_answers_429_with_retry_after(settings: Any) -> None:
+def test_rate_limit_per_key_answers_429_with_retry_after(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.API_RATE_LIMIT = "3/min"
+    # Mid-window on the throttle's clock, so no minute boundary falls inside the test by chance.
+    monkeypatch.setattr(ApiKeyRateThrottle, "timer", staticmethod(lambda: 29_000_000 * 60.0 + 12.0))
     limited, other = make_key(), make_key()
     for _ in range(3):
         assert _get(limited.plaintext).status_code == 200
