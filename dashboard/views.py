@@ -19,6 +19,7 @@ from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
+from django.core import signing
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Count
@@ -86,25 +87,53 @@ def _login_username(request: HttpRequest) -> str:
     return str(request.POST.get("username", "")).strip().lower()
 
 
+# A browser that once signed in as a user carries this signed cookie (OWASP's "device cookie"): the
+# per-username throttle, which a stranger can trip with a few wrong passwords, does not lock it out.
+DEVICE_COOKIE = "cm_device"
+DEVICE_COOKIE_SALT = "dashboard.login-device"
+DEVICE_COOKIE_MAX_AGE_SECONDS = 365 * 86400
+
+
+def _known_device(request: HttpRequest, username: str) -> bool:
+    try:
+        signed = request.get_signed_cookie(
+            DEVICE_COOKIE, salt=DEVICE_COOKIE_SALT, max_age=DEVICE_COOKIE_MAX_AGE_SECONDS
+        )
+    except (KeyError, signing.BadSignature):
+        return False
+    return bool(signed == username)
+
+
 def _login_refusal(request: HttpRequest) -> int | None:
     """Seconds to wait when this login attempt is over a throttle, else None (and the attempt counted).
 
     Two throttles: attempts per client address (a scripted spray from one network) and attempts per
-    username (a guessing run spread over many addresses); a success clears the username's count."""
+    username (a guessing run spread over many addresses), which a browser that signed in as that user
+    before is exempt from; a success clears the username's count."""
     address = ratelimit.client_ip(request)
     by_address = ratelimit.hit("login-ip", address, ratelimit.parse_rate(settings.LOGIN_RATE_LIMIT))
     if not by_address.allowed:
         return by_address.retry_after
     username = _login_username(request)
-    if username:
+    if username and not _known_device(request, username):
         by_user = ratelimit.hit("login-user", username, ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
         if not by_user.allowed:
             return by_user.retry_after
     return None
 
 
-def _login_succeeded(request: HttpRequest) -> None:
-    ratelimit.reset("login-user", _login_username(request), ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
+def _login_succeeded(request: HttpRequest, response: HttpResponse) -> None:
+    username = _login_username(request)
+    ratelimit.reset("login-user", username, ratelimit.parse_rate(settings.LOGIN_FAILURE_LIMIT))
+    response.set_signed_cookie(
+        DEVICE_COOKIE,
+        username,
+        salt=DEVICE_COOKIE_SALT,
+        max_age=DEVICE_COOKIE_MAX_AGE_SECONDS,
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
 
 
 class LoginView(auth_views.LoginView):
@@ -121,8 +150,9 @@ class LoginView(auth_views.LoginView):
         return super().post(request, *args, **kwargs)
 
     def form_valid(self, form: AuthenticationForm) -> HttpResponse:
-        _login_succeeded(self.request)
-        return super().form_valid(form)
+        response = super().form_valid(form)
+        _login_succeeded(self.request, response)
+        return response
 
 
 def admin_login(request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
@@ -138,7 +168,7 @@ def admin_login(request: HttpRequest, extra_context: dict[str, Any] | None = Non
             return response
     response = admin.site.login(request, extra_context)
     if request.method == "POST" and request.user.is_authenticated:
-        _login_succeeded(request)
+        _login_succeeded(request, response)
     return response
 
 

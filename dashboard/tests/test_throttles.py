@@ -138,6 +138,18 @@ def test_five_failed_logins_lock_the_username_for_every_address() -> None:
     assert response["Retry-After"] == "900"
 
 
+def test_a_browser_that_signed_in_before_is_not_locked_out_by_a_strangers_guesses() -> None:
+    user = _user()
+    own_browser = _client()
+    assert own_browser.post("/login/", {"username": user.username, "password": PASSWORD}).status_code == 302
+    own_browser.post("/logout/")
+    for _ in range(6):
+        _client().post("/login/", {"username": user.username, "password": "guess"})
+    assert _client().post("/login/", {"username": user.username, "password": PASSWORD}).status_code == 429
+    # The owner's own browser carries the signed device cookie of its last sign-in.
+    assert own_browser.post("/login/", {"username": user.username, "password": PASSWORD}).status_code == 302
+
+
 def test_a_successful_login_clears_the_usernames_failures() -> None:
     user = _user()
     for _ in range(4):
