@@ -28,12 +28,21 @@ class ApiKeyRateThrottle(SimpleRateThrottle):
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         if isinstance(request.auth, ApiKey):
             return f"key-{request.auth.pk}"
-        return f"ip-{self.get_ident(request)}"
+        # The project's one notion of the client's address (CLIENT_IP_HEADER, not DRF's get_ident,
+        # which believes any X-Forwarded-For a client sends).
+        return f"ip-{ratelimit.client_ip(request._request)}"
+
+    def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
+        # The project's rate syntax ("5/15min" too), as for every other limit; DRF reads one letter.
+        if rate is None:
+            return None, None
+        parsed = ratelimit.parse_rate(rate, setting="API_RATE_LIMIT")
+        return parsed.limit, parsed.window_seconds
 
     def allow_request(self, request: Request, view: Any) -> bool:
         limit, window = self.parse_rate(self.rate)
         ident = self.get_cache_key(request, view)
-        if limit is None or window is None or ident is None:
+        if ident is None or limit is None or window is None:
             return True
         rate = ratelimit.Rate(limit=limit, window_seconds=window)
         decision = ratelimit.hit(self.scope, ident, rate, now=self.timer())

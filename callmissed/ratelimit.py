@@ -1,4 +1,5 @@
-"""Fixed-window counters on the shared cache, for the dashboard's login and signup throttles.
+"""Fixed-window counters on the shared cache, for the API's per-key limit and the dashboard's login
+and signup throttles.
 
 ``cache.add`` creates a window's counter and ``cache.incr`` bumps it: Redis ``INCR`` is atomic, so
 concurrent requests in every server process see one count and never more than ``limit`` pass
@@ -13,34 +14,22 @@ import hashlib
 import ipaddress
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
+
+from callmissed.env import Rate, parse_rate
+
+__all__ = ["Decision", "Rate", "client_ip", "hit", "parse_rate", "reset"]
 
 logger = logging.getLogger(__name__)
 
 # The time source of every window; tests replace it to stand still at a chosen instant.
 clock: Callable[[], float] = time.time
-
-_UNITS = {
-    "s": 1, "sec": 1, "second": 1,
-    "m": 60, "min": 60, "minute": 60,
-    "h": 3600, "hour": 3600,
-    "d": 86400, "day": 86400,
-}  # fmt: skip
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+?)s?\s*$")
-
-
-@dataclass(frozen=True)
-class Rate:
-    limit: int
-    window_seconds: int
 
 
 @dataclass(frozen=True)
@@ -48,15 +37,6 @@ class Decision:
     allowed: bool
     count: int
     retry_after: int  # seconds until the window that refused this request ends
-
-
-def parse_rate(value: str, *, setting: str = "rate") -> Rate:
-    """``"10/min"``, ``"5/15min"``, ``"5/hour"``, ``"2/day"``; a bad value raises at start-up."""
-    match = _RATE.match(value.lower())
-    if not match or match.group(3) not in _UNITS or int(match.group(1)) < 1:
-        raise ImproperlyConfigured(f"{setting} must look like '10/min' or '5/15min', got {value!r}")
-    multiple = int(match.group(2) or 1)
-    return Rate(limit=int(match.group(1)), window_seconds=max(1, multiple) * _UNITS[match.group(3)])
 
 
 def _key(scope: str, ident: str, bucket: int) -> str:

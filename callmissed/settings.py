@@ -14,8 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from callmissed.env import env_bool, env_int, env_list, env_str
-from callmissed.ratelimit import parse_rate
+from callmissed.env import env_bool, env_int, env_list, env_str, parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -283,7 +282,13 @@ LOGIN_FAILURE_LIMIT = env_str("LOGIN_FAILURE_LIMIT", "5/15min")  # failed logins
 SIGNUP_RATE_LIMIT = env_str("SIGNUP_RATE_LIMIT", "5/hour")  # accounts created per client address
 # Organizations per client address per UTC day that get BILLING_SIGNUP_CREDIT_USD (and once per email).
 BILLING_SIGNUP_CREDITS_PER_IP = env_str("BILLING_SIGNUP_CREDITS_PER_IP", "2/day")
-for _name in ("LOGIN_RATE_LIMIT", "LOGIN_FAILURE_LIMIT", "SIGNUP_RATE_LIMIT", "BILLING_SIGNUP_CREDITS_PER_IP"):
+for _name in (
+    "API_RATE_LIMIT",
+    "LOGIN_RATE_LIMIT",
+    "LOGIN_FAILURE_LIMIT",
+    "SIGNUP_RATE_LIMIT",
+    "BILLING_SIGNUP_CREDITS_PER_IP",
+):
     parse_rate(globals()[_name], setting=_name)
 # Empty: throttles count REMOTE_ADDR. Behind a proxy you run, the header it sets (its last entry is used),
 # e.g. X-Forwarded-For; never set it when clients can reach the server directly, or they pick their address.

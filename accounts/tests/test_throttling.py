@@ -96,3 +96,22 @@ def test_an_unreachable_cache_lets_requests_through_and_says_so_once(
     warnings = [r for r in caplog.records if r.name == "callmissed.ratelimit"]
     assert len(warnings) == 1
     assert "cache unavailable, allowing requests" in warnings[0].getMessage()
+
+
+@pytest.mark.django_db
+def test_a_forged_x_forwarded_for_does_not_buy_an_anonymous_client_a_fresh_budget(
+    settings: Any, clock: list[float]
+) -> None:
+    settings.API_RATE_LIMIT = "3/min"
+    client = APIClient()
+    statuses = [
+        client.get("/v1/catalog/voices", HTTP_X_FORWARDED_FOR=f"203.0.113.{i}").status_code for i in range(6)
+    ]
+    assert statuses == [200, 200, 200, 429, 429, 429]
+
+
+@pytest.mark.django_db
+def test_an_api_rate_written_like_the_other_limits_is_understood(settings: Any, clock: list[float]) -> None:
+    settings.API_RATE_LIMIT = "2/15min"
+    key = make_key().plaintext
+    assert [_get(key).status_code for _ in range(3)] == [200, 200, 429]
