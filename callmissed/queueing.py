@@ -1,12 +1,11 @@
 """Queueing Celery tasks from requests without letting a broker outage fail the request.
 
 Use these only for work that a database row already remembers and a periodic sweep retries
-(pending meter events: ``billing.flush_meter_events``): the task is a prompt, the row is the
-promise. A broker that
-cannot be reached is logged, not raised — a request whose writes are committed must not answer
-5xx, nor raise from an ``on_commit`` callback after the commit. After a failure this process
-stops trying for ``OUTAGE_COOLDOWN_SECONDS``, so a hung Redis costs one request its timeout,
-not every request.
+(pending meter events: ``billing.flush_meter_events``; pending room deletions: the reaper): the
+task is a prompt, the row is the promise. A broker that cannot be reached is logged, not raised —
+a request whose writes are committed must not answer 5xx, nor raise from an ``on_commit``
+callback after the commit. After a failure this process stops trying for
+``OUTAGE_COOLDOWN_SECONDS``, so a hung Redis costs one request its timeout, not every request.
 """
 
 from __future__ import annotations

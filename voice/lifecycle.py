@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from agent_worker import contracts
+from callmissed import queueing
 from voice import livekit, ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 
@@ -218,7 +219,8 @@ def _queue_room_delete(room_name: str) -> None:
             # No worker (``make run``): one attempt inline, not the task's retries inside a request.
             voice_session_room_delete(room_name=room_name)
         else:
-            tasks.delete_room.delay(room_name=room_name)
+            # With the outage cooldown: a frozen broker must not hold a read that expired many sessions.
+            queueing.enqueue(tasks.delete_room, room_name=room_name)
     except Exception:
         logger.warning("Could not delete LiveKit room %s yet; it stays queued for the reaper", room_name, exc_info=True)
 
