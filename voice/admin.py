@@ -26,7 +26,9 @@ class VoiceSessionAdmin(admin.ModelAdmin):
     list_filter = ["status", "end_reason", "transport", "llm_model", "language"]
     search_fields = ["id", "room_name", "organization__name"]
     date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in VoiceSession._meta.fields]
+    # The stored first response of an Idempotency-Key holds a live room token: never on screen.
+    exclude = ["idempotency_response"]
+    readonly_fields = [f.name for f in VoiceSession._meta.fields if f.name != "idempotency_response"]
     inlines = [TranscriptSegmentInline]
     list_select_related = ["organization"]
 

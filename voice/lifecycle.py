@@ -65,7 +65,9 @@ def voice_session_mark_active(
             session.started_at = started
             if providers:
                 session.providers = providers
-            session.save(update_fields=["status", "started_at", "providers"])
+            # A replay of its Idempotency-Key is refused from now on: its stored token goes.
+            session.idempotency_response = ""
+            session.save(update_fields=["status", "started_at", "providers", "idempotency_response"])
         elif (
             session.started_at is None
             and session.ended_at is not None
@@ -118,7 +120,8 @@ def voice_session_end(
             session.end_reason = reason
             session.ended_at = ended_at
             session.error_message = error[:2000]
-            fields += ["status", "end_reason", "ended_at", "error_message"]
+            session.idempotency_response = ""  # no replay of a session that is over: its token goes
+            fields += ["status", "end_reason", "ended_at", "error_message", "idempotency_response"]
             if duration_seconds is None and session.started_at is not None:
                 duration_seconds = max(0.0, (ended_at - session.started_at).total_seconds())
         if duration_seconds is not None and session.duration_seconds is None:

@@ -65,6 +65,7 @@ def test_a_replay_of_an_ended_session_is_409_without_a_token(api: Any) -> None:
     response = _post(api, "order-1")
 
     _assert_refused_without_token(response, 409, "conflict")
+    assert VoiceSession.objects.get(pk=session_id).idempotency_response == ""
     error = response.json()["error"]
     assert error["fields"]["session_id"] == session_id
     assert "new Idempotency-Key" in error["message"]
@@ -77,6 +78,16 @@ def test_a_replay_of_an_active_session_is_409_without_a_token(api: Any) -> None:
     lifecycle.voice_session_mark_active(session_id=session_id)
 
     _assert_refused_without_token(_post(api, "order-1"), 409, "conflict")
+    # Nothing can replay it any more, so its stored token is gone at once, not at the next sweep.
+    assert VoiceSession.objects.get(pk=session_id).idempotency_response == ""
+
+
+@pytest.mark.django_db
+def test_the_admin_never_shows_a_stored_token(api: Any, admin_client: Any) -> None:
+    body = _post(api, "order-1").json()
+    page = admin_client.get(f"/admin/voice/voicesession/{body['id']}/change/")
+    assert page.status_code == 200
+    assert body["token"] not in page.content.decode()
 
 
 @pytest.mark.django_db
@@ -171,14 +182,18 @@ def test_the_sweep_drops_stored_tokens_that_can_no_longer_be_replayed(api: Any, 
     settings.IDEMPOTENCY_KEY_TTL_HOURS = 24
     waiting_id = _post(api, "waiting").json()["id"]
     ended_id = _post(api, "ended").json()["id"]
-    lifecycle.voice_session_end(session_id=ended_id, reason=contracts.EndReason.DELETED)
+    overdue_id = _post(api, "overdue").json()["id"]
 
     def stored(session_id: str) -> str:
         return VoiceSession.objects.get(pk=session_id).idempotency_response
 
-    assert "token" in stored(waiting_id) and "token" in stored(ended_id)
+    assert all("token" in stored(i) for i in (waiting_id, ended_id, overdue_id))
+    # An end drops the token at once; a join deadline passing changes no row, so the sweep does.
+    lifecycle.voice_session_end(session_id=ended_id, reason=contracts.EndReason.DELETED)
+    assert stored(ended_id) == ""
+    VoiceSession.objects.filter(pk=overdue_id).update(join_deadline=timezone.now() - timedelta(seconds=1))
     assert tasks.clear_idempotency_responses.apply().get() == 1
-    assert stored(ended_id) == "" and "token" in stored(waiting_id)
+    assert stored(overdue_id) == "" and "token" in stored(waiting_id)
     assert _post(api, "waiting").status_code == 201
 
     past_ttl = timezone.now() + timedelta(hours=24, seconds=1)
