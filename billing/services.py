@@ -219,7 +219,9 @@ def _queue_meter_events(*, account: BillingAccount, records: list[UsageRecord]) 
 
 
 def _end_live_sessions(*, organization: Organization, why: str) -> None:
-    for session_id in VoiceSession.objects.live().filter(organization=organization).values_list("pk", flat=True):
+    # Sessions are locked one by one in primary-key order, as every other path does: no deadlock.
+    live = VoiceSession.objects.live().filter(organization=organization).order_by("pk")
+    for session_id in live.values_list("pk", flat=True):
         logger.info("Ending session %s: %s", session_id, why)
         lifecycle.voice_session_terminate(
             session_id=str(session_id), reason=contracts.EndReason.INSUFFICIENT_FUNDS, error=why

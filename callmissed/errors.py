@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from django.shortcuts import render
 from kombu.exceptions import OperationalError as BrokerError
@@ -133,6 +135,8 @@ class UpstreamError(ApplicationError):
 # Connection failures of Redis (cache, channel layer) and of the Celery broker.
 DEPENDENCY_OUTAGES: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, BrokerError)
 DEPENDENCY_RETRY_AFTER_SECONDS = 5
+# What a request meets when PostgreSQL is away, or picks it as a deadlock's victim: retryable too.
+DATABASE_OUTAGES: tuple[type[Exception], ...] = (DatabaseOperationalError, DatabaseInterfaceError)
 
 
 def envelope(
@@ -235,8 +239,8 @@ def _render_exception(exc: Exception) -> Response:
             headers["WWW-Authenticate"] = exc.auth_header  # type: ignore[attr-defined]
         return Response(body, status=exc.status_code, headers=headers)
 
-    if isinstance(exc, DEPENDENCY_OUTAGES):
-        # Redis or the broker is away: the request may succeed in a moment, so say that, not 500.
+    if isinstance(exc, DEPENDENCY_OUTAGES + DATABASE_OUTAGES):
+        # Redis, the broker or the database is away: the request may succeed in a moment, so say that.
         logger.warning("API request failed on an unreachable dependency: %r", exc)
         unavailable = ServiceUnavailable(retry_after=DEPENDENCY_RETRY_AFTER_SECONDS)
         return _render_exception(unavailable)

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -19,9 +21,15 @@ from testsupport.processes import free_port
 
 @pytest.mark.parametrize(
     "error",
-    [RedisConnectionError("Connection refused"), RedisTimeoutError("Timeout reading"), OperationalError("broker")],
+    [
+        RedisConnectionError("Connection refused"),
+        RedisTimeoutError("Timeout reading"),
+        OperationalError("broker"),
+        DatabaseOperationalError("deadlock detected"),
+        DatabaseInterfaceError("connection already closed"),
+    ],
 )
-def test_a_redis_or_broker_failure_in_a_view_is_a_503_envelope_with_retry_after(error: Exception) -> None:
+def test_a_redis_broker_or_database_failure_in_a_view_is_a_503_envelope_with_retry_after(error: Exception) -> None:
     response = exception_handler(error, {})
     assert response is not None
     assert response.status_code == 503

@@ -165,7 +165,7 @@ def voice_sessions_expire_unjoined(
     if organization is not None:
         overdue = overdue.filter(organization=organization)
     expired = []
-    for session_id in overdue.values_list("pk", flat=True)[:limit]:
+    for session_id in overdue.order_by("pk").values_list("pk", flat=True)[:limit]:
         session = voice_session_end(
             session_id=str(session_id),
             reason=contracts.EndReason.UNJOINED,

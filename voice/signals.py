@@ -21,7 +21,7 @@ def end_calls_of_revoked_key(sender: Any, api_key: ApiKey, **kwargs: Any) -> Non
     """A revoked key stops its open legacy-socket calls at once. LiveKit sessions created with it
     go on: the caller joined with a room token, a credential of its own."""
     live = VoiceSession.objects.live().filter(api_key=api_key, transport=contracts.Transport.WEBSOCKET)
-    for session_id in live.values_list("pk", flat=True):
+    for session_id in live.order_by("pk").values_list("pk", flat=True):
         logger.info("Ending session %s: its API key %s was revoked", session_id, api_key.prefix)
         lifecycle.voice_session_terminate(
             session_id=str(session_id), reason=contracts.EndReason.KEY_REVOKED, error="The API key was revoked."
