@@ -18,23 +18,13 @@ import pytest
 
 from callmissed.errors import PayloadTooLarge
 from callmissed.parsers import StrictJSONParser
+from testsupport.envelope import assert_envelope
 from voice.tests.factories import VoiceSessionFactory
 
 pytestmark = pytest.mark.django_db
 
 SESSIONS = "/v1/voice/sessions"
 MAX_SAFE_INTEGER = 2**53 - 1
-
-
-def _assert_envelope(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["message"]
-    assert isinstance(error["fields"], dict)
-    assert error["request_id"] == response["X-Request-ID"]
-    return error
 
 
 def _post(client: Any, body: bytes, path: str = SESSIONS, **extra: Any) -> Any:
@@ -51,13 +41,13 @@ def _cursor(**tokens: str) -> str:
 
 @pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1" + b"0" * 400 + b".0"])
 def test_a_number_that_overflows_to_infinity_is_refused_by_the_parser(api: Any, number: bytes) -> None:
-    error = _assert_envelope(_post(api, b'{"metadata": {"k": ' + number + b"}}"), 400, "invalid_request")
+    error = assert_envelope(_post(api, b'{"metadata": {"k": ' + number + b"}}"), 400, "invalid_request")
     assert "out of range" in error["message"]
 
 
 @pytest.mark.parametrize("number", [MAX_SAFE_INTEGER + 1, -(MAX_SAFE_INTEGER + 1), 2**64, 10**30, 1e308])
 def test_metadata_numbers_must_be_exact_in_every_json_client(api: Any, number: int | float) -> None:
-    error = _assert_envelope(_post(api, json.dumps({"metadata": {"k": number}}).encode()), 400, "validation_error")
+    error = assert_envelope(_post(api, json.dumps({"metadata": {"k": number}}).encode()), 400, "validation_error")
     assert "between" in error["fields"]["metadata"][0]
 
 
@@ -88,7 +78,7 @@ def test_a_metadata_filter_that_parses_as_a_non_finite_number_matches_as_text(ap
     ],
 )
 def test_nul_and_lone_surrogates_in_metadata_are_refused(api: Any, body: bytes) -> None:
-    _assert_envelope(_post(api, body), 400, "invalid_request")
+    assert_envelope(_post(api, body), 400, "invalid_request")
 
 
 @pytest.mark.parametrize(
@@ -102,12 +92,12 @@ def test_nul_and_lone_surrogates_in_metadata_are_refused(api: Any, body: bytes) 
     ],
 )
 def test_nul_in_a_query_parameter_is_a_400_naming_it(api: Any, query: str, field: str) -> None:
-    error = _assert_envelope(api.get(f"{SESSIONS}?{query}"), 400, "invalid_request")
+    error = assert_envelope(api.get(f"{SESSIONS}?{query}"), 400, "invalid_request")
     assert field in error["fields"]
 
 
 def test_nul_in_a_query_parameter_is_refused_on_every_api_path(api: Any) -> None:
-    error = _assert_envelope(api.get("/v1/usage?start=%00"), 400, "invalid_request")
+    error = assert_envelope(api.get("/v1/usage?start=%00"), 400, "invalid_request")
     assert "start" in error["fields"]
 
 
@@ -127,7 +117,7 @@ def test_nul_in_a_query_parameter_is_refused_on_every_api_path(api: Any) -> None
     ],
 )
 def test_a_forged_cursor_is_a_400_on_cursor(api: Any, cursor: str) -> None:
-    error = _assert_envelope(api.get(SESSIONS, {"cursor": cursor}), 400, "validation_error")
+    error = assert_envelope(api.get(SESSIONS, {"cursor": cursor}), 400, "validation_error")
     assert list(error["fields"]) == ["cursor"]
 
 
@@ -151,7 +141,7 @@ def test_pages_still_follow_their_next_links(api: Any) -> None:
 
 @pytest.mark.parametrize("limit", ["0", "101", "x"])
 def test_a_limit_outside_1_to_100_is_a_400(api: Any, limit: str) -> None:
-    error = _assert_envelope(api.get(SESSIONS, {"limit": limit}), 400, "validation_error")
+    error = assert_envelope(api.get(SESSIONS, {"limit": limit}), 400, "validation_error")
     assert "limit" in error["fields"]
 
 
@@ -168,7 +158,7 @@ def test_a_limit_outside_1_to_100_is_a_400(api: Any, limit: str) -> None:
     ],
 )
 def test_a_date_at_the_edge_of_the_calendar_is_a_400(api: Any, path: str, field: str) -> None:
-    error = _assert_envelope(api.get(path), 400, "validation_error")
+    error = assert_envelope(api.get(path), 400, "validation_error")
     assert field in error["fields"]
 
 
@@ -184,14 +174,14 @@ def test_the_first_day_of_the_calendar_is_a_valid_usage_start(api: Any) -> None:
 def test_a_body_over_the_limit_is_a_413(api: Any, settings: Any) -> None:
     settings.API_MAX_BODY_BYTES = 1024
     body = json.dumps({"system_prompt": "x" * 2000}).encode()
-    error = _assert_envelope(_post(api, body), 413, "payload_too_large")
+    error = assert_envelope(_post(api, body), 413, "payload_too_large")
     assert "1024" in error["message"]
 
 
 def test_a_declared_length_over_the_limit_is_a_413_before_the_body_is_read(api: Any, settings: Any) -> None:
     settings.API_MAX_BODY_BYTES = 1024
     # The test client's payload refuses reads past its two bytes: reading would fail the test.
-    _assert_envelope(_post(api, b"{}", CONTENT_LENGTH="1073741824"), 413, "payload_too_large")
+    assert_envelope(_post(api, b"{}", CONTENT_LENGTH="1073741824"), 413, "payload_too_large")
 
 
 def test_a_body_without_a_length_is_read_no_further_than_the_limit(settings: Any) -> None:
@@ -214,13 +204,13 @@ def test_a_huge_stripe_webhook_is_a_413(client: Any, settings: Any) -> None:
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
     body = b'{"id": "' + b"x" * 4096 + b'"}'
     response = _post(client, body, "/v1/billing/stripe/webhook", HTTP_STRIPE_SIGNATURE="t=1,v1=x")
-    _assert_envelope(response, 413, "payload_too_large")
+    assert_envelope(response, 413, "payload_too_large")
 
 
 @pytest.mark.parametrize("depth", [33, 5000, 100_000])
 def test_json_nested_too_deep_is_a_400(api: Any, depth: int) -> None:
     body = b'{"metadata": {"k": ' + b"[" * depth + b"]" * depth + b"}}"
-    error = _assert_envelope(_post(api, body), 400, "invalid_request")
+    error = assert_envelope(_post(api, body), 400, "invalid_request")
     assert "nested" in error["message"]
 
 
@@ -229,19 +219,19 @@ def test_json_nested_too_deep_is_a_400(api: Any, depth: int) -> None:
 
 @pytest.mark.parametrize("key", ["a\x00b", "caf\xc3\xa9", "tab\there"])
 def test_an_idempotency_key_outside_printable_ascii_is_a_400(api: Any, key: str) -> None:
-    error = _assert_envelope(_post(api, b"{}", HTTP_IDEMPOTENCY_KEY=key), 400, "invalid_request")
+    error = assert_envelope(_post(api, b"{}", HTTP_IDEMPOTENCY_KEY=key), 400, "invalid_request")
     assert "Idempotency-Key" in error["fields"]
 
 
 def test_an_authorization_header_outside_latin_1_is_a_401(api: Any) -> None:
     api.credentials(HTTP_AUTHORIZATION="Bearer cm_\u0100\u2603")
-    _assert_envelope(api.get(SESSIONS), 401, "unauthenticated")
+    assert_envelope(api.get(SESSIONS), 401, "unauthenticated")
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/json; charset=utf-16", "multipart/form-data"])
 def test_a_body_that_is_not_utf8_json_is_a_415(api: Any, content_type: str) -> None:
     response = api.generic("POST", SESSIONS, "{}".encode("utf-16"), content_type=content_type)
-    _assert_envelope(response, 415, "unsupported_media_type")
+    assert_envelope(response, 415, "unsupported_media_type")
 
 
 # --- Malformed requests outside the views ------------------------------------------------------
@@ -249,9 +239,9 @@ def test_a_body_that_is_not_utf8_json_is_a_415(api: Any, content_type: str) -> N
 
 def test_more_query_fields_than_django_parses_is_a_400(api: Any) -> None:
     query = "&".join(f"f{i}=1" for i in range(1100))
-    _assert_envelope(api.get(f"{SESSIONS}?{query}"), 400, "invalid_request")
+    assert_envelope(api.get(f"{SESSIONS}?{query}"), 400, "invalid_request")
 
 
 def test_a_disallowed_host_is_the_envelope_even_with_debug_on(api: Any, settings: Any) -> None:
     settings.DEBUG = True
-    _assert_envelope(api.get(SESSIONS, HTTP_HOST="evil.example"), 400, "invalid_request")
+    assert_envelope(api.get(SESSIONS, HTTP_HOST="evil.example"), 400, "invalid_request")

@@ -7,31 +7,22 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from testsupport.envelope import assert_envelope
+
 pytestmark = pytest.mark.django_db
 
 
-def _assert_envelope(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response["Content-Type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["message"]
-    assert isinstance(error["fields"], dict)
-    assert error["request_id"] == response["X-Request-ID"]
-    return error
-
-
 def test_unknown_api_path_is_json_404(api: Any) -> None:
-    _assert_envelope(api.get("/v1/does-not-exist"), 404, "not_found")
+    assert_envelope(api.get("/v1/does-not-exist"), 404, "not_found")
 
 
 def test_unknown_path_404_even_with_debug(api: Any, settings: Any) -> None:
     settings.DEBUG = True
-    _assert_envelope(api.get("/v1/voice/nothing/here"), 404, "not_found")
+    assert_envelope(api.get("/v1/voice/nothing/here"), 404, "not_found")
 
 
 def test_method_not_allowed_is_405(api: Any) -> None:
-    _assert_envelope(api.put("/v1/voice/sessions"), 405, "method_not_allowed")
+    assert_envelope(api.put("/v1/voice/sessions"), 405, "method_not_allowed")
 
 
 def test_caller_supplied_request_id_is_echoed(api: Any) -> None:
@@ -53,7 +44,7 @@ def test_unexpected_failure_is_500_envelope_without_internals(api: Any, monkeypa
 
     # The failure is injected below our views to show what a caller sees when anything breaks.
     monkeypatch.setattr(selectors, "voice_session_list", explode)
-    error = _assert_envelope(api.get("/v1/voice/sessions"), 500, "internal_error")
+    error = assert_envelope(api.get("/v1/voice/sessions"), 500, "internal_error")
     assert "hunter2" not in error["message"]
 
 
