@@ -1,4 +1,4 @@
-"""Starting our own servers (Daphne) as child processes for tests and benchmarks."""
+"""Starting and stopping our own servers (Daphne, Redis, Celery) as child processes for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ def wait_for_listener(process: subprocess.Popen[bytes], port: int, *, timeout: f
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 20.0) -> None:
+    """Stop ``process`` as an operator would (SIGTERM), killing it if it has not exited by ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

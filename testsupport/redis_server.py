@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from testsupport.processes import free_port, wait_for_listener
+from testsupport.processes import free_port, stop_process, wait_for_listener
 
 
 def redis_server_available() -> bool:
@@ -62,12 +62,7 @@ class RedisServer:
         if self.process is None:
             return
         self.resume()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def restart(self) -> RedisServer:

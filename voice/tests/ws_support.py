@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from testsupport.fakes.sarvam import silence, tone
-from testsupport.processes import free_port, wait_for_listener
+from testsupport.processes import free_port, stop_process, wait_for_listener
 from voice.consumers import MAX_MESSAGE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,12 +92,7 @@ class DaphneServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def __enter__(self) -> DaphneServer:
