@@ -29,7 +29,6 @@ import httpx
 import pytest
 import redis
 from celery import Celery
-from django.db import connection, connections
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -46,7 +45,15 @@ from testsupport.redis_server import RedisServer, redis_server_available
 from voice import ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 from voice.tests.factories import VoiceSessionFactory
-from voice.tests.ws_support import ROOT, DaphneServer, WsCaller, database_url_for
+from voice.tests.ws_support import (
+    ROOT,
+    DaphneServer,
+    WsCaller,
+    child_database_url,
+    in_thread,
+    provider_env,
+    serve_daphne,
+)
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 
@@ -74,23 +81,6 @@ def wait_until(condition: Callable[[], bool], what: str, *, timeout: float = WAI
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.1)
-
-
-def in_thread(fn: Callable[[], Any]) -> Any:
-    """Django code from inside a test's event loop, on its own connection."""
-
-    def call() -> Any:
-        try:
-            return fn()
-        finally:
-            connections.close_all()
-
-    return asyncio.to_thread(call)
-
-
-def database_name(django_db_blocker: Any) -> str:
-    with django_db_blocker.unblock():
-        return str(connection.settings_dict["NAME"])
 
 
 def assert_usage_counted_once(session_id: str, *, events: int) -> None:
@@ -154,24 +144,18 @@ def daphne(
     lk_server: FakeLiveKitServer,
     tmp_path_factory: Any,
 ) -> Iterator[DaphneServer]:
-    env = {
-        "DATABASE_URL": database_url_for(database_name(django_db_blocker)),
-        "REDIS_URL": own_redis.url(0),
-        "CELERY_TASK_ALWAYS_EAGER": "false",  # what the API queues goes to the broker
-        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "LIVEKIT_API_URL": lk_server.url,
-        "SPEECH_PROVIDERS": "real",
-        "SARVAM_API_KEY": SARVAM_KEY,
-        "SARVAM_BASE_URL": sarvam.http_url,
-        "SARVAM_WS_URL": sarvam.ws_url,
-        "CLARIFAI_PAT": CLARIFAI_PAT,
-        "CLARIFAI_BASE_URL": chat.base_url("/v2/ext/openai/v1"),
-        "LEGACY_WS_USAGE_REPORT_SECONDS": "1",
-    }
-    log = tmp_path_factory.mktemp("daphne-faults") / "daphne.log"
-    with DaphneServer(env=env, log_path=log) as server:
+    with serve_daphne(
+        django_db_blocker,
+        tmp_path_factory,
+        "daphne-faults",
+        **provider_env(sarvam, chat, clarifai_pat=CLARIFAI_PAT),
+        REDIS_URL=own_redis.url(0),
+        CELERY_TASK_ALWAYS_EAGER="false",  # what the API queues goes to the broker
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        LIVEKIT_API_URL=lk_server.url,
+        LEGACY_WS_USAGE_REPORT_SECONDS="1",
+    ) as server:
         yield server
-    print(log.read_text(errors="replace")[-6000:])
 
 
 def rest_round(http: httpx.Client) -> list[tuple[str, httpx.Response]]:
@@ -431,7 +415,7 @@ def worker(django_db_blocker: Any, broker: RedisServer, stripe_fake: FakeStripe,
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "callmissed.settings_test",
         "CELERY_TASK_ALWAYS_EAGER": "false",
-        "DATABASE_URL": database_url_for(database_name(django_db_blocker)),
+        "DATABASE_URL": child_database_url(django_db_blocker),
         "REDIS_URL": broker.url(0),
         # Usage goes on to Stripe as meter events, queued by the worker itself after each commit.
         "STRIPE_SECRET_KEY": STRIPE_KEY,

@@ -12,13 +12,12 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from channels.layers import get_channel_layer
-from django.db import connection, connections
 from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
@@ -34,21 +33,20 @@ from voice import lifecycle
 from voice.consumers import CloseCode
 from voice.models import TranscriptSegment, VoiceSession
 from voice.tests.factories import VoiceSessionFactory
-from voice.tests.ws_support import ROOT, DaphneServer, WsCaller, config_message, database_url_for
+from voice.tests.ws_support import (
+    DAPHNE_TEST_MARKS,
+    ROOT,
+    DaphneServer,
+    WsCaller,
+    config_message,
+    in_thread,
+    provider_env,
+    serve_daphne,
+)
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
-pytestmark = [
-    # Transactional (the Daphne process must see committed rows); each test's flush drops the
-    # migration-seeded prices, so `seeded_prices` puts them back and usage is priced.
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("seeded_prices"),
-    pytest.mark.skipif(
-        not DATABASE_URL.startswith("postgres"),
-        reason="the Daphne subprocess must see the test database: needs a PostgreSQL DATABASE_URL",
-    ),
-]
+pytestmark = DAPHNE_TEST_MARKS
 
 SARVAM_KEY = "sk-sarvam-ws-test"
 CLARIFAI_PAT = "clarifai-pat-ws-test"
@@ -74,25 +72,16 @@ def chat() -> Iterator[FakeChatServer]:
 def server(
     django_db_setup: None, django_db_blocker: Any, sarvam: FakeSarvam, chat: FakeChatServer, tmp_path_factory: Any
 ) -> Iterator[DaphneServer]:
-    with django_db_blocker.unblock():
-        test_db = connection.settings_dict["NAME"]
-    env = {
-        "DATABASE_URL": database_url_for(test_db),
-        "SPEECH_PROVIDERS": "real",
-        "SARVAM_API_KEY": SARVAM_KEY,
-        "SARVAM_BASE_URL": sarvam.http_url,
-        "SARVAM_WS_URL": sarvam.ws_url,
-        "CLARIFAI_PAT": CLARIFAI_PAT,
-        "CLARIFAI_BASE_URL": chat.base_url("/v2/ext/openai/v1"),
-        "PROVIDER_MAX_LIVE_SESSIONS": str(CAPACITY),
-        "LEGACY_WS_CONFIG_TIMEOUT_SECONDS": "2",
-        "AGENT_GOODBYE_LEAD_SECONDS": "3",
-    }
-    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
-    with DaphneServer(env=env, log_path=log) as daphne:
+    with serve_daphne(
+        django_db_blocker,
+        tmp_path_factory,
+        "daphne",
+        **provider_env(sarvam, chat, clarifai_pat=CLARIFAI_PAT),
+        PROVIDER_MAX_LIVE_SESSIONS=str(CAPACITY),
+        LEGACY_WS_CONFIG_TIMEOUT_SECONDS="2",
+        AGENT_GOODBYE_LEAD_SECONDS="3",
+    ) as daphne:
         yield daphne
-    # The server's log explains a failing test; pytest shows it with -rA or on failure.
-    print(log.read_text(errors="replace")[-6000:])
 
 
 @pytest.fixture(autouse=True)
@@ -130,6 +119,18 @@ async def open_session(server: DaphneServer, key: str, **config: Any) -> tuple[W
 
 async def wait_for_greeting(caller: WsCaller) -> None:
     await caller.wait_for(lambda: caller.transcripts("agent") != [] and caller.of("agent.stopped") != [])
+
+
+async def stop_after_greeting(server: DaphneServer, key: str, stop: Callable[[str], Any]) -> tuple[WsCaller, str, Any]:
+    """Open a call, run ``stop(session_id)`` (Django code, from outside the server) once the greeting
+    has played, and wait for the call to end; returns the caller, its session id and what ``stop`` returned."""
+    caller, session_id = await open_session(server, key)
+    await wait_for_greeting(caller)
+    result = await in_thread(lambda: stop(session_id))
+    await caller.wait_for(lambda: caller.first("session.ended") is not None)
+    await caller.wait_closed()
+    await caller.aclose()
+    return caller, session_id, result
 
 
 async def end(caller: WsCaller) -> dict[str, Any]:
@@ -429,16 +430,12 @@ def test_billing_refuses_at_config_with_the_rest_apis_codes(server, key) -> None
 def test_billing_stops_a_live_call_for_insufficient_funds(server, chat, key) -> None:
     chat.script_replies(GREETING)
 
-    async def scenario() -> tuple[WsCaller, str]:
-        caller, session_id = await open_session(server, key)
-        await wait_for_greeting(caller)
-        reason = contracts.EndReason.INSUFFICIENT_FUNDS
-        await in_thread(lambda: lifecycle.voice_session_terminate(session_id=session_id, reason=reason))
-        await caller.wait_closed()
-        await caller.aclose()
-        return caller, session_id
-
-    caller, session_id = run(scenario())
+    reason = contracts.EndReason.INSUFFICIENT_FUNDS
+    caller, session_id, _ = run(
+        stop_after_greeting(
+            server, key, lambda session_id: lifecycle.voice_session_terminate(session_id=session_id, reason=reason)
+        )
+    )
     ended = caller.first("session.ended")
     assert ended is not None and ended["reason"] == "insufficient_funds"
     assert caller.closed is not None and caller.closed.code == CloseCode.PAYMENT_REQUIRED
@@ -588,33 +585,15 @@ def wait_for_row(session_id: str, predicate: Any, timeout: float = 20) -> VoiceS
 # ------------------------------------------------------------------------------ REST and control
 
 
-def in_thread(fn: Any) -> Any:
-    """Run Django code from inside a test's event loop, on its own connection."""
-
-    def call() -> Any:
-        try:
-            return fn()
-        finally:
-            connections.close_all()
-
-    return asyncio.to_thread(call)
-
-
 @pytest.mark.skipif(not REDIS_URL, reason="REST DELETE reaches the server process through the Redis channel layer")
 def test_rest_delete_ends_the_live_socket(server, chat, make_client) -> None:
     chat.script_replies(GREETING)
     api = make_client()
 
-    async def scenario() -> tuple[WsCaller, int]:
-        caller, session_id = await open_session(server, api.plaintext)
-        await wait_for_greeting(caller)
-        response = await in_thread(lambda: api.delete(f"/v1/voice/sessions/{session_id}"))
-        await caller.wait_closed()
-        await caller.aclose()
-        return caller, response.status_code
-
-    caller, status = run(scenario())
-    assert status == 204
+    caller, _, response = run(
+        stop_after_greeting(server, api.plaintext, lambda session_id: api.delete(f"/v1/voice/sessions/{session_id}"))
+    )
+    assert response.status_code == 204
     ended = caller.first("session.ended")
     assert ended is not None and ended["reason"] == "deleted"
     assert caller.closed is not None and caller.closed.code == CloseCode.NORMAL
@@ -636,17 +615,10 @@ def test_a_delete_whose_control_message_is_lost_still_ends_the_socket_call(
     # The control message leaves this process and never arrives: only the socket's own check is left.
     monkeypatch.setattr(get_channel_layer(), "group_send", dropped)
 
-    async def scenario() -> tuple[WsCaller, int]:
-        caller, session_id = await open_session(server, api.plaintext)
-        await wait_for_greeting(caller)
-        response = await in_thread(lambda: api.delete(f"/v1/voice/sessions/{session_id}"))
-        await caller.wait_for(lambda: caller.first("session.ended") is not None)
-        await caller.wait_closed()
-        await caller.aclose()
-        return caller, response.status_code
-
-    caller, status = run(scenario())
-    assert status == 204
+    caller, _, response = run(
+        stop_after_greeting(server, api.plaintext, lambda session_id: api.delete(f"/v1/voice/sessions/{session_id}"))
+    )
+    assert response.status_code == 204
     ended = caller.first("session.ended")
     assert ended is not None and ended["reason"] == "deleted"
     assert [message["reason"] for _, message in lost] == ["deleted"]
@@ -659,16 +631,9 @@ def test_revoking_the_key_ends_its_open_socket_call(server, chat, make_client) -
     chat.script_replies(GREETING)
     api = make_client()
 
-    async def scenario() -> WsCaller:
-        caller, _ = await open_session(server, api.plaintext)
-        await wait_for_greeting(caller)
-        await in_thread(lambda: account_services.api_key_revoke(api_key=api.key))
-        await caller.wait_for(lambda: caller.first("session.ended") is not None)
-        await caller.wait_closed()
-        await caller.aclose()
-        return caller
-
-    caller = run(scenario())
+    caller, _, _ = run(
+        stop_after_greeting(server, api.plaintext, lambda session_id: account_services.api_key_revoke(api_key=api.key))
+    )
     ended = caller.first("session.ended")
     assert ended is not None and ended["reason"] == "key_revoked"
     assert caller.closed is not None and caller.closed.code == CloseCode.KEY_REVOKED

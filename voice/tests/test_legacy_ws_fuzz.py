@@ -9,7 +9,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import random
 import time
 import urllib.request
@@ -20,7 +19,6 @@ from typing import Any
 import psutil
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.db import connection
 from websockets.exceptions import ConnectionClosed
 
 from accounts.tests.factories import make_key, make_org
@@ -33,16 +31,17 @@ from testsupport.fakes.sarvam import FakeSarvam, silence
 from voice.consumers import MAX_MESSAGE_BYTES, MAX_TEXT_MESSAGE_BYTES, CloseCode, VoiceAgentConsumer
 from voice.models import VoiceSession
 from voice.tests.test_legacy_ws_protocol import documented_close_codes
-from voice.tests.ws_support import Closed, DaphneServer, WsCaller, config_message, database_url_for
+from voice.tests.ws_support import (
+    DAPHNE_TEST_MARKS,
+    Closed,
+    DaphneServer,
+    WsCaller,
+    config_message,
+    provider_env,
+    serve_daphne,
+)
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("seeded_prices"),
-    pytest.mark.skipif(
-        not os.environ.get("DATABASE_URL", "").startswith("postgres"),
-        reason="the Daphne subprocess must see the test database: needs a PostgreSQL DATABASE_URL",
-    ),
-]
+pytestmark = DAPHNE_TEST_MARKS
 
 SARVAM_KEY = "sk-sarvam-fuzz"
 CLARIFAI_PAT = "clarifai-pat-fuzz"
@@ -54,24 +53,19 @@ WS_LAYER = {CloseCode.WS_PROTOCOL_VIOLATION, CloseCode.WS_INVALID_PAYLOAD, Close
 
 @pytest.fixture(scope="module")
 def server(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[DaphneServer]:
-    with django_db_blocker.unblock():
-        test_db = connection.settings_dict["NAME"]
-    with FakeSarvam(api_key=SARVAM_KEY, end_silence_ms=200) as sarvam, FakeChatServer(api_key=CLARIFAI_PAT) as chat:
-        env = {
-            "DATABASE_URL": database_url_for(test_db),
-            "SPEECH_PROVIDERS": "real",
-            "SARVAM_API_KEY": SARVAM_KEY,
-            "SARVAM_BASE_URL": sarvam.http_url,
-            "SARVAM_WS_URL": sarvam.ws_url,
-            "CLARIFAI_PAT": CLARIFAI_PAT,
-            "CLARIFAI_BASE_URL": chat.base_url("/v2/ext/openai/v1"),
-            "PROVIDER_MAX_LIVE_SESSIONS": "50",
-            "LEGACY_WS_CONFIG_TIMEOUT_SECONDS": str(CONFIG_TIMEOUT_SECONDS),
-        }
-        log = tmp_path_factory.mktemp("daphne-fuzz") / "daphne.log"
-        with DaphneServer(env=env, log_path=log) as daphne:
-            yield daphne
-        print(log.read_text(errors="replace")[-6000:])
+    with (
+        FakeSarvam(api_key=SARVAM_KEY, end_silence_ms=200) as sarvam,
+        FakeChatServer(api_key=CLARIFAI_PAT) as chat,
+        serve_daphne(
+            django_db_blocker,
+            tmp_path_factory,
+            "daphne-fuzz",
+            **provider_env(sarvam, chat, clarifai_pat=CLARIFAI_PAT),
+            PROVIDER_MAX_LIVE_SESSIONS="50",
+            LEGACY_WS_CONFIG_TIMEOUT_SECONDS=str(CONFIG_TIMEOUT_SECONDS),
+        ) as daphne,
+    ):
+        yield daphne
 
 
 @pytest.fixture

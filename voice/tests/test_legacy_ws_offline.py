@@ -4,7 +4,6 @@ LLM echoes, piper answers; the session row is ended, transcribed and billed (at 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import wave
@@ -13,22 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from accounts.tests.factories import make_key, make_org
 from agent_worker.providers.offline import llm as scripted
 from agent_worker.providers.offline.tts import VOICES
 from voice.models import TranscriptSegment, VoiceSession
-from voice.tests.ws_support import ROOT, DaphneServer, server_env
+from voice.tests.ws_support import DAPHNE_TEST_MARKS, ROOT, DaphneServer, serve_daphne
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("seeded_prices"),
-    pytest.mark.skipif(
-        not os.environ.get("DATABASE_URL", "").startswith("postgres"),
-        reason="the Daphne subprocess must see the test database: needs a PostgreSQL DATABASE_URL",
-    ),
-]
+pytestmark = DAPHNE_TEST_MARKS
 
 CLIENT = [sys.executable, "-m", "clients.voice_ws_client"]
 TAIL = ["--tail", "1"]
@@ -37,13 +28,10 @@ CALLER_SAYS = "Please book an appointment for tomorrow morning."
 
 @pytest.fixture(scope="module")
 def offline_server(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[DaphneServer]:
-    with django_db_blocker.unblock():
-        test_db = connection.settings_dict["NAME"]
-    env = server_env(test_db, SPEECH_PROVIDERS="offline", SARVAM_API_KEY="")
-    log = tmp_path_factory.mktemp("daphne-offline") / "daphne.log"
-    with DaphneServer(env=env, log_path=log) as daphne:
+    with serve_daphne(
+        django_db_blocker, tmp_path_factory, "daphne-offline", SPEECH_PROVIDERS="offline", SARVAM_API_KEY=""
+    ) as daphne:
         yield daphne
-    print(log.read_text(errors="replace")[-6000:])
 
 
 def write_speech(path: Path, text: str) -> Path:

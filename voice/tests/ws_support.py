@@ -9,31 +9,65 @@ real time like a phone (silence unless told to speak), and records every event a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
+from django.db import connection, connections
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from testsupport.fakes.sarvam import silence, tone
+from testsupport.fakes.openai_chat import FakeChatServer
+from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 from testsupport.processes import free_port, stop_process, wait_for_listener
 from voice.consumers import MAX_MESSAGE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_SECONDS = 0.02
 
+# ``pytestmark`` of a module that serves Daphne: transactional (the Daphne process must see
+# committed rows); each test's flush drops the migration-seeded prices, so ``seeded_prices``
+# puts them back and usage is priced.
+DAPHNE_TEST_MARKS = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("seeded_prices"),
+    pytest.mark.skipif(
+        not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+        reason="the Daphne subprocess must see the test database: needs a PostgreSQL DATABASE_URL",
+    ),
+]
+
 
 def database_url_for(test_db_name: str) -> str:
     parts = urlsplit(os.environ["DATABASE_URL"])
     return urlunsplit(parts._replace(path=f"/{test_db_name}"))
+
+
+def child_database_url(django_db_blocker: Any) -> str:
+    """The URL a child process (Daphne, a Celery worker) reaches this run's test database on."""
+    with django_db_blocker.unblock():
+        return database_url_for(str(connection.settings_dict["NAME"]))
+
+
+def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run Django code from inside a test's event loop, on its own connection."""
+
+    def call() -> Any:
+        try:
+            return fn()
+        finally:
+            connections.close_all()
+
+    return asyncio.to_thread(call)
 
 
 class DaphneServer:
@@ -102,9 +136,26 @@ class DaphneServer:
         self.stop()
 
 
-def server_env(test_db_name: str, **overrides: str) -> dict[str, str]:
-    """What a test server needs to run on the test database, plus ``overrides``."""
-    return {"DATABASE_URL": database_url_for(test_db_name), **overrides}
+def provider_env(sarvam: FakeSarvam, chat: FakeChatServer, *, clarifai_pat: str) -> dict[str, str]:
+    """The real Sarvam and Clarifai clients, pointed at the loopback fakes."""
+    return {
+        "SPEECH_PROVIDERS": "real",
+        "SARVAM_API_KEY": sarvam.api_key,
+        "SARVAM_BASE_URL": sarvam.http_url,
+        "SARVAM_WS_URL": sarvam.ws_url,
+        "CLARIFAI_PAT": clarifai_pat,
+        "CLARIFAI_BASE_URL": chat.base_url("/v2/ext/openai/v1"),
+    }
+
+
+@contextlib.contextmanager
+def serve_daphne(django_db_blocker: Any, tmp_path_factory: Any, name: str, **env: str) -> Iterator[DaphneServer]:
+    """A Daphne on the test database with ``env``, for a module-scoped fixture; its log's tail is
+    printed afterwards, which pytest shows with -rA or on failure."""
+    log = tmp_path_factory.mktemp(name) / "daphne.log"
+    with DaphneServer(env={"DATABASE_URL": child_database_url(django_db_blocker), **env}, log_path=log) as daphne:
+        yield daphne
+    print(log.read_text(errors="replace")[-6000:])
 
 
 def config_message(**fields: Any) -> str:
