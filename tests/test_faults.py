@@ -13,11 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -44,16 +40,10 @@ from testsupport.fakes.stripe_api import FakeStripe, event_payload, signed_webho
 from testsupport.redis_server import RedisServer, redis_server_available
 from voice import ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
+from voice.tests import celery_support
+from voice.tests.celery_support import CeleryWorker, drain_behind, segment, send
 from voice.tests.factories import VoiceSessionFactory
-from voice.tests.ws_support import (
-    ROOT,
-    DaphneServer,
-    WsCaller,
-    child_database_url,
-    in_thread,
-    provider_env,
-    serve_daphne,
-)
+from voice.tests.ws_support import DaphneServer, WsCaller, child_database_url, in_thread, provider_env, serve_daphne
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 
@@ -76,11 +66,7 @@ WAIT_SECONDS = 45
 
 
 def wait_until(condition: Callable[[], bool], what: str, *, timeout: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    celery_support.wait_until(condition, what, timeout=timeout)
 
 
 def assert_usage_counted_once(session_id: str, *, events: int) -> None:
@@ -349,60 +335,6 @@ def broker(tmp_path_factory: Any) -> Iterator[RedisServer]:
         yield server
 
 
-class Worker:
-    """A real ``celery worker`` (solo pool: one FIFO consumer) on the test database and ``broker``."""
-
-    def __init__(self, *, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Worker:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            process = self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "callmissed",
-                    "worker",
-                    "--pool=solo",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                    "--loglevel=INFO",
-                    f"--hostname=fault-test-{uuid.uuid4().hex[:6]}@%h",
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(
-            lambda: b" ready." in self.log.read_bytes()[offset:] or process.poll() is not None,
-            "the worker",
-            timeout=120,
-        )
-        assert process.poll() is None, self.log.read_text()[-4000:]
-        return self
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def stripe_fake() -> Iterator[FakeStripe]:
     with FakeStripe(api_key=STRIPE_KEY) as fake:
@@ -410,21 +342,22 @@ def stripe_fake() -> Iterator[FakeStripe]:
 
 
 @pytest.fixture
-def worker(django_db_blocker: Any, broker: RedisServer, stripe_fake: FakeStripe, tmp_path: Path) -> Iterator[Worker]:
+def worker(
+    django_db_blocker: Any, broker: RedisServer, stripe_fake: FakeStripe, tmp_path: Path
+) -> Iterator[CeleryWorker]:
+    """A worker the test starts, kills and restarts itself."""
     env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "callmissed.settings_test",
-        "CELERY_TASK_ALWAYS_EAGER": "false",
-        "DATABASE_URL": child_database_url(django_db_blocker),
         "REDIS_URL": broker.url(0),
         # Usage goes on to Stripe as meter events, queued by the worker itself after each commit.
         "STRIPE_SECRET_KEY": STRIPE_KEY,
         "STRIPE_API_BASE": stripe_fake.api_base,
     }
-    worker = Worker(env=env, log=tmp_path / "worker.log")
+    worker = CeleryWorker(
+        database_url=child_database_url(django_db_blocker), log=tmp_path / "worker.log", name="fault-test", env=env
+    )
     yield worker
     worker.stop()
-    print(worker.log.read_text(errors="replace")[-4000:])
+    print(worker.log_tail())
 
 
 @contextlib.contextmanager
@@ -436,38 +369,12 @@ def broker_app(broker: RedisServer) -> Iterator[Celery]:
         app.close()
 
 
-def send(reporter: EventReporter, *events: contracts.WorkerEvent) -> None:
-    """Report as the agent worker does; returns once the broker has them all."""
-
-    async def report_all() -> bool:
-        for event in events:
-            reporter.report(event)
-        return await reporter.flush(within=60)
-
-    assert asyncio.run(report_all())
-
-
-def segment(session_id: str, start_ms: int, text: str) -> contracts.TranscriptSegment:
-    return contracts.TranscriptSegment(
-        session_id=session_id,
-        role="user",
-        text=text,
-        language="hi-IN",
-        start_offset_ms=start_ms,
-        end_offset_ms=start_ms + 500,
-    )
-
-
 def drain(reporter: EventReporter, session_id: str) -> None:
-    """A sentinel behind everything sent so far: once the FIFO worker applied it, it applied the rest."""
-    mark = segment(session_id, 10_000_000, f"sentinel-{uuid.uuid4().hex}")
-    send(reporter, mark)
-    wait_until(lambda: TranscriptSegment.objects.filter(text=mark.text).exists(), "the sentinel")
-    TranscriptSegment.objects.filter(text=mark.text).delete()
+    drain_behind(reporter, session_id, timeout=WAIT_SECONDS)
 
 
 def test_events_survive_a_killed_worker_and_a_broker_restart_and_apply_once(
-    worker: Worker, broker: RedisServer, stripe_fake: FakeStripe
+    worker: CeleryWorker, broker: RedisServer, stripe_fake: FakeStripe
 ) -> None:
     session = VoiceSessionFactory.create()
     sid = str(session.pk)

@@ -10,20 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-from django.db import connection
 from django.utils import timezone
 from livekit.protocol.room import DeleteRoomRequest
 
@@ -32,7 +25,9 @@ from agent_worker.reporting import EventReporter
 from billing.tests.support import KIMI_TURN, usage_event
 from testsupport.fakes.livekit_server import FakeLiveKitServer
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
+from voice.tests.celery_support import CeleryWorker, drain_behind, segment, send, wait_until
 from voice.tests.factories import VoiceSessionFactory
+from voice.tests.ws_support import child_database_url
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
@@ -45,7 +40,6 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
 APPLY_TIMEOUT_SECONDS = 90
 
@@ -60,54 +54,17 @@ def lk_server() -> Iterator[FakeLiveKitServer]:
 @pytest.fixture(scope="module")
 def celery_worker(
     django_db_setup: None, django_db_blocker: Any, lk_server: FakeLiveKitServer, tmp_path_factory: Any
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A real worker on the test database; eager mode off so it consumes from Redis."""
-    with django_db_blocker.unblock():
-        test_db = connection.settings_dict["NAME"]
-    parts = urlsplit(DATABASE_URL)
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "callmissed.settings_test",
-        "CELERY_TASK_ALWAYS_EAGER": "false",
-        "DATABASE_URL": urlunsplit(parts._replace(path=f"/{test_db}")),
-        "LIVEKIT_API_URL": lk_server.url,
-    }
+) -> Iterator[CeleryWorker]:
+    """A real worker on the test database and REDIS_URL."""
     redis.Redis.from_url(REDIS_URL).flushdb()
-    log = tmp_path_factory.mktemp("celery") / "worker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "callmissed",
-                "worker",
-                "--pool=solo",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--loglevel=INFO",
-                f"--hostname=live-test-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 120
-    while b" ready." not in log.read_bytes():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"Celery worker did not start:\n{log.read_text()[-4000:]}")
-        time.sleep(0.2)
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    worker = CeleryWorker(
+        database_url=child_database_url(django_db_blocker),
+        log=tmp_path_factory.mktemp("celery") / "worker.log",
+        name="live-test",
+        env={"LIVEKIT_API_URL": lk_server.url},
+    )
+    yield worker.start()
+    worker.stop()
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
@@ -119,45 +76,11 @@ def reporter() -> Iterator[EventReporter]:
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + APPLY_TIMEOUT_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"Timed out waiting for {what}")
-        time.sleep(0.1)
+    wait_until(condition, what, timeout=APPLY_TIMEOUT_SECONDS)
 
 
-def send(reporter: EventReporter, *events: contracts.WorkerEvent) -> None:
-    """Report as the agent worker does (from an event loop) and wait until the broker has them."""
-
-    async def report_all() -> bool:
-        for event in events:
-            reporter.report(event)
-        return await reporter.flush(within=60)
-
-    assert asyncio.run(report_all())
-
-
-def segment(session_id: str, start_ms: int, text: str, role: str = "user") -> contracts.TranscriptSegment:
-    return contracts.TranscriptSegment(
-        session_id=session_id,
-        role=role,  # type: ignore[arg-type]
-        text=text,
-        language="hi-IN",
-        start_offset_ms=start_ms,
-        end_offset_ms=start_ms + 700,
-    )
-
-
-def sentinel(session_id: str) -> contracts.TranscriptSegment:
-    return segment(session_id, 10_000_000, f"sentinel-{uuid.uuid4().hex}")
-
-
-def drain_behind(reporter: EventReporter, session_id: str) -> None:
-    """Send a sentinel after everything else and wait until the worker applied it."""
-    mark = sentinel(session_id)
-    send(reporter, mark)
-    wait_for(lambda: TranscriptSegment.objects.filter(text=mark.text).exists(), "the sentinel")
-    TranscriptSegment.objects.filter(text=mark.text).delete()
+def drain(reporter: EventReporter, session_id: str) -> None:
+    drain_behind(reporter, session_id, timeout=APPLY_TIMEOUT_SECONDS)
 
 
 def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
@@ -185,7 +108,7 @@ def test_a_conversation_lands_once_in_order_and_the_api_shows_it(
     send(reporter, started, answer, turn2, greeting, started, question, turn1, answer, ended, greeting, question)
     send(reporter, turn2, ended, turn1)
     send(reporter, contracts.SessionStarted(session_id=sid, occurred_at=T0 + timedelta(seconds=40)))
-    drain_behind(reporter, sid)
+    drain(reporter, sid)
     # A start after the end is the token used again: its room is deleted, the session unchanged.
     room_name = VoiceSession.objects.get(pk=sid).room_name
     wait_for(
@@ -229,7 +152,7 @@ def test_an_end_that_arrives_before_the_start_is_final(celery_worker: Any, repor
         contracts.SessionEnded(session_id=sid, reason=contracts.EndReason.PROVIDER_ERROR, duration_seconds=4.0),
         started,
     )
-    drain_behind(reporter, sid)
+    drain(reporter, sid)
     session = VoiceSession.objects.get(pk=sid)
     assert (session.status, session.end_reason, session.duration_seconds) == ("failed", "provider_error", 4.0)
     # The facts the late start carries are kept; its status change is not.
@@ -244,7 +167,7 @@ def test_malformed_events_are_dropped_and_do_not_block_the_queue(celery_worker: 
     # What an older or broken worker might send: an unknown reason.
     reporter._app.send_task(contracts.TASK_SESSION_ENDED, kwargs={"payload": {"session_id": sid, "reason": "bored"}})
     send(reporter, segment(sid, 0, "still here"))
-    drain_behind(reporter, sid)
+    drain(reporter, sid)
     session = VoiceSession.objects.get(pk=sid)
     assert session.status == "created"
     assert TranscriptSegment.objects.filter(session=session).count() == 1
@@ -343,7 +266,7 @@ def test_the_seed_path_end_to_end_from_create_to_transcripts(
 
     asyncio.run(converse())
     wait_for(lambda: VoiceSession.objects.get(pk=sid).status == "ended", "the session to end in Django")
-    drain_behind(reporter, sid)
+    drain(reporter, sid)
 
     detail = api.get(f"/v1/voice/sessions/{sid}").json()
     assert detail["status"] == "ended" and detail["end_reason"] == "user_left"
