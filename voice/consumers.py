@@ -112,6 +112,7 @@ _AUTH_CLOSE = {
     ErrorCode.EXPIRED_API_KEY: CloseCode.KEY_REVOKED,
 }
 _ADMISSION_CLOSE = {
+    **_AUTH_CLOSE,  # the key revoked or expired between the connect and the config
     ErrorCode.PAYMENT_REQUIRED: CloseCode.PAYMENT_REQUIRED,
     ErrorCode.CONCURRENCY_LIMIT: CloseCode.CONCURRENCY_LIMIT,
     ErrorCode.RATE_LIMITED: CloseCode.CONCURRENCY_LIMIT,

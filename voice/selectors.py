@@ -34,14 +34,20 @@ def voice_session_get(*, organization: Organization, session_id: str | uuid.UUID
 
 
 def voice_session_stop_reason(*, session_id: str) -> contracts.EndReason | None:
-    """Why a running call must stop: the row's end reason once it is no longer live (``None``
-    while it is). One primary-key read, for a legacy socket to check its own row now and then."""
-    row = VoiceSession.objects.filter(pk=session_id).values_list("status", "end_reason").first()
+    """Why a running call must stop: the row's end reason once it is no longer live, or
+    ``key_revoked`` once the key it was opened with is revoked (``None`` while neither). One
+    primary-key read, for a legacy socket to check its own row now and then."""
+    row = (
+        VoiceSession.objects.filter(pk=session_id)
+        .values_list("status", "end_reason", "api_key__revoked_at")
+        .first()
+    )
     if row is None:
         return contracts.EndReason.ERROR
-    status, end_reason = row
+    status, end_reason, key_revoked_at = row
     if status in (VoiceSession.Status.CREATED, VoiceSession.Status.ACTIVE):
-        return None
+        # The revocation's own signal ends the call at once; this catches one that raced it.
+        return contracts.EndReason.KEY_REVOKED if key_revoked_at is not None else None
     try:
         return contracts.EndReason(end_reason)
     except ValueError:

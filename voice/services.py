@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import ApiKey, AuditLog, Organization
+from accounts.selectors import ExpiredApiKey, RevokedApiKey
 from agent_worker import contracts
 from billing import services as billing_services
 from callmissed.errors import CapacityExhausted, Conflict, IdempotencyConflict, PaymentRequired
@@ -57,6 +58,14 @@ def _check_provider_capacity() -> None:
         raise CapacityExhausted(retry_after=CAPACITY_RETRY_AFTER_SECONDS)
 
 
+def _check_key_still_valid(*, api_key: ApiKey, now: datetime) -> None:
+    revoked_at, expires_at = ApiKey.objects.filter(pk=api_key.pk).values_list("revoked_at", "expires_at").get()
+    if revoked_at is not None:
+        raise RevokedApiKey()
+    if expires_at is not None and expires_at <= now:
+        raise ExpiredApiKey()
+
+
 def voice_session_create(
     *,
     organization: Organization,
@@ -79,6 +88,10 @@ def voice_session_create(
         # every create of the org takes this lock first, so the key lookup below sees any winner.
         Organization.objects.select_for_update().filter(pk=organization.pk).first()
         lifecycle.voice_sessions_expire_unjoined(organization=organization, now=now)
+        if api_key is not None:
+            # The key was checked when the request (or the socket) arrived; a revocation since then
+            # must not admit one more session, on a socket left open for exactly that.
+            _check_key_still_valid(api_key=api_key, now=now)
         if idempotency_key:
             earlier = _bound_session(organization=organization, idempotency_key=idempotency_key, now=now)
             if earlier is not None:

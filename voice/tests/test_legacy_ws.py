@@ -641,6 +641,40 @@ def test_revoking_the_key_ends_its_open_socket_call(server, chat, make_client) -
     assert (row.status, row.end_reason) == (VoiceSession.Status.ENDED, "key_revoked")
 
 
+def test_a_key_revoked_between_the_connect_and_the_config_opens_no_call(server, make_client) -> None:
+    api = make_client()
+
+    async def scenario() -> WsCaller:
+        caller = await WsCaller.open(server.ws_url(api.plaintext))  # the key is checked here, still valid
+        await in_thread(lambda: account_services.api_key_revoke(api_key=api.key))
+        await caller.ws.send(config_message(system_prompt=PROMPT))
+        await caller.wait_closed()
+        return caller
+
+    caller = run(scenario())
+    assert caller.closed is not None and caller.closed.code == CloseCode.KEY_REVOKED
+    assert caller.first("session.started") is None
+    (error,) = caller.of("error")
+    assert (error["code"], error["fatal"]) == ("revoked_api_key", True)
+    assert not VoiceSession.objects.filter(organization=api.org).exists()
+
+
+def test_a_call_whose_key_is_revoked_without_its_signal_still_ends(server, chat, make_client) -> None:
+    chat.script_replies(GREETING)
+    api = make_client()
+
+    def revoke_quietly(session_id: str) -> None:
+        # As if the revocation's signal raced the call's start: only the key row says so.
+        ApiKey.objects.filter(pk=api.key.pk).update(revoked_at=timezone.now())
+
+    caller, _, _ = run(stop_after_greeting(server, api.plaintext, revoke_quietly))
+    ended = caller.first("session.ended")
+    assert ended is not None and ended["reason"] == "key_revoked"
+    assert caller.closed is not None and caller.closed.code == CloseCode.KEY_REVOKED
+    row = session_row(ended["session_id"])
+    assert (row.status, row.end_reason) == (VoiceSession.Status.ENDED, "key_revoked")
+
+
 @pytest.mark.parametrize("fault", ["refuse", "hang"])
 def test_a_call_whose_control_group_cannot_be_joined_is_refused_loudly(server, key, tmp_path, fault) -> None:
     app = "voice.tests.asgi_control_group_down:application"
