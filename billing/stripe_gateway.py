@@ -174,6 +174,21 @@ def checkout_session_create(
     return str(session.id), str(session.url)
 
 
+def checkout_session_retrieve(*, session_id: str) -> dict[str, Any] | None:
+    """Stripe's own copy of a Checkout Session of this account, as a plain dict; None when Stripe
+    has no such session (404), which is final. Any other error is a ``StripeFailure``: retry."""
+    try:
+        session = client().v1.checkout.sessions.retrieve(session_id)
+    except stripe.InvalidRequestError as error:
+        if error.http_status == 404:
+            return None
+        raise StripeFailure(f"InvalidRequestError: {error.user_message or error}") from error
+    except stripe.StripeError as error:
+        raise StripeFailure(f"{type(error).__name__}: {error.user_message or error}") from error
+    found: dict[str, Any] = session.to_dict()
+    return found
+
+
 def events_since(*, created_gte: datetime, types: list[str]) -> list[dict[str, Any]]:
     """Recent Stripe events (for webhooks that never arrived), oldest first, as plain dicts."""
     events = _call(

@@ -16,7 +16,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing import services, stripe_gateway, webhooks
-from billing.models import BillingAccount, MeterEventReport, ReconciliationReport
+from billing.models import BillingAccount, MeterEventReport, ReconciliationReport, StripeWebhookEvent
 from callmissed.errors import ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ RECONCILE_WINDOW = timedelta(days=1)
 # Stripe sums meter events a few minutes after receiving them: the newest minutes are left to the next run.
 RECONCILE_LAG = timedelta(minutes=10)
 RECOVER_EVENTS_SINCE = timedelta(days=3)
+# Stored events still unprocessed (a top-up that keeps failing is never settled) retried per run,
+# oldest first: the hourly run stays short whatever piles up.
+RETRY_STORED_EVENTS = 200
 
 
 @shared_task(name="billing.report_meter_event", **_RETRY)
@@ -51,17 +54,21 @@ def flush_meter_events() -> int:
     return len(stale)
 
 
-@shared_task(name="billing.apply_stripe_event", **_RETRY)
+@shared_task(
+    name="billing.apply_stripe_event", **{**_RETRY, "autoretry_for": (*_RETRY["autoretry_for"], webhooks.ApplyDeferred)}
+)
 def apply_stripe_event(*, event_id: str) -> bool:
     return webhooks.stripe_event_apply(event_id=event_id)
 
 
 @shared_task(name="billing.reconcile_stripe", **_RETRY)
 def reconcile_stripe() -> dict[str, int]:
-    """Recover webhooks that never arrived, then compare each customer's sent usage with Stripe's."""
+    """Recover webhooks that never arrived, retry stored events still unprocessed (their Celery
+    retries ran out), then compare each customer's sent usage with Stripe's."""
     if not stripe_gateway.enabled():
         return {"recovered": 0, "drifting": 0}
     recovered = 0
+    tried: set[str] = set()
     since = timezone.now() - RECOVER_EVENTS_SINCE
     for event in stripe_gateway.events_since(created_gte=since, types=list(webhooks.HANDLED_TYPES)):
         # The same checks as a webhook delivery: a listed event is no more trusted than a pushed one.
@@ -70,9 +77,22 @@ def reconcile_stripe() -> dict[str, int]:
         except ValidationFailed:
             continue  # logged, and stored with its error when it had an id
         if created or row.processed_at is None:
-            recovered += int(webhooks.stripe_event_apply(event_id=row.event_id))
+            tried.add(row.event_id)
+            recovered += _apply_one(row.event_id)
+    stored = StripeWebhookEvent.objects.filter(processed_at__isnull=True, type__in=webhooks.HANDLED_TYPES)
+    for event_id in stored.order_by("received_at").values_list("pk", flat=True)[:RETRY_STORED_EVENTS]:
+        if event_id not in tried:
+            recovered += _apply_one(event_id)
     drifting = sum(1 for report in _reconcile_meters() if report.drift)
     return {"recovered": recovered, "drifting": drifting}
+
+
+def _apply_one(event_id: str) -> int:
+    # One event failing again (already recorded on its row) must not hold up the others.
+    try:
+        return int(webhooks.stripe_event_apply(event_id=event_id))
+    except webhooks.RETRYABLE:
+        return 0
 
 
 def _reconcile_meters() -> list[ReconciliationReport]:

@@ -3,12 +3,16 @@
 The webhook view only checks, stores and enqueues (Stripe wants a fast 2xx); the apply task does
 the rest. A top-up credits the ledger only for a Checkout Session this platform created
 (``TopUpCheckout``), for its organization, amount and currency, under the session id, so a replay
-or a second event type for the same payment credits once. Payment status moves only forward in
-Stripe's time: an event older than the one that set it cannot undo it.
+or a second event type for the same payment credits once. A session with no ``TopUpCheckout``
+(created before that table existed) is looked up at Stripe and adopted only if Stripe's own copy
+is one of our top-ups. Payment status moves only forward in Stripe's time: an event older than
+the one that set it cannot undo it.
 
 An event we will never apply (malformed, or not matching what we asked Stripe for) is marked
-processed with ``error`` saying why, so it shows in the admin and is never retried; a transient
-failure (the database) is recorded on the row and retried a bounded number of times.
+processed with ``error`` saying why, so it shows in the admin and is never retried. Any other
+failure of a top-up (the database, Stripe, a bug) is never final: a customer paid, so the event
+stays unprocessed with its error and attempt count, and the Celery retries and the hourly
+reconciliation keep applying it. Other events are retried a bounded number of times.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
+from accounts.models import Organization
+from billing import stripe_gateway
 from billing.models import BillingAccount, LedgerEntry, StripeWebhookEvent, TopUpCheckout
-from billing.services import billing_account_get_or_create, ledger_post
+from billing.services import TOP_UP_CURRENCY, billing_account_get_or_create, ledger_post
 from callmissed.errors import ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -40,13 +47,22 @@ MAX_EVENT_DEPTH = 32
 # Stripe did not exist before 2010; an event "created" after tomorrow is not one of its clocks.
 EARLIEST_EVENT_CREATED = int(datetime(2010, 1, 1, tzinfo=UTC).timestamp())
 LATEST_EVENT_CREATED_AHEAD_SECONDS = 86_400
-# A transient failure is retried (by Celery, then by reconciliation) until this many attempts.
+# A transient failure of an event that is not a top-up is retried (by Celery, then by
+# reconciliation) until this many attempts; a top-up is retried for as long as it fails.
 MAX_APPLY_ATTEMPTS = 10
 _ERROR_LENGTH = 2000
 
 
 class EventRefused(Exception):
     """A permanent reason not to apply a stored event; the message goes to its ``error``."""
+
+
+class ApplyDeferred(Exception):
+    """A top-up failed for a reason that is not a refusal; recorded on its row, to be retried."""
+
+
+# What a caller of ``stripe_event_apply`` should retry later: the failure is already on the row.
+RETRYABLE = (OperationalError, InterfaceError, stripe_gateway.StripeFailure, ApplyDeferred)
 
 
 # --- receiving ----------------------------------------------------------------------------------
@@ -185,11 +201,14 @@ def _storable(value: Any, depth: int = 0) -> bool:
 def stripe_event_apply(*, event_id: str, now: datetime | None = None) -> bool:
     """Apply a stored event once; True when this call applied it.
 
-    A refusal or an unexpected error is written to the row and the event marked processed (it
-    would fail the same way again); a database failure is written, counted and re-raised so the
-    caller retries, until ``MAX_APPLY_ATTEMPTS``."""
+    A refusal is written to the row and the event marked processed. Any other failure is written
+    and counted; a top-up stays unprocessed and the failure is raised (one of ``RETRYABLE``) so the
+    caller retries. Any other event is marked processed on an unexpected error (it would fail the
+    same way again), and a database failure is raised until ``MAX_APPLY_ATTEMPTS``."""
     moment = now or timezone.now()
     try:
+        # Before the row is locked: Stripe may be slow, and the lock is held for the whole apply.
+        _adopt_pre_table_checkout(event_id=event_id, at=moment)
         with transaction.atomic():
             row = StripeWebhookEvent.objects.select_for_update().filter(pk=event_id).first()
             if row is None:
@@ -205,31 +224,130 @@ def stripe_event_apply(*, event_id: str, now: datetime | None = None) -> bool:
         return True
     except EventRefused as refusal:
         logger.warning("Stripe event %s not applied: %s", event_id, refusal)
-        _record_failure(event_id=event_id, error=str(refusal), final=True, at=moment)
+        _record_failure(event_id=event_id, error=str(refusal), refused=True, at=moment)
         return False
-    except (OperationalError, InterfaceError) as error:
-        _record_failure(event_id=event_id, error=f"{type(error).__name__}: {error}", final=False, at=moment)
+    except (OperationalError, InterfaceError, stripe_gateway.StripeFailure) as error:
+        _record_failure(event_id=event_id, error=f"{type(error).__name__}: {error}", refused=False, at=moment)
         raise
     except Exception as error:
-        # A shape or a state this code does not handle: retrying cannot help, the admin can see it.
+        # A shape or a state this code does not handle: retrying cannot help an invoice event, the
+        # admin can see it; a top-up is money received, so it stays for the retries (and a fix).
         logger.exception("Stripe event %s failed to apply", event_id)
-        _record_failure(event_id=event_id, error=f"{type(error).__name__}: {error}", final=True, at=moment)
+        settled = _record_failure(
+            event_id=event_id, error=f"{type(error).__name__}: {error}", refused=False, unexpected=True, at=moment
+        )
+        if not settled:
+            raise ApplyDeferred(f"Stripe event {event_id} failed to apply: {error}") from error
         return False
 
 
-def _record_failure(*, event_id: str, error: str, final: bool, at: datetime) -> None:
+def _record_failure(*, event_id: str, error: str, refused: bool, at: datetime, unexpected: bool = False) -> bool:
+    """Write ``error`` on the row and count the attempt; True when the event is now settled.
+
+    A refusal settles any event. A top-up is otherwise never settled: the customer paid. Any
+    other event is settled by an unexpected error or after ``MAX_APPLY_ATTEMPTS``."""
     try:
         with transaction.atomic():
             row = StripeWebhookEvent.objects.select_for_update().filter(pk=event_id).first()
             if row is None or row.processed_at is not None:
-                return
+                return True
+            top_up = row.type in TOP_UP_EVENTS
             row.attempts += 1
             row.error = error[:_ERROR_LENGTH]
-            if final or row.attempts >= MAX_APPLY_ATTEMPTS:
+            if refused or (not top_up and (unexpected or row.attempts >= MAX_APPLY_ATTEMPTS)):
                 row.processed_at = at
             row.save(update_fields=["attempts", "error", "processed_at"])
     except (OperationalError, InterfaceError):
         logger.exception("Could not record the failure of Stripe event %s: %s", event_id, error)
+        return False
+    if top_up and not refused:
+        logger.error(
+            "Stripe top-up event %s not applied (attempt %d); it stays queued for retries: %s",
+            event_id,
+            row.attempts,
+            error,
+        )
+    return row.processed_at is not None
+
+
+def _adopt_pre_table_checkout(*, event_id: str, at: datetime) -> None:
+    """Record a ``TopUpCheckout`` from Stripe's own copy of the session a top-up event names, when
+    none exists: sessions created before that table existed live for a day, and are paid.
+
+    Only a session of our account (Stripe answers 404 for any other) that our checkout created
+    (``purpose`` and ``organization_id`` metadata), for the organization the event names, in
+    ``payment`` mode, in ``usd`` and for a positive amount is adopted. A 404 leaves the event to
+    the usual refusal; Stripe failing raises ``StripeFailure``, so the event is retried."""
+    row = StripeWebhookEvent.objects.filter(pk=event_id, processed_at__isnull=True, type__in=TOP_UP_EVENTS).first()
+    if row is None or event_problem(row.payload, now=at) is not None:
+        return  # nothing to apply, or refused by the apply itself
+    obj = row.payload["data"]["object"]
+    session_id = obj["id"]
+    if not session_id.startswith("cs_") or TopUpCheckout.objects.filter(stripe_id=session_id).exists():
+        return
+    session = stripe_gateway.checkout_session_retrieve(session_id=session_id)
+    if session is None:
+        return
+    organization, problem = _adoption_problem(session, event_object=obj)
+    if problem is not None or organization is None:
+        raise EventRefused(f"Checkout Session {session_id} was not created by this platform: {problem}")
+    TopUpCheckout.objects.get_or_create(
+        stripe_id=session["id"],
+        defaults={
+            "organization": organization,
+            "amount_cents": session["amount_total"],
+            "currency": session["currency"],
+        },
+    )
+    logger.info("Adopted Checkout Session %s from Stripe for organization %s", session_id, organization.pk)
+
+
+# Far above any top-up, far below PostgreSQL's bigint.
+_MAX_ADOPTED_AMOUNT_CENTS = 10**12
+
+
+def _adoption_problem(
+    session: dict[str, Any], *, event_object: dict[str, Any]
+) -> tuple[Organization | None, str | None]:
+    """(organization, None) when Stripe's copy of a session is one of our top-ups for the
+    organization the event names, else (None, why not)."""
+    if session.get("object") != "checkout.session" or session.get("id") != event_object["id"]:
+        return None, "Stripe returned another object; nothing credited."
+    metadata = session.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
+    if metadata.get("purpose") != "top_up":
+        return None, "Stripe's copy is not a top-up; nothing credited."
+    reference = metadata.get("organization_id")
+    try:
+        organization = Organization.objects.filter(pk=reference).first() if isinstance(reference, str) else None
+    except (ValidationError, ValueError):
+        organization = None
+    if organization is None:
+        return None, f"Stripe's copy names no organization of ours ({reference!r}); nothing credited."
+    organization_id = str(organization.pk)
+    stripe_named = {ref for ref in (reference, session.get("client_reference_id")) if ref}
+    event_named = {
+        ref
+        for ref in (
+            (event_object.get("metadata") or {}).get("organization_id"),
+            event_object.get("client_reference_id"),
+        )
+        if ref
+    }
+    if stripe_named != {organization_id} or event_named != {organization_id}:
+        return None, (
+            f"the event names organization {sorted(event_named) or 'none'}, Stripe's copy "
+            f"{sorted(stripe_named)}; nothing credited."
+        )
+    if session.get("mode") != "payment":
+        return None, f"Stripe's copy has mode {session.get('mode')!r}, not 'payment'; nothing credited."
+    if session.get("currency") != TOP_UP_CURRENCY:
+        return None, f"Stripe's copy is in {session.get('currency')!r}, not {TOP_UP_CURRENCY!r}; nothing credited."
+    amount = session.get("amount_total")
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= _MAX_ADOPTED_AMOUNT_CENTS:
+        return None, f"Stripe's copy has amount_total {amount!r}; nothing credited."
+    return organization, None
 
 
 def _apply(row: StripeWebhookEvent, *, at: datetime) -> None:

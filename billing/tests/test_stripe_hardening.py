@@ -391,16 +391,60 @@ def test_a_stored_event_that_cannot_be_applied_records_why_and_is_not_retried(ap
     assert row.attempts == 1
 
 
-def test_a_database_failure_while_applying_is_recorded_and_retried_a_bounded_number_of_times(
-    api, stripe_fake, monkeypatch
+def test_a_database_failure_never_settles_a_paid_top_up_and_reconciliation_credits_it_later(
+    api, stripe_fake, monkeypatch, caplog
 ) -> None:
     event = _paid_event(stripe_fake, _checkout(api))
     _store(event["id"], event)
+    stripe_fake.events.clear()  # Stripe no longer lists it: only the stored row is left to retry
+    real_apply_top_up = webhooks._apply_top_up
 
     def database_gone(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(webhooks, "_apply_top_up", database_gone)
+    for attempt in range(1, webhooks.MAX_APPLY_ATTEMPTS + 3):
+        with pytest.raises(OperationalError):
+            tasks.apply_stripe_event(event_id=event["id"])
+        row = StripeWebhookEvent.objects.get(pk=event["id"])
+        assert (row.attempts, row.processed_at) == (attempt, None) and "OperationalError" in row.error
+    assert any(r.levelname == "ERROR" and event["id"] in r.getMessage() for r in caplog.records)
+    assert tasks.reconcile_stripe()["recovered"] == 0  # still failing: recorded, not raised
+
+    monkeypatch.setattr(webhooks, "_apply_top_up", real_apply_top_up)  # the database is back
+    assert tasks.reconcile_stripe()["recovered"] == 1
+    assert _balance(api) == "25.000000"
+    assert StripeWebhookEvent.objects.get(pk=event["id"]).processed_at is not None
+
+
+def test_an_unexpected_error_never_settles_a_paid_top_up(api, stripe_fake, monkeypatch) -> None:
+    event = _paid_event(stripe_fake, _checkout(api))
+    _store(event["id"], event)
+    real_apply_top_up = webhooks._apply_top_up
+
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("a field this release does not expect")
+
+    monkeypatch.setattr(webhooks, "_apply_top_up", bug)
+    with pytest.raises(webhooks.ApplyDeferred):  # the Celery task retries on it
+        tasks.apply_stripe_event(event_id=event["id"])
+    row = StripeWebhookEvent.objects.get(pk=event["id"])
+    assert (row.attempts, row.processed_at) == (1, None) and "KeyError" in row.error
+
+    monkeypatch.setattr(webhooks, "_apply_top_up", real_apply_top_up)  # the fixed release
+    assert tasks.reconcile_stripe()["recovered"] == 1
+    assert _balance(api) == "25.000000"
+
+
+def test_a_database_failure_on_an_invoice_event_is_retried_a_bounded_number_of_times(api, monkeypatch) -> None:
+    invoice = {"id": "in_1", "object": "invoice", "customer": "cus_x"}
+    event = event_payload("invoice.payment_failed", invoice)
+    _store(event["id"], event, type="invoice.payment_failed")
+
+    def database_gone(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(webhooks, "_apply_payment_status", database_gone)
     for attempt in range(1, webhooks.MAX_APPLY_ATTEMPTS + 1):
         with pytest.raises(OperationalError):
             webhooks.stripe_event_apply(event_id=event["id"])
@@ -408,6 +452,116 @@ def test_a_database_failure_while_applying_is_recorded_and_retried_a_bounded_num
         assert row.attempts == attempt and "OperationalError" in row.error
         assert (row.processed_at is None) == (attempt < webhooks.MAX_APPLY_ATTEMPTS)
     assert webhooks.stripe_event_apply(event_id=event["id"]) is False
+
+
+# --- sessions created before TopUpCheckout existed --------------------------------------------------
+
+
+def _pre_table_checkout(api: Any, stripe_fake: FakeStripe) -> tuple[str, dict[str, Any]]:
+    """A session our checkout created at Stripe before deploy day's table: no row, then paid."""
+    checkout_id = _checkout(api)
+    TopUpCheckout.objects.filter(stripe_id=checkout_id).delete()
+    return checkout_id, _paid_event(stripe_fake, checkout_id)
+
+
+def test_a_paid_session_created_before_the_checkout_table_is_credited_from_stripes_copy(api, stripe_fake) -> None:
+    checkout_id, event = _pre_table_checkout(api, stripe_fake)
+
+    assert deliver(api, event).status_code == 200
+
+    assert _balance(api) == "25.000000"
+    assert stripe_fake.requests_to(f"/v1/checkout/sessions/{checkout_id}", "GET")
+    adopted = TopUpCheckout.objects.get(stripe_id=checkout_id)
+    assert (adopted.organization_id, adopted.amount_cents, adopted.currency, adopted.status) == (
+        api.org.pk,
+        2000,
+        "usd",
+        TopUpCheckout.Status.CREDITED,
+    )
+    assert StripeWebhookEvent.objects.get(pk=event["id"]).error == ""
+
+
+def test_an_adopted_session_is_recorded_from_stripes_copy_not_the_events(api, stripe_fake) -> None:
+    checkout_id, event = _pre_table_checkout(api, stripe_fake)
+    event["data"]["object"]["amount_total"] = 500_000
+
+    assert deliver(api, event).status_code == 200
+
+    assert _balance(api) == SIGNUP_BALANCE
+    assert TopUpCheckout.objects.get(stripe_id=checkout_id).amount_cents == 2000
+    _assert_refused(event["id"], "amount_total")
+
+
+def _stripe_copy(path: str, value: Any) -> Any:
+    return lambda session, other_org: _set(path, other_org if value is _OTHER_ORG else value)(session)
+
+
+_OTHER_ORG = object()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _stripe_copy("metadata", {}),
+        _stripe_copy("metadata.purpose", "subscription_setup"),
+        _stripe_copy("metadata.organization_id", "00000000-0000-0000-0000-000000000000"),
+        _stripe_copy("metadata.organization_id", "not-a-uuid"),
+        _stripe_copy("metadata.organization_id", _OTHER_ORG),
+        _stripe_copy("client_reference_id", _OTHER_ORG),
+        _stripe_copy("mode", "subscription"),
+        _stripe_copy("currency", "eur"),
+        _stripe_copy("amount_total", 0),
+    ],
+    ids=[
+        "no-metadata",
+        "not-a-top-up",
+        "unknown-org",
+        "malformed-org",
+        "another-org",
+        "another-client-reference",
+        "not-a-payment",
+        "other-currency",
+        "zero",
+    ],
+)
+def test_a_session_stripe_does_not_vouch_for_as_our_top_up_is_never_adopted(
+    api, make_client, stripe_fake, change
+) -> None:
+    other = make_client("Other org")
+    checkout_id, event = _pre_table_checkout(api, stripe_fake)
+    change(stripe_fake.checkout_sessions[checkout_id], str(other.org.pk))  # Stripe's copy; the event is unchanged
+
+    assert deliver(api, event).status_code == 200
+
+    assert _balance(api) == _balance(other) == SIGNUP_BALANCE
+    assert not TopUpCheckout.objects.filter(stripe_id=checkout_id).exists()
+    _assert_refused(event["id"], "not created by this platform")
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        lambda fake: fake.fail_next("/v1/checkout/sessions", 500, should_retry=False),
+        lambda fake: fake.fail_next("/v1/checkout/sessions", 429, should_retry=False),
+        lambda fake: fake.fail_next("/v1/checkout/sessions", 401),
+        lambda fake: fake.drop_connection_next("/v1/checkout/sessions", times=3, processed=False),
+    ],
+    ids=["500", "429", "401", "unreachable"],
+)
+def test_stripe_failing_while_adopting_a_paid_session_is_retried_never_settled(api, stripe_fake, fault) -> None:
+    checkout_id, event = _pre_table_checkout(api, stripe_fake)
+    _store(event["id"], event)
+    fault(stripe_fake)
+
+    with pytest.raises(stripe_gateway.StripeFailure):  # the Celery task retries on it
+        tasks.apply_stripe_event(event_id=event["id"])
+
+    row = StripeWebhookEvent.objects.get(pk=event["id"])
+    assert (row.attempts, row.processed_at) == (1, None) and "StripeFailure" in row.error
+    assert _balance(api) == SIGNUP_BALANCE
+    assert tasks.reconcile_stripe()["recovered"] == 1  # Stripe is back
+    assert _balance(api) == "25.000000"
+    assert TopUpCheckout.objects.get(stripe_id=checkout_id).status == TopUpCheckout.Status.CREDITED
 
 
 # --- checkout against a failing Stripe ------------------------------------------------------------
