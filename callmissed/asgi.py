@@ -32,9 +32,16 @@ def _fail_websockets_with_a_close_frame() -> None:
     Autobahn's server default (``failByDrop``) drops the TCP connection on a frame that breaks
     the protocol, a text message that is not UTF-8 or a message over Daphne's
     ``--websocket-max-message-size``: the client sees 1006 and cannot tell why. With the close
-    handshake it gets 1002, 1007 or 1009, as docs/legacy-websocket.md says. Daphne has no flag
-    for it; it imports this module before it builds its factory."""
-    from daphne.ws_protocol import WebSocketFactory
+    handshake it gets 1002, 1007 or 1009, as docs/legacy-websocket.md says.
+
+    And the connection ends with a half-close: the close frame and a FIN go out, and whatever the
+    client is still sending is read and dropped until it closes its side (or
+    ``_LINGER_SECONDS`` pass). A socket closed outright with unread bytes makes the kernel answer
+    with a reset, which destroys the close frame still waiting in the client's buffers: a client
+    that was mid-way through a large message when the server closed saw 1006 and no reason.
+    Daphne has no flag for either; it imports this module before it builds its factory."""
+    from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+    from twisted.internet import reactor
 
     reset = WebSocketFactory.resetProtocolOptions
     if getattr(reset, "closes_with_a_frame", False):
@@ -44,8 +51,28 @@ def _fail_websockets_with_a_close_frame() -> None:
         reset(self)
         self.failByDrop = False
 
+    close_connection = WebSocketProtocol._closeConnection
+
+    def close_connection_lingering(self: WebSocketProtocol, abort: bool = False) -> None:
+        transport = self.transport
+        if abort or not hasattr(transport, "loseWriteConnection"):
+            close_connection(self, abort)
+            return
+        transport.loseWriteConnection()
+        reactor.callLater(_LINGER_SECONDS, _abort_if_still_open, transport)  # type: ignore[attr-defined,arg-type]
+
     reset_protocol_options.closes_with_a_frame = True  # type: ignore[attr-defined]
     WebSocketFactory.resetProtocolOptions = reset_protocol_options  # type: ignore[method-assign]
+    WebSocketProtocol._closeConnection = close_connection_lingering  # type: ignore[method-assign]
+
+
+# How long a half-closed connection waits for the client to close its side.
+_LINGER_SECONDS = 2.0
+
+
+def _abort_if_still_open(transport: Any) -> None:
+    if getattr(transport, "connected", False):
+        transport.abortConnection()
 
 
 _fail_websockets_with_a_close_frame()
