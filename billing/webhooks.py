@@ -30,6 +30,7 @@ from accounts.models import Organization
 from billing import stripe_gateway
 from billing.models import BillingAccount, LedgerEntry, StripeWebhookEvent, TopUpCheckout
 from billing.services import TOP_UP_CURRENCY, billing_account_get_or_create, ledger_post
+from callmissed import jsonsafe
 from callmissed.errors import ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def _storable(value: Any, depth: int = 0) -> bool:
     if depth > MAX_EVENT_DEPTH:
         return False
     if isinstance(value, str):
-        return "\x00" not in value and not any("\ud800" <= ch <= "\udfff" for ch in value)
+        return jsonsafe.unstorable(value) is None
     if isinstance(value, dict):
         return all(_storable(k, depth) and _storable(v, depth + 1) for k, v in value.items())
     if isinstance(value, list):

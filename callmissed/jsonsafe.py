@@ -32,13 +32,21 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _check_text(text: str, where: str) -> None:
+def unstorable(text: str) -> str | None:
+    """What in ``text`` PostgreSQL (text or jsonb) cannot hold, or None: the one check for it."""
     if "\x00" in text:
-        raise UnsafeJson(f"{where} contains a NUL character.")
+        return "a NUL character"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise UnsafeJson(f"{where} contains a lone UTF-16 surrogate.") from None
+        return "a lone UTF-16 surrogate"
+    return None
+
+
+def _check_text(text: str, where: str) -> None:
+    problem = unstorable(text)
+    if problem:
+        raise UnsafeJson(f"{where} contains {problem}.")
 
 
 def _check_tree(value: Any, max_depth: int) -> None:

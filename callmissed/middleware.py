@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from callmissed import jsonsafe
+
 _request_id: ContextVar[str] = ContextVar("request_id", default="")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Stripe's rule for idempotency keys, and what reaches our database and Stripe's headers intact.
@@ -28,13 +30,8 @@ def current_request_id() -> str:
 
 def _unstorable(text: str) -> str | None:
     """Why PostgreSQL (text or jsonb) could not take ``text``, or None when it can."""
-    if "\x00" in text:
-        return "Must not contain NUL characters."
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "Must not contain lone UTF-16 surrogates."
-    return None
+    problem = jsonsafe.unstorable(text)
+    return f"Must not contain {problem}." if problem else None
 
 
 def _printable(name: str) -> str:

@@ -11,6 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agent_worker import catalog, contracts
+from callmissed import jsonsafe
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_KEYS = 32
@@ -141,19 +142,9 @@ class SessionConfigSerializer(serializers.Serializer):
         return value
 
 
-def _unstorable(text: str) -> bool:
-    if "\x00" in text:
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def _check_metadata_scalar(key: str, item: Any) -> None:
     """What the JSON parsers let through but a client or PostgreSQL's jsonb cannot hold exactly."""
-    if _unstorable(key):
+    if jsonsafe.unstorable(key):
         raise serializers.ValidationError("Keys must not contain NUL characters or lone surrogates.")
     if isinstance(item, bool) or item is None:
         return
@@ -163,5 +154,5 @@ def _check_metadata_scalar(key: str, item: Any) -> None:
             f"Value of {key!r} must be a number between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER}; "
             "send larger numbers as strings."
         )
-    if isinstance(item, str) and _unstorable(item):
+    if isinstance(item, str) and jsonsafe.unstorable(item):
         raise serializers.ValidationError(f"Value of {key!r} must not contain NUL characters or lone surrogates.")
