@@ -1,10 +1,11 @@
 """The one body parser of the REST API: bounded in size, strict about what JSON it accepts.
 
 DRF's ``JSONParser`` reads the request stream itself, so Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``
-never sees the body: a client could make a worker hold any amount of memory, and whatever Python's
-``json`` accepts (``1e400``, NUL, lone surrogates, thousands of nested arrays) surfaced later as a
-500. This parser refuses an oversized body before reading it (``Content-Length``) or after at most
-``API_MAX_BODY_BYTES + 1`` bytes (chunked bodies), then parses with ``callmissed.jsonsafe``.
+never sees the body: a client could make a worker read and parse any amount (the ASGI handler has
+already spooled it to a temporary file), and whatever Python's ``json`` accepts (``1e400``, NUL,
+lone surrogates, thousands of nested arrays) surfaced later as a 500. This parser refuses an
+oversized body before reading it (``Content-Length``) or after at most ``API_MAX_BODY_BYTES + 1``
+bytes (chunked bodies), then parses with ``callmissed.jsonsafe``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from rest_framework.renderers import JSONRenderer
 from callmissed import jsonsafe
 from callmissed.errors import PayloadTooLarge
 
-DEFAULT_MAX_BODY_BYTES = 256 * 1024
 _UTF8_NAMES = {"utf-8", "utf8", "us-ascii", "ascii"}
 
 
 def max_body_bytes() -> int:
-    return int(getattr(settings, "API_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+    return int(settings.API_MAX_BODY_BYTES)
 
 
 def too_large(limit: int) -> PayloadTooLarge:
