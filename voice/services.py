@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -52,7 +52,17 @@ def _token_for(session: VoiceSession) -> str:
     return livekit.participant_token(room_name=session.room_name, identity=f"user-{session.id}", dispatch=dispatch)
 
 
+# The provider cap is platform-wide, but a create locks only its own organization's row: without a
+# lock of its own, creates of different organizations all count the same sessions and all pass.
+_PROVIDER_CAPACITY_LOCK = 0x63616C6C  # any constant no other advisory lock uses ("call")
+
+
 def _check_provider_capacity() -> None:
+    if connection.vendor == "postgresql":
+        # Held to the end of the create's transaction, taken after the organization's row lock by
+        # every create alike. (SQLite, the development default, serialises writers by itself.)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PROVIDER_CAPACITY_LOCK])
     live = VoiceSession.objects.holding_capacity(now=timezone.now()).count()
     if live >= settings.PROVIDER_MAX_LIVE_SESSIONS:
         raise CapacityExhausted(retry_after=CAPACITY_RETRY_AFTER_SECONDS)

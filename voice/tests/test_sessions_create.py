@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
+from django.db import connection
 from livekit import api as lk
 
 from agent_worker import contracts
@@ -182,3 +184,28 @@ def test_provider_capacity_exhausted_is_503_with_retry_after(api: Any, settings:
     assert response.json()["error"]["code"] == "capacity_exhausted"
     assert int(response["Retry-After"]) > 0
     assert VoiceSession.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_provider_capacity_holds_when_many_organizations_create_at_once(make_client: Any, settings: Any) -> None:
+    """Each create locks only its own organization: the global provider cap needs a lock of its own."""
+    settings.PROVIDER_MAX_LIVE_SESSIONS = 3
+    clients = [make_client(f"Clinic {i}") for i in range(12)]
+    barrier = threading.Barrier(len(clients))
+    statuses: list[int] = []
+
+    def create(client: Any) -> None:
+        try:
+            barrier.wait(timeout=30)
+            statuses.append(_post(client, QUICKSTART).status_code)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=create, args=(client,)) for client in clients]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+
+    assert sorted(statuses) == [201] * 3 + [503] * 9
+    assert VoiceSession.objects.count() == 3
