@@ -434,16 +434,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                     self._spawn(self._conversation.end(contracts.EndReason.ERROR, error=message))
                 return  # otherwise the conversation is already ending, and closes the socket
             if self.session_id:
-                # The row exists but no conversation runs it.
-                await apply_event(
-                    tasks.session_ended,
-                    contracts.SessionEnded(
-                        session_id=self.session_id,
-                        reason=contracts.EndReason.ERROR,
-                        duration_seconds=0,
-                        error=message,
-                    ),
-                )
+                await self._end_row_that_never_ran(self.session_id, contracts.EndReason.ERROR, error=message)
             await self._refuse(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL_ERROR, message)
         except Exception:
             logger.exception("Legacy WS session %s: reporting an internal error failed", self.session_id or "-")
@@ -592,13 +583,8 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         if self._config_timer is not None:
             self._config_timer.cancel()
         if not self._socket_open:
-            # The client left while the row was being created: record a session that never ran.
-            await apply_event(
-                tasks.session_ended,
-                contracts.SessionEnded(
-                    session_id=str(created.session.id), reason=contracts.EndReason.USER_LEFT, duration_seconds=0
-                ),
-            )
+            # The client left while the row was being created.
+            await self._end_row_that_never_ran(str(created.session.id), contracts.EndReason.USER_LEFT)
             self._phase = _Phase.CLOSED
             return
         await self._start_session(str(created.session.id), created.session.config(), rate)
@@ -679,26 +665,20 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._phase = _Phase.CLOSED
         message = "The server could not set up this call's control channel. Try again in a few seconds."
         logger.error("Legacy WS session %s refused: its control group could not be joined", self.session_id)
-        await apply_event(
-            tasks.session_ended,
-            contracts.SessionEnded(
-                session_id=self.session_id, reason=contracts.EndReason.ERROR, duration_seconds=0, error=message
-            ),
-        )
+        await self._end_row_that_never_ran(self.session_id, contracts.EndReason.ERROR, error=message)
         await self.send_error(
             ErrorCode.SERVICE_UNAVAILABLE, message, fatal=True, retry_after=CONTROL_UNAVAILABLE_RETRY_AFTER_SECONDS
         )
-        await self.send_event(
-            {
-                "type": "session.ended",
-                "session_id": self.session_id,
-                "reason": str(contracts.EndReason.ERROR),
-                "duration_seconds": 0.0,
-                "error": message,
-            }
-        )
+        await self._send_session_ended(contracts.EndReason.ERROR, duration_seconds=0.0, error=message)
         await self._close_socket(CloseCode.SERVICE_UNAVAILABLE)
         self._finished.set()
+
+    async def _end_row_that_never_ran(self, session_id: str, reason: contracts.EndReason, *, error: str = "") -> None:
+        """Close the row of a session no conversation ran (it frees its slot), as the worker would."""
+        await apply_event(
+            tasks.session_ended,
+            contracts.SessionEnded(session_id=session_id, reason=reason, duration_seconds=0, error=error),
+        )
 
     async def _receive_audio(self, pcm: bytes) -> None:
         assert self._audio_in is not None
@@ -889,15 +869,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                     ended.error or f"The session ended: {ended.reason}.",
                     fatal=True,
                 )
-            await self.send_event(
-                {
-                    "type": "session.ended",
-                    "session_id": self.session_id,
-                    "reason": str(ended.reason),
-                    "duration_seconds": ended.duration_seconds,
-                    "error": ended.error,
-                }
-            )
+            await self._send_session_ended(ended.reason, duration_seconds=ended.duration_seconds, error=ended.error)
             await self._close_socket(close)
         finally:
             await self._release()
@@ -926,6 +898,17 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             # Daphne's WebSocket layer closed the connection (the client left, or sent a message
             # over its size limit) and the disconnect message is still on its way to us.
             self._socket_open = False
+
+    async def _send_session_ended(self, reason: contracts.EndReason, *, duration_seconds: float, error: str) -> None:
+        await self.send_event(
+            {
+                "type": "session.ended",
+                "session_id": self.session_id,
+                "reason": str(reason),
+                "duration_seconds": duration_seconds,
+                "error": error,
+            }
+        )
 
     async def send_error(
         self,
