@@ -216,7 +216,7 @@ def _render_exception(exc: Exception) -> Response:
         exc = drf_exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):
         # request.body past DATA_UPLOAD_MAX_MEMORY_SIZE (the Stripe webhook reads the raw body).
-        return Response(envelope(ErrorCode.PAYLOAD_TOO_LARGE, "The request body is too large."), status=413)
+        return _render_exception(PayloadTooLarge())
     elif isinstance(exc, SuspiciousOperation | UnreadablePostError):
         # Too many query fields, a bad Host, a body cut off mid-read: the request, not the server.
         exc = drf_exceptions.ParseError("The request is malformed.")
@@ -290,7 +290,7 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     # Django sends every SuspiciousOperation here, RequestDataTooBig included.
     if isinstance(exception, RequestDataTooBig):
-        return _error_response(request, 413, ErrorCode.PAYLOAD_TOO_LARGE, "The request body is too large.")
+        return _error_response(request, 413, PayloadTooLarge.code, PayloadTooLarge.default_message)
     return _error_response(request, 400, ErrorCode.INVALID_REQUEST, "Bad request.")
 
 
