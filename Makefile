@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev lint typecheck pytest worker celery browser
+.PHONY: run test install install-dev lint typecheck pytest worker celery browser vendor-js
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,3 +59,7 @@ worker: install
 ## Celery worker with the beat scheduler (the reaper) for development; needs REDIS_URL.
 celery: install
 	$(VENV)/bin/celery -A callmissed worker --beat --loglevel=INFO
+
+## Re-fetch the dashboard's pinned browser libraries from npm (checked against their integrity hashes).
+vendor-js:
+	dashboard/vendor-js.sh
