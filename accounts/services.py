@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts import signals
@@ -18,9 +18,36 @@ class CreatedApiKey:
     plaintext: str  # returned exactly once, never stored
 
 
+@transaction.atomic
+def organization_create(
+    *, name: str, actor: User | None = None, starter_credit: bool = True, credit_claim: str = ""
+) -> Organization:
+    """A new tenant, audited; the apps above open what every organization has (its billing
+    account) in the same transaction, through ``organization_created``."""
+    organization = Organization(name=name)
+    organization.full_clean()
+    organization.save()
+    AuditLog.objects.create(
+        organization=organization, actor=actor, action=AuditLog.Action.ORGANIZATION_CREATED, target=str(organization.id)
+    )
+    signals.organization_created.send(
+        sender=Organization,
+        organization=organization,
+        actor=actor,
+        starter_credit=starter_credit,
+        credit_claim=credit_claim,
+    )
+    return organization
+
+
 def organization_get_or_create(*, name: str) -> Organization:
-    org, _ = Organization.objects.get_or_create(name=name)
-    return org
+    existing = Organization.objects.filter(name=name).first()
+    if existing is not None:
+        return existing
+    try:
+        return organization_create(name=name)
+    except IntegrityError:  # a concurrent create of the same name won
+        return Organization.objects.get(name=name)
 
 
 # Mailboxes that ignore dots in the local part: a.b@gmail.com and ab@gmail.com are one inbox.
@@ -39,19 +66,21 @@ def email_identity(email: str) -> str:
 
 
 @transaction.atomic
-def account_signup(*, username: str, email: str, password: str, organization_name: str) -> User:
-    """A new customer: their user, their organization, and owner membership of it, together or not at all."""
+def account_signup(
+    *, username: str, email: str, password: str, organization_name: str, starter_credit: bool = True
+) -> User:
+    """A new customer: their user, their organization, and owner membership of it, together or not at all.
+
+    The starter credit is claimed by the owner's mailbox (``email_identity``): a second organization
+    for the same person starts at zero."""
     user = User(username=username, email=email)
     user.set_password(password)
     user.full_clean()
     user.save()
-    organization = Organization(name=organization_name)
-    organization.full_clean()
-    organization.save()
-    Membership.objects.create(user=user, organization=organization, role=Membership.Role.OWNER)
-    AuditLog.objects.create(
-        organization=organization, actor=user, action=AuditLog.Action.ORGANIZATION_CREATED, target=str(organization.id)
+    organization = organization_create(
+        name=organization_name, actor=user, starter_credit=starter_credit, credit_claim=email_identity(email)
     )
+    Membership.objects.create(user=user, organization=organization, role=Membership.Role.OWNER)
     return user
 
 

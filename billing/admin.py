@@ -89,9 +89,9 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ["occurred_at", "organization", "session", "component", "model", "quantity", "cost"]
+    list_display = ["occurred_at", "organization", "session_id", "component", "model", "quantity", "cost"]
     list_filter = ["component", "model"]
-    search_fields = ["event_id", "session__id", "organization__name"]
+    search_fields = ["event_id", "session_id", "organization__name"]
     date_hierarchy = "occurred_at"
 
 

@@ -13,7 +13,6 @@ from django.db import models
 
 from accounts.models import Organization
 from agent_worker import contracts
-from voice.models import VoiceSession
 
 COMPONENT_CHOICES = [(c.value, c.value) for c in contracts.UsageComponent]
 BILLING_CURRENCY = "USD"
@@ -96,8 +95,9 @@ class UsageRecord(models.Model):
     event_id = models.CharField(max_length=64)
     index = models.PositiveSmallIntegerField()
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage_records")
-    # Usage outlives a session's deleted content: the row stays, only its transcript goes.
-    session = models.ForeignKey(VoiceSession, on_delete=models.PROTECT, related_name="usage_records")
+    # The voice session's id, not a foreign key: billing does not depend on the voice app (sessions
+    # are never deleted, only their content, so the id always names a row there).
+    session_id = models.UUIDField(db_index=True)
     component = models.CharField(max_length=32, choices=COMPONENT_CHOICES)
     model = models.CharField(max_length=200)
     provider = models.CharField(max_length=64)

@@ -59,5 +59,15 @@ def price_usage(*, component: str, model: str, quantity: Decimal, at: datetime) 
 
 
 def display(amount: Decimal) -> str:
-    """Money as the API shows it: six decimal places, always."""
+    """Money as the API and the dashboard show it: six decimal places, always."""
     return str(amount.quantize(DISPLAY_QUANTUM, rounding=ROUND_HALF_EVEN))
+
+
+def display_quantity(value: Decimal) -> str:
+    """Seconds, characters or tokens as shown: whole numbers without a decimal point."""
+    return format(value.normalize(), "f") if value != value.to_integral_value() else str(int(value))
+
+
+def display_unit_price(value: Decimal) -> str:
+    """A price as configured, without trailing zeros (and never in exponent form)."""
+    return format(value.normalize(), "f")

@@ -1,53 +1,104 @@
-"""Reads: a session's usage and cost, an organization's usage over time, its limits, current prices.
+"""Reads: a session's usage and cost, an organization's usage over time, its account and limits,
+current prices. Data only (Decimals, dataclasses): serializers and templates format it.
 
-Every read takes the organization (or a session already fetched through it): no cross-tenant reads.
+Every read takes the organization: no cross-tenant reads.
 """
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
 
 from django.db.models import Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Organization
-from billing.models import BILLING_CURRENCY, ModelPrice, UsageRecord
-from billing.pricing import OPENROUTER_DEFAULT_MODEL, display
-from billing.services import billing_account_get_or_create, month_to_date_spend
-from voice.models import VoiceSession
+from billing.models import BILLING_CURRENCY, BillingAccount, ModelPrice, UsageRecord
+from billing.pricing import OPENROUTER_DEFAULT_MODEL
 
 MAX_USAGE_RANGE_DAYS = 366
 
 
-def session_usage(*, session: VoiceSession) -> dict[str, Any]:
-    """Quantity and cost per component and model, and the total, in USD to six places."""
+@dataclass(frozen=True)
+class UsageLine:
+    component: str
+    model: str
+    provider: str
+    quantity: Decimal
+    cost: Decimal  # USD
+
+
+@dataclass(frozen=True)
+class SessionUsage:
+    currency: str
+    total_cost: Decimal
+    items: list[UsageLine]
+
+
+@dataclass(frozen=True)
+class DailyUsageLine:
+    date: date
+    component: str
+    model: str
+    quantity: Decimal
+    cost: Decimal  # USD
+
+
+@dataclass(frozen=True)
+class DailyUsage:
+    start: date
+    end: date
+    currency: str
+    total_cost: Decimal
+    items: list[DailyUsageLine]
+
+
+@dataclass(frozen=True)
+class BillingLimits:
+    currency: str
+    prepaid: bool
+    balance: Decimal
+    spend_cap_monthly: Decimal | None
+    month_to_date_spend: Decimal
+    max_concurrent_sessions: int
+    payment_failed: bool
+
+
+@dataclass(frozen=True)
+class PriceInForce:
+    component: str
+    currency: str
+    unit_price: Decimal  # in currency per per_units
+    per_units: int
+    confirmed: bool
+
+
+def billing_account_get(*, organization: Organization) -> BillingAccount:
+    """The account opened with the organization (``billing.receivers``)."""
+    return BillingAccount.objects.get(organization=organization)
+
+
+def session_usage(*, organization: Organization, session_id: uuid.UUID | str) -> SessionUsage:
+    """Quantity and cost per component and model of one session, and the total, in USD."""
     rows = (
-        UsageRecord.objects.filter(session=session)
+        UsageRecord.objects.filter(organization=organization, session_id=session_id)
         .values("component", "model", "provider")
         .annotate(quantity=Sum("quantity"), cost=Sum("cost"))
         .order_by("component", "model")
     )
-    total = sum((r["cost"] for r in rows), Decimal(0))
-    return {
-        "currency": BILLING_CURRENCY,
-        "total_cost": display(total),
-        "items": [
-            {
-                "component": r["component"],
-                "model": r["model"],
-                "provider": r["provider"],
-                "quantity": _quantity(r["quantity"]),
-                "cost": display(r["cost"]),
-            }
-            for r in rows
-        ],
-    }
+    items = [
+        UsageLine(
+            component=r["component"], model=r["model"], provider=r["provider"], quantity=r["quantity"], cost=r["cost"]
+        )
+        for r in rows
+    ]
+    return SessionUsage(currency=BILLING_CURRENCY, total_cost=sum((i.cost for i in items), Decimal(0)), items=items)
 
 
-def usage_by_day(*, organization: Organization, start: date, end: date) -> dict[str, Any]:
+def usage_by_day(*, organization: Organization, start: date, end: date) -> DailyUsage:
     """Usage from ``start`` to ``end`` inclusive (UTC days), by day, component and model."""
     since = datetime.combine(start, time.min, tzinfo=UTC)
     until = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
@@ -58,41 +109,46 @@ def usage_by_day(*, organization: Organization, start: date, end: date) -> dict[
         .annotate(quantity=Sum("quantity"), cost=Sum("cost"))
         .order_by("day", "component", "model")
     )
-    total = sum((r["cost"] for r in rows), Decimal(0))
-    return {
-        "start": start.isoformat(),
-        "end": end.isoformat(),
-        "currency": BILLING_CURRENCY,
-        "total_cost": display(total),
-        "items": [
-            {
-                "date": r["day"].isoformat(),
-                "component": r["component"],
-                "model": r["model"],
-                "quantity": _quantity(r["quantity"]),
-                "cost": display(r["cost"]),
-            }
-            for r in rows
-        ],
-    }
+    items = [
+        DailyUsageLine(
+            date=r["day"], component=r["component"], model=r["model"], quantity=r["quantity"], cost=r["cost"]
+        )
+        for r in rows
+    ]
+    return DailyUsage(
+        start=start,
+        end=end,
+        currency=BILLING_CURRENCY,
+        total_cost=sum((i.cost for i in items), Decimal(0)),
+        items=items,
+    )
 
 
-def billing_limits(*, organization: Organization) -> dict[str, Any]:
-    account = billing_account_get_or_create(organization=organization)
-    live = VoiceSession.objects.live().filter(organization=organization).count()
-    return {
-        "currency": BILLING_CURRENCY,
-        "prepaid": account.prepaid,
-        "balance": display(account.balance),
-        "spend_cap_monthly": display(account.spend_cap_monthly) if account.spend_cap_monthly is not None else None,
-        "month_to_date_spend": display(month_to_date_spend(organization=organization)),
-        "max_concurrent_sessions": account.max_concurrent_sessions,
-        "live_sessions": live,
-        "payment_failed": account.payment_failed,
-    }
+def month_start(at: datetime) -> datetime:
+    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def prices_in_force(*, model: str, at: datetime | None = None) -> list[dict[str, Any]]:
+def month_to_date_spend(*, organization: Organization, now: datetime | None = None) -> Decimal:
+    since = month_start(now or timezone.now())
+    total = UsageRecord.objects.filter(organization=organization, occurred_at__gte=since).aggregate(s=Sum("cost"))["s"]
+    return total or Decimal(0)
+
+
+def billing_limits(*, organization: Organization) -> BillingLimits:
+    """The account's balance and caps. How many sessions are live is the voice app's to count."""
+    account = billing_account_get(organization=organization)
+    return BillingLimits(
+        currency=BILLING_CURRENCY,
+        prepaid=account.prepaid,
+        balance=account.balance,
+        spend_cap_monthly=account.spend_cap_monthly,
+        month_to_date_spend=month_to_date_spend(organization=organization),
+        max_concurrent_sessions=account.max_concurrent_sessions,
+        payment_failed=account.payment_failed,
+    )
+
+
+def prices_in_force(*, model: str, at: datetime | None = None) -> list[PriceInForce]:
     """The current price of each component of ``model`` (OpenRouter ids fall back to the default)."""
     at = at or timezone.now()
     found: dict[str, ModelPrice] = {}
@@ -100,16 +156,12 @@ def prices_in_force(*, model: str, at: datetime | None = None) -> list[dict[str,
         for row in ModelPrice.objects.filter(model=candidate, effective_from__lte=at).order_by("-effective_from"):
             found.setdefault(row.component, row)
     return [
-        {
-            "component": row.component,
-            "currency": row.currency,
-            "unit_price": str(row.unit_price.normalize()),
-            "per_units": row.per_units,
-            "confirmed": row.confirmed,
-        }
+        PriceInForce(
+            component=row.component,
+            currency=row.currency,
+            unit_price=row.unit_price,
+            per_units=row.per_units,
+            confirmed=row.confirmed,
+        )
         for row in sorted(found.values(), key=lambda r: r.component)
     ]
-
-
-def _quantity(value: Decimal) -> str:
-    return str(value.normalize()) if value != value.to_integral_value() else str(int(value))

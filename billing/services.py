@@ -1,27 +1,33 @@
 """Billing rules: accounts, admission, usage into records and ledger, top-ups, Stripe meter events.
 
 ``session_admission_check`` runs inside ``voice_session_create``'s transaction, with the
-organization row locked, so two racing creates cannot both slip under a cap.
+organization row locked, so two racing creates cannot both slip under a cap. Every change to a
+balance's credit or to an account's limits writes its audit row in the same transaction.
+
+Billing never looks at sessions: the voice app passes what it knows (how many sessions are live,
+whose session a usage event is) and acts on ``signals.balance_exhausted``.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 
-from accounts.models import Organization
+from accounts.models import AuditLog, Organization
 from agent_worker import contracts
-from billing import stripe_gateway
+from billing import signals, stripe_gateway
 from billing.models import BillingAccount, LedgerEntry, MeterEventReport, TopUpCheckout, UsageRecord
 from billing.pricing import display, price_usage
+from billing.selectors import billing_account_get, month_to_date_spend
 from callmissed import queueing
 from callmissed.errors import (
     ApplicationError,
@@ -31,8 +37,6 @@ from callmissed.errors import (
     UpstreamError,
     ValidationFailed,
 )
-from voice import lifecycle
-from voice.models import VoiceSession
 
 logger = logging.getLogger(__name__)
 
@@ -40,38 +44,38 @@ MICRO = Decimal(1_000_000)
 MIN_TOP_UP = Decimal("5.00")
 MAX_TOP_UP = Decimal("10000.00")
 TOP_UP_CURRENCY = "usd"
+MIN_ADMIN_CREDIT = Decimal("0.01")
+# What a balance credit may be: usage debits are posted by ``usage_event_apply`` alone.
+CREDIT_KINDS = (LedgerEntry.Kind.GRANT, LedgerEntry.Kind.TOP_UP, LedgerEntry.Kind.ADJUSTMENT)
 
 
-def billing_account_get_or_create(
-    *, organization: Organization, signup_credit: bool = True, signup_credit_claim: str = ""
+def billing_account_open(
+    *, organization: Organization, actor: User | None = None, starter_credit: bool = True, credit_claim: str = ""
 ) -> BillingAccount:
-    """Every organization gets an account the first time billing looks, and with it the signup credit
-    unless ``signup_credit`` is False (the signup's rule refused it).
+    """The organization's account, opened with it (in its creating transaction), with the starter
+    credit unless ``starter_credit`` is False (the signup's rule refused it).
 
     The credit is posted once per claim: the dashboard's signup passes the owner's normalized email,
     so a second organization for the same person starts at zero. Without a claim (operators, the
     management command) the organization itself is the claim."""
-    account = BillingAccount.objects.filter(organization=organization).first()
-    if account is not None:
-        return account
-    credit = Decimal(settings.BILLING_SIGNUP_CREDIT_USD) if signup_credit else Decimal(0)
-    if signup_credit_claim:
-        # The ledger's unique reference makes the claim race-free; hashed, so no email sits in it.
-        reference = "grant:signup:claim:" + hashlib.sha256(signup_credit_claim.encode()).hexdigest()
-    else:
-        reference = f"grant:signup:{organization.pk}"
     with transaction.atomic():
-        account, created = BillingAccount.objects.get_or_create(
-            organization=organization,
-            defaults={"max_concurrent_sessions": settings.BILLING_MAX_CONCURRENT_SESSIONS},
+        account = BillingAccount.objects.create(
+            organization=organization, max_concurrent_sessions=settings.BILLING_MAX_CONCURRENT_SESSIONS
         )
-        if created and credit > 0:
-            granted = ledger_post(
+        credit = Decimal(settings.BILLING_SIGNUP_CREDIT_USD) if starter_credit else Decimal(0)
+        if credit > 0:
+            if credit_claim:
+                # The ledger's unique reference makes the claim race-free; hashed, so no email sits in it.
+                reference = "grant:signup:claim:" + hashlib.sha256(credit_claim.encode()).hexdigest()
+            else:
+                reference = f"grant:signup:{organization.pk}"
+            granted = balance_credit(
                 account=account,
                 kind=LedgerEntry.Kind.GRANT,
                 amount=credit,
                 reference=reference,
                 description="Signup credit",
+                actor=actor,
             )
             if granted:
                 account.refresh_from_db()
@@ -80,14 +84,90 @@ def billing_account_get_or_create(
     return account
 
 
-def month_start(at: datetime) -> datetime:
-    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+def balance_credit(
+    *,
+    account: BillingAccount,
+    kind: str,
+    amount: Decimal,
+    reference: str,
+    description: str = "",
+    actor: User | None = None,
+) -> bool:
+    """Credit a balance once per ``reference`` (a signup grant, a Stripe top-up, an operator's
+    adjustment), audited; False when that reference was already posted."""
+    if kind not in CREDIT_KINDS:
+        raise ValueError(f"{kind!r} is not a credit")
+    if not amount.is_finite() or amount <= 0:
+        raise ValidationFailed(fields={"amount": ["A credit is a positive amount of USD."]})
+    with transaction.atomic():
+        locked = BillingAccount.objects.select_for_update().get(pk=account.pk)
+        entry, created = LedgerEntry.objects.get_or_create(
+            reference=reference,
+            defaults={"account": locked, "kind": kind, "amount": amount, "description": description[:200]},
+        )
+        if created:
+            locked.balance += amount
+            locked.save(update_fields=["balance"])
+            AuditLog.objects.create(
+                organization_id=locked.organization_id,
+                actor=actor,
+                action=AuditLog.Action.BALANCE_CREDITED,
+                target=reference[:100],
+                detail={"kind": kind, "amount": str(amount), "balance": str(locked.balance), "ledger_entry": entry.pk},
+            )
+    return created
 
 
-def month_to_date_spend(*, organization: Organization, now: datetime | None = None) -> Decimal:
-    since = month_start(now or timezone.now())
-    total = UsageRecord.objects.filter(organization=organization, occurred_at__gte=since).aggregate(s=Sum("cost"))["s"]
-    return total or Decimal(0)
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP
+# What ``billing_limits_change`` changes (the admin's form edits exactly these).
+LIMIT_FIELDS = ("prepaid", "spend_cap_monthly", "max_concurrent_sessions", "payment_failed")
+
+
+def billing_limits_change(
+    *,
+    account: BillingAccount,
+    actor: User | None = None,
+    prepaid: bool | _Keep = KEEP,
+    spend_cap_monthly: Decimal | _Keep | None = KEEP,
+    max_concurrent_sessions: int | _Keep = KEEP,
+    payment_failed: bool | _Keep = KEEP,
+) -> BillingAccount:
+    """Change an account's limits (what is not ``KEEP``), audited with each field's old and new
+    value; no row when nothing changed. ``account`` is refreshed with what was saved."""
+    wanted: dict[str, Any] = {
+        "prepaid": prepaid,
+        "spend_cap_monthly": spend_cap_monthly,
+        "max_concurrent_sessions": max_concurrent_sessions,
+        "payment_failed": payment_failed,
+    }
+    with transaction.atomic():
+        locked = BillingAccount.objects.select_for_update().get(pk=account.pk)
+        changed: dict[str, list[Any]] = {}
+        for name, value in wanted.items():
+            old = getattr(locked, name)
+            if value is not KEEP and value != old:
+                setattr(locked, name, value)
+                changed[name] = [_audit_value(old), _audit_value(value)]
+        if changed:
+            locked.full_clean()
+            locked.save(update_fields=list(changed))
+            AuditLog.objects.create(
+                organization_id=locked.organization_id,
+                actor=actor,
+                action=AuditLog.Action.LIMITS_CHANGED,
+                target=str(locked.pk),
+                detail=changed,
+            )
+    account.refresh_from_db()
+    return account
+
+
+def _audit_value(value: Any) -> Any:
+    return str(value) if isinstance(value, Decimal) else value
 
 
 def funds_problem(*, account: BillingAccount) -> str | None:
@@ -102,56 +182,45 @@ def funds_problem(*, account: BillingAccount) -> str | None:
     return None
 
 
-def session_admission_check(*, organization: Organization) -> None:
-    """Raise PaymentRequired (402) or ConcurrencyLimit (429) when the org may not start a session."""
-    account = billing_account_get_or_create(organization=organization)
+def session_admission_check(*, organization: Organization, live_sessions: int) -> None:
+    """Raise PaymentRequired (402) or ConcurrencyLimit (429) when the org may not start one more
+    session beside its ``live_sessions``."""
+    account = billing_account_get(organization=organization)
     problem = funds_problem(account=account)
     if problem:
         raise PaymentRequired(problem)
-    live = VoiceSession.objects.live().filter(organization=organization).count()
-    if live >= account.max_concurrent_sessions:
+    if live_sessions >= account.max_concurrent_sessions:
         raise ConcurrencyLimit(
-            f"This organization already has {live} live sessions, its limit is {account.max_concurrent_sessions}.",
+            f"This organization already has {live_sessions} live sessions, "
+            f"its limit is {account.max_concurrent_sessions}.",
             retry_after=settings.BILLING_CONCURRENCY_RETRY_AFTER_SECONDS,
         )
-
-
-def ledger_post(*, account: BillingAccount, kind: str, amount: Decimal, reference: str, description: str = "") -> bool:
-    """Change a balance once per reference; False when that reference was already posted."""
-    with transaction.atomic():
-        locked = BillingAccount.objects.select_for_update().get(pk=account.pk)
-        _, created = LedgerEntry.objects.get_or_create(
-            reference=reference,
-            defaults={"account": locked, "kind": kind, "amount": amount, "description": description[:200]},
-        )
-        if created:
-            locked.balance += amount
-            locked.save(update_fields=["balance"])
-    return created
 
 
 @dataclass
 class UsageApplied:
     records: list[UsageRecord] = field(default_factory=list)
     duplicate: bool = False
+    # Why the organization may no longer run sessions after this usage, or None.
+    exhausted: str | None = None
 
 
-def usage_event_apply(*, event: contracts.UsageReported) -> UsageApplied | None:
-    """Record one usage event as priced, immutable records and one ledger debit — once per event id.
+def usage_event_apply(*, event: contracts.UsageReported, organization: Organization) -> UsageApplied:
+    """Record one usage event of ``organization``'s session as priced, immutable records and one
+    ledger debit — once per event id.
 
-    None when the session is unknown. Raises ``PriceMissing`` when a price is not configured, so the
-    task retries (and an admin can add the row) rather than dropping billable usage."""
-    session = VoiceSession.objects.select_related("organization").filter(pk=event.session_id).first()
-    if session is None:
-        return None
-    account = billing_account_get_or_create(organization=session.organization)
+    When the usage leaves the organization unable to pay, ``signals.balance_exhausted`` is sent
+    (the voice app ends its live sessions). Raises ``PriceMissing`` when a price is not
+    configured, so the task retries (and an admin can add the row) rather than dropping billable
+    usage."""
+    account = billing_account_get(organization=organization)
     with transaction.atomic():
         # The account lock serialises usage per organization: a duplicate waits, then sees the rows.
         account = BillingAccount.objects.select_for_update().get(pk=account.pk)
         if UsageRecord.objects.filter(event_id=event.event_id).exists():
             return UsageApplied(duplicate=True)
         records = [
-            _record(session=session, event=event, index=index, item=item)
+            _record(organization=organization, event=event, index=index, item=item)
             for index, item in enumerate(event.items)
             if item.quantity > 0
         ]
@@ -162,27 +231,27 @@ def usage_event_apply(*, event: contracts.UsageReported) -> UsageApplied | None:
                 kind=LedgerEntry.Kind.USAGE,
                 amount=-total,
                 reference=f"usage:{event.event_id}",
-                description=f"Session {session.pk}",
+                description=f"Session {event.session_id}",
             )
             account.balance -= total
             account.save(update_fields=["balance"])
             _queue_meter_events(account=account, records=records)
         exhausted = funds_problem(account=account)
     if exhausted:
-        _end_live_sessions(organization=session.organization, why=exhausted)
-    return UsageApplied(records=records)
+        signals.balance_exhausted.send(sender=BillingAccount, organization=organization, reason=exhausted)
+    return UsageApplied(records=records, exhausted=exhausted)
 
 
 def _record(
-    *, session: VoiceSession, event: contracts.UsageReported, index: int, item: contracts.UsageItem
+    *, organization: Organization, event: contracts.UsageReported, index: int, item: contracts.UsageItem
 ) -> UsageRecord:
     quantity = Decimal(str(item.quantity)).quantize(Decimal("0.000001"))
     priced = price_usage(component=item.component, model=item.model, quantity=quantity, at=event.occurred_at)
     return UsageRecord.objects.create(
         event_id=event.event_id,
         index=index,
-        organization=session.organization,
-        session=session,
+        organization=organization,
+        session_id=event.session_id,
         component=item.component,
         model=item.model,
         provider=item.provider,
@@ -218,16 +287,6 @@ def _queue_meter_events(*, account: BillingAccount, records: list[UsageRecord]) 
             queueing.enqueue_on_commit(tasks.report_meter_event, report_id=report_id)
 
 
-def _end_live_sessions(*, organization: Organization, why: str) -> None:
-    # Sessions are locked one by one in primary-key order, as every other path does: no deadlock.
-    live = VoiceSession.objects.live().filter(organization=organization).order_by("pk")
-    for session_id in live.values_list("pk", flat=True):
-        logger.info("Ending session %s: %s", session_id, why)
-        lifecycle.voice_session_terminate(
-            session_id=str(session_id), reason=contracts.EndReason.INSUFFICIENT_FUNDS, error=why
-        )
-
-
 def meter_event_send(*, report_id: int) -> MeterEventReport:
     """Tell Stripe about one usage record. Safe to repeat: Stripe keeps one event per identifier."""
     with transaction.atomic():
@@ -237,7 +296,7 @@ def meter_event_send(*, report_id: int) -> MeterEventReport:
         report.attempts += 1
         report.save(update_fields=["attempts"])
     record = report.usage_record
-    account = billing_account_get_or_create(organization=record.organization)
+    account = billing_account_get(organization=record.organization)
     customer_id = stripe_customer_ensure(account=account)
     try:
         stripe_gateway.meter_event_create(
@@ -288,7 +347,7 @@ def checkout_create(
             fields={"amount_usd": [f"Top-ups are between {MIN_TOP_UP} and {MAX_TOP_UP} USD."]},
         )
     amount_cents = int((amount * 100).to_integral_value())
-    account = billing_account_get_or_create(organization=organization)
+    account = billing_account_get(organization=organization)
     try:
         customer_id = stripe_customer_ensure(account=account)
         session_id, url = stripe_gateway.checkout_session_create(

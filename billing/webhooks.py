@@ -29,7 +29,8 @@ from django.utils import timezone
 from accounts.models import Organization
 from billing import stripe_gateway
 from billing.models import BillingAccount, LedgerEntry, StripeWebhookEvent, TopUpCheckout
-from billing.services import TOP_UP_CURRENCY, billing_account_get_or_create, ledger_post
+from billing.selectors import billing_account_get
+from billing.services import TOP_UP_CURRENCY, balance_credit
 from callmissed import jsonsafe
 from callmissed.errors import ValidationFailed
 
@@ -397,8 +398,8 @@ def _apply_top_up(obj: dict[str, Any], *, event_type: str, at: datetime) -> None
             f"Checkout Session {session_id} reports amount_total {amount!r}, "
             f"but asked for {checkout.amount_cents}; nothing credited."
         )
-    ledger_post(
-        account=billing_account_get_or_create(organization=checkout.organization),
+    balance_credit(
+        account=billing_account_get(organization=checkout.organization),
         kind=LedgerEntry.Kind.TOP_UP,
         amount=Decimal(checkout.amount_cents) / 100,
         reference=f"checkout:{session_id}",

@@ -21,7 +21,6 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.core import signing
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -175,7 +174,7 @@ def admin_login(request: HttpRequest, extra_context: dict[str, Any] | None = Non
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     """A new account, throttled per client address; whether its organization gets the signup credit
-    is decided here, where the client's address and the owner's email are known (billing grants it)."""
+    is decided here, where the client's address is known (billing grants it, once per owner's mailbox)."""
     if request.user.is_authenticated:
         return redirect("dashboard:overview")
     form = SignupForm(request.POST or None)
@@ -192,20 +191,13 @@ def signup(request: HttpRequest) -> HttpResponse:
             ratelimit.parse_rate(settings.BILLING_SIGNUP_CREDITS_PER_IP),
             fail_open=False,
         )
-        with transaction.atomic():
-            user = account_services.account_signup(
-                username=form.cleaned_data["username"],
-                email=form.cleaned_data["email"],
-                password=form.cleaned_data["password1"],
-                organization_name=form.cleaned_data["organization_name"],
-            )
-            organization = account_selectors.organization_for_user(user=user)
-            assert organization is not None  # account_signup made the user its owner
-            billing_services.billing_account_get_or_create(
-                organization=organization,
-                signup_credit=credit_slot.allowed,
-                signup_credit_claim=account_services.email_identity(form.cleaned_data["email"]),
-            )
+        user = account_services.account_signup(
+            username=form.cleaned_data["username"],
+            email=form.cleaned_data["email"],
+            password=form.cleaned_data["password1"],
+            organization_name=form.cleaned_data["organization_name"],
+            starter_credit=credit_slot.allowed,
+        )
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, "Welcome! Create an API key to start your first voice session.")
         return redirect("dashboard:keys")
@@ -225,6 +217,7 @@ def overview(request: HttpRequest, organization: Organization) -> HttpResponse:
         "status_counts": [(status.label, by_status.get(status.value, 0)) for status in VoiceSession.Status],
         "active_keys": active_keys.count(),
         "limits": billing_selectors.billing_limits(organization=organization),
+        "live_sessions": voice_selectors.live_session_count(organization=organization),
     }
     return render(request, "dashboard/overview.html", context)
 
@@ -281,7 +274,7 @@ def session_detail(request: HttpRequest, organization: Organization, session_id:
         "session": session,
         "segments": voice_selectors.transcript_list(session=session),
         "latency": voice_selectors.voice_session_latency(session=session),
-        "usage": billing_selectors.session_usage(session=session),
+        "usage": billing_selectors.session_usage(organization=organization, session_id=session.id),
     }
     return render(request, "dashboard/session_detail.html", context)
 
@@ -308,6 +301,7 @@ def billing(request: HttpRequest, organization: Organization) -> HttpResponse:
     context = {
         "organization": organization,
         "limits": billing_selectors.billing_limits(organization=organization),
+        "live_sessions": voice_selectors.live_session_count(organization=organization),
         "usage": billing_selectors.usage_by_day(organization=organization, start=today - timedelta(days=29), end=today),
         "form": form,
         "payments_enabled": stripe_gateway.enabled(),

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from agent_worker import contracts
+from billing import services as billing_services
 from callmissed import queueing
 from voice import livekit, ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
@@ -245,3 +246,12 @@ def transcript_segment_add(*, segment: contracts.TranscriptSegment) -> Transcrip
         },
     )
     return row
+
+
+def usage_add(*, usage: contracts.UsageReported) -> billing_services.UsageApplied | None:
+    """Bill one usage event to its session's organization (once per event id); None when the
+    session is unknown. Usage outlives deleted content, so a deleted session's usage still bills."""
+    session = VoiceSession.objects.select_related("organization").filter(pk=usage.session_id).first()
+    if session is None:
+        return None
+    return billing_services.usage_event_apply(event=usage, organization=session.organization)

@@ -33,6 +33,11 @@ def voice_session_get(*, organization: Organization, session_id: str | uuid.UUID
     return session
 
 
+def live_session_count(*, organization: Organization) -> int:
+    """Sessions that count against the organization's concurrency limit."""
+    return VoiceSession.objects.live().filter(organization=organization).count()
+
+
 def voice_session_stop_reason(*, session_id: str) -> contracts.EndReason | None:
     """Why a running call must stop: the row's end reason once it is no longer live, or
     ``key_revoked`` once the key it was opened with is revoked (``None`` while neither). One

@@ -18,9 +18,10 @@ from django.utils import timezone
 from accounts.models import ApiKey, AuditLog, Organization
 from accounts.selectors import ExpiredApiKey, RevokedApiKey
 from agent_worker import contracts
+from billing import selectors as billing_selectors
 from billing import services as billing_services
 from callmissed.errors import CapacityExhausted, Conflict, IdempotencyConflict, PaymentRequired
-from voice import lifecycle, livekit
+from voice import lifecycle, livekit, selectors
 from voice.models import TranscriptSegment, VoiceSession
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,10 @@ def voice_session_create(
             earlier = _bound_session(organization=organization, idempotency_key=idempotency_key, now=now)
             if earlier is not None:
                 return _replay(earlier, fingerprint, now=now)
-        billing_services.session_admission_check(organization=organization)
+        billing_services.session_admission_check(
+            organization=organization,
+            live_sessions=selectors.live_session_count(organization=organization),
+        )
         _check_provider_capacity()
         session = VoiceSession(
             organization=organization,
@@ -180,7 +184,7 @@ def _replay(session: VoiceSession, fingerprint: str, *, now: datetime) -> Create
     # The stored token grants nothing new, but an organization that may no longer run sessions
     # does not get it handed out again.
     problem = billing_services.funds_problem(
-        account=billing_services.billing_account_get_or_create(organization=session.organization)
+        account=billing_selectors.billing_account_get(organization=session.organization)
     )
     if problem:
         raise PaymentRequired(problem)

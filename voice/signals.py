@@ -7,9 +7,10 @@ from typing import Any
 
 from django.dispatch import receiver
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Organization
 from accounts.signals import api_key_revoked
 from agent_worker import contracts
+from billing.signals import balance_exhausted
 from voice import lifecycle
 from voice.models import VoiceSession
 
@@ -25,4 +26,16 @@ def end_calls_of_revoked_key(sender: Any, api_key: ApiKey, **kwargs: Any) -> Non
         logger.info("Ending session %s: its API key %s was revoked", session_id, api_key.prefix)
         lifecycle.voice_session_terminate(
             session_id=str(session_id), reason=contracts.EndReason.KEY_REVOKED, error="The API key was revoked."
+        )
+
+
+@receiver(balance_exhausted, dispatch_uid="voice.end_calls_of_exhausted_organization")
+def end_calls_of_exhausted_organization(sender: Any, organization: Organization, reason: str, **kwargs: Any) -> None:
+    """An organization that can no longer pay stops talking: every live session ends at once."""
+    # Sessions are locked one by one in primary-key order, as every other path does: no deadlock.
+    live = VoiceSession.objects.live().filter(organization=organization).order_by("pk")
+    for session_id in live.values_list("pk", flat=True):
+        logger.info("Ending session %s: %s", session_id, reason)
+        lifecycle.voice_session_terminate(
+            session_id=str(session_id), reason=contracts.EndReason.INSUFFICIENT_FUNDS, error=reason
         )

@@ -17,7 +17,6 @@ from django.db import InterfaceError, OperationalError
 from pydantic import ValidationError
 
 from agent_worker import contracts
-from billing import services as billing_services
 from billing.pricing import PriceMissing
 from callmissed.errors import UpstreamError
 from voice import lifecycle, reaper, services
@@ -99,7 +98,7 @@ def usage_reported(payload: dict[str, Any]) -> None:
     event = _parse(contracts.UsageReported, payload)
     if event is None:
         return
-    if billing_services.usage_event_apply(event=event) is None:
+    if lifecycle.usage_add(usage=event) is None:
         logger.warning("usage_reported for unknown session %s", event.session_id)
 
 

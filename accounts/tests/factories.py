@@ -11,9 +11,13 @@ from accounts.models import Organization
 class OrganizationFactory(factory.django.DjangoModelFactory[Organization]):
     class Meta:
         model = Organization
-        django_get_or_create = ("name",)
 
     name = factory.Sequence(lambda n: f"Org {n}")
+
+    @classmethod
+    def _create(cls, model_class: type[Organization], *args: object, **kwargs: object) -> Organization:
+        # Through the service, as every real organization is made: audited, with its billing account.
+        return services.organization_get_or_create(name=str(kwargs["name"]))
 
 
 class UserFactory(factory.django.DjangoModelFactory[User]):

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.core.validators import URLValidator
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from billing.pricing import display, display_quantity
 from billing.selectors import MAX_USAGE_RANGE_DAYS
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class MoneyField(serializers.Field):
+    """USD as a string with six decimal places: exact, and the same width on every row."""
+
+    def to_representation(self, value: Decimal) -> str:
+        return display(value)
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class QuantityField(serializers.Field):
+    """Seconds, characters or tokens as a decimal string."""
+
+    def to_representation(self, value: Decimal) -> str:
+        return display_quantity(value)
 
 
 class StrictSerializer(serializers.Serializer):
@@ -46,27 +66,16 @@ class UsageRowSerializer(serializers.Serializer):
     date = serializers.DateField()
     component = serializers.CharField()
     model = serializers.CharField()
-    quantity = serializers.CharField(help_text="Decimal string: seconds, characters or tokens.")
-    cost = serializers.CharField(help_text="USD, six decimal places.")
+    quantity = QuantityField(help_text="Decimal string: seconds, characters or tokens.")
+    cost = MoneyField(help_text="USD, six decimal places.")
 
 
 class UsageOutputSerializer(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
     currency = serializers.CharField()
-    total_cost = serializers.CharField()
+    total_cost = MoneyField()
     items = UsageRowSerializer(many=True)
-
-
-class LimitsOutputSerializer(serializers.Serializer):
-    currency = serializers.CharField()
-    prepaid = serializers.BooleanField()
-    balance = serializers.CharField()
-    spend_cap_monthly = serializers.CharField(allow_null=True)
-    month_to_date_spend = serializers.CharField()
-    max_concurrent_sessions = serializers.IntegerField()
-    live_sessions = serializers.IntegerField()
-    payment_failed = serializers.BooleanField()
 
 
 # Stripe redirects the payer's browser to these: web addresses only.
@@ -88,19 +97,11 @@ class SessionUsageItemSerializer(serializers.Serializer):
     component = serializers.CharField()
     model = serializers.CharField()
     provider = serializers.CharField()
-    quantity = serializers.CharField()
-    cost = serializers.CharField()
+    quantity = QuantityField()
+    cost = MoneyField()
 
 
 class SessionUsageSerializer(serializers.Serializer):
     currency = serializers.CharField()
-    total_cost = serializers.CharField()
+    total_cost = MoneyField()
     items = SessionUsageItemSerializer(many=True)
-
-
-class PriceSerializer(serializers.Serializer):
-    component = serializers.CharField()
-    currency = serializers.CharField()
-    unit_price = serializers.CharField(help_text="Decimal string, in currency per per_units.")
-    per_units = serializers.IntegerField()
-    confirmed = serializers.BooleanField(help_text="False while the price is not confirmed with the provider.")

@@ -37,13 +37,6 @@ class UsageApi(APIView):
         return Response(serializers.UsageOutputSerializer(usage).data)
 
 
-class LimitsApi(APIView):
-    @extend_schema(operation_id="billing_limits", responses={200: serializers.LimitsOutputSerializer})
-    def get(self, request: Request) -> Response:
-        limits = selectors.billing_limits(organization=request_api_key(request).organization)
-        return Response(serializers.LimitsOutputSerializer(limits).data)
-
-
 class CheckoutApi(APIView):
     @extend_schema(
         operation_id="billing_checkout",

@@ -8,6 +8,7 @@ from typing import Any
 from django.utils import timezone
 
 from agent_worker import contracts
+from billing import services
 from voice.models import VoiceSession
 
 C = contracts.UsageComponent
@@ -31,6 +32,12 @@ def usage_event(
     if event_id:
         fields["event_id"] = event_id
     return contracts.UsageReported(**fields)
+
+
+def apply_usage(event: contracts.UsageReported) -> services.UsageApplied:
+    """What the voice app does with a usage event: bill it to its session's organization."""
+    session = VoiceSession.objects.select_related("organization").get(pk=event.session_id)
+    return services.usage_event_apply(event=event, organization=session.organization)
 
 
 def _provider(model: str) -> str:

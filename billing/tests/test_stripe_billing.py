@@ -10,11 +10,12 @@ import pytest
 from celery.exceptions import Retry
 from django.utils import timezone
 
-from billing import services, tasks
+from accounts.models import AuditLog
+from billing import selectors, services, tasks
 from billing.models import BillingAccount, MeterEventReport, ReconciliationReport, StripeWebhookEvent
 from billing.tests.conftest import WEBHOOK
 from billing.tests.conftest import deliver as _deliver
-from billing.tests.support import KIMI_TURN, C, usage_event
+from billing.tests.support import KIMI_TURN, C, apply_usage, usage_event
 from testsupport.fakes.stripe_api import event_payload
 from voice.tests.factories import VoiceSessionFactory
 
@@ -26,7 +27,7 @@ METER_EVENTS = "/v1/billing/meter_events"
 def _bill_a_turn(client, capture) -> list[MeterEventReport]:
     session = VoiceSessionFactory.create(organization=client.org)
     with capture(execute=True):  # the meter-event tasks are enqueued on commit
-        applied = services.usage_event_apply(event=usage_event(session, *KIMI_TURN))
+        applied = apply_usage(usage_event(session, *KIMI_TURN))
     assert applied is not None
     return [r.meter_report for r in applied.records]
 
@@ -104,6 +105,11 @@ def test_checkout_top_up_credits_the_balance_once(api, stripe_fake) -> None:
     late = dict(event, id="evt_async_duplicate", type="checkout.session.async_payment_succeeded")
     assert _deliver(api, late).status_code == 200
     assert api.get("/v1/billing/limits").json()["balance"] == "25.000000"
+    # Audited once, as the credit it is, with the balance it left.
+    credits = AuditLog.objects.filter(organization=api.org, action=AuditLog.Action.BALANCE_CREDITED)
+    [audit] = credits.filter(detail__kind="top_up")
+    assert audit.target == f"checkout:{checkout_id}"
+    assert (Decimal(audit.detail["amount"]), Decimal(audit.detail["balance"])) == (Decimal(20), Decimal(25))
 
 
 def test_checkout_validates_the_amount_and_needs_stripe(api, settings, stripe_fake) -> None:
@@ -128,7 +134,7 @@ def test_webhooks_with_a_bad_signature_are_refused(client, stripe_fake) -> None:
 
 
 def test_payment_events_out_of_order_leave_the_newest_state(api, stripe_fake) -> None:
-    customer = services.stripe_customer_ensure(account=services.billing_account_get_or_create(organization=api.org))
+    customer = services.stripe_customer_ensure(account=selectors.billing_account_get(organization=api.org))
     now = int(timezone.now().timestamp())
     invoice = {"id": "in_1", "object": "invoice", "customer": customer}
     failed = event_payload("invoice.payment_failed", invoice, created=now)
@@ -150,7 +156,7 @@ def test_reconciliation_recovers_missed_webhooks_and_reports_drift(
     # Usage an hour ago, so Stripe has summed it by the time reconciliation looks.
     session = VoiceSessionFactory.create(organization=api.org)
     with django_capture_on_commit_callbacks(execute=True):
-        services.usage_event_apply(event=usage_event(session, *KIMI_TURN, at=timezone.now() - timedelta(hours=1)))
+        apply_usage(usage_event(session, *KIMI_TURN, at=timezone.now() - timedelta(hours=1)))
     checkout = services.checkout_create(
         organization=api.org,
         amount=Decimal("10"),
@@ -167,7 +173,7 @@ def test_reconciliation_recovers_missed_webhooks_and_reports_drift(
 
     # A report we believe was sent but Stripe never received shows up as drift.
     extra = usage_event(session, (C.STT_SECONDS, "saaras:v3", 3600), at=timezone.now() - timedelta(hours=1))
-    applied = services.usage_event_apply(event=extra)  # no on-commit capture: never sent
+    applied = apply_usage(extra)  # no on-commit capture: never sent
     assert applied is not None
     MeterEventReport.objects.filter(usage_record__in=applied.records).update(status=MeterEventReport.Status.SENT)
     assert tasks.reconcile_stripe() == {"recovered": 0, "drifting": 1}

@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 
 from agent_worker import contracts
-from billing import services
+from billing import selectors
 from billing.models import LedgerEntry, ModelPrice, UsageRecord
 from billing.pricing import PriceMissing
-from billing.tests.support import KIMI_TURN, C, usage_event
+from billing.tests.support import KIMI_TURN, C, apply_usage, usage_event
 from voice import tasks
 from voice.models import VoiceSession
 from voice.tests.factories import VoiceSessionFactory
@@ -32,9 +32,9 @@ def _detail(client, session: VoiceSession) -> dict:
 def test_a_sessions_cost_is_exact_per_component_and_model(api) -> None:
     kimi = _session(api)
     sarvam = _session(api, llm_model="sarvam-105b")
-    services.usage_event_apply(event=usage_event(kimi, *KIMI_TURN))
-    services.usage_event_apply(event=usage_event(kimi, *KIMI_TURN))
-    services.usage_event_apply(
+    apply_usage(usage_event(kimi, *KIMI_TURN))
+    apply_usage(usage_event(kimi, *KIMI_TURN))
+    apply_usage(
         event=usage_event(
             sarvam,
             (C.STT_SECONDS, "saaras:v3", 10),
@@ -68,13 +68,13 @@ def test_a_sessions_cost_is_exact_per_component_and_model(api) -> None:
 def test_a_replayed_usage_event_is_counted_once(api) -> None:
     session = _session(api)
     event = usage_event(session, *KIMI_TURN)
-    first = services.usage_event_apply(event=event)
-    again = services.usage_event_apply(event=event)
+    first = apply_usage(event)
+    again = apply_usage(event)
     tasks.usage_reported(event.model_dump(mode="json"))  # the Celery path, redelivered
 
     assert first is not None and len(first.records) == 4
     assert again is not None and again.duplicate
-    assert UsageRecord.objects.filter(session=session).count() == 4
+    assert UsageRecord.objects.filter(session_id=session.pk).count() == 4
     assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.USAGE).count() == 1
     assert _detail(api, session)["usage"]["total_cost"] == "0.048718"
 
@@ -91,8 +91,8 @@ def test_a_price_change_mid_month_prices_each_usage_at_the_rate_in_force(api) ->
     session = _session(api)
     before = datetime(2026, 11, 14, 23, 59, 59, tzinfo=UTC)
     after = datetime(2026, 11, 15, 0, 0, 0, tzinfo=UTC)
-    services.usage_event_apply(event=usage_event(session, (C.LLM_INPUT_TOKENS, "kimi-k2.5", 1_000_000), at=before))
-    services.usage_event_apply(event=usage_event(session, (C.LLM_INPUT_TOKENS, "kimi-k2.5", 1_000_000), at=after))
+    apply_usage(usage_event(session, (C.LLM_INPUT_TOKENS, "kimi-k2.5", 1_000_000), at=before))
+    apply_usage(usage_event(session, (C.LLM_INPUT_TOKENS, "kimi-k2.5", 1_000_000), at=after))
 
     usage = api.get("/v1/usage", {"start": "2026-11-01", "end": "2026-11-30"}).json()
     assert [tuple(i.values()) for i in usage["items"]] == [
@@ -104,7 +104,7 @@ def test_a_price_change_mid_month_prices_each_usage_at_the_rate_in_force(api) ->
 
 def test_openrouter_models_use_their_own_row_or_the_default(api) -> None:
     session = _session(api, llm_model="meta-llama/llama-4-maverick")
-    services.usage_event_apply(
+    apply_usage(
         event=usage_event(
             session,
             (C.LLM_OUTPUT_TOKENS, "meta-llama/llama-4-maverick", 1_000_000),  # the openrouter/* default: 2.025
@@ -118,9 +118,9 @@ def test_openrouter_models_use_their_own_row_or_the_default(api) -> None:
         per_units=1_000_000,
         effective_from=datetime(2026, 11, 1, tzinfo=UTC),
     )
-    services.usage_event_apply(event=usage_event(session, (C.LLM_OUTPUT_TOKENS, "meta-llama/llama-4-maverick", 1e6)))
+    apply_usage(usage_event(session, (C.LLM_OUTPUT_TOKENS, "meta-llama/llama-4-maverick", 1e6)))
 
-    costs = sorted(r.cost for r in UsageRecord.objects.filter(session=session))
+    costs = sorted(r.cost for r in UsageRecord.objects.filter(session_id=session.pk))
     assert costs == [Decimal("0.6"), Decimal("2.025"), Decimal("4.05")]
 
 
@@ -128,7 +128,7 @@ def test_usage_without_a_price_is_kept_for_retry_not_dropped(api) -> None:
     session = _session(api)
     event = usage_event(session, (C.TTS_CHARACTERS, "bulbul:v9", 100))
     with pytest.raises(PriceMissing, match="bulbul:v9"):
-        services.usage_event_apply(event=event)
+        apply_usage(event)
     assert not UsageRecord.objects.exists()
 
     ModelPrice.objects.create(
@@ -139,7 +139,7 @@ def test_usage_without_a_price_is_kept_for_retry_not_dropped(api) -> None:
         per_units=10_000,
         effective_from=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    services.usage_event_apply(event=event)  # the task's retry, once the admin added the row
+    apply_usage(event)  # the task's retry, once the admin added the row
     assert UsageRecord.objects.get().cost == Decimal("0.00336")
 
 
@@ -149,10 +149,10 @@ def test_usage_is_aggregated_by_day_model_and_component_for_the_caller_only(api,
     theirs = _session(other)
     day1 = datetime(2026, 11, 3, 10, tzinfo=UTC)
     day2 = datetime(2026, 11, 4, 23, 30, tzinfo=UTC)
-    services.usage_event_apply(event=usage_event(mine, (C.STT_SECONDS, "saaras:v3", 30), at=day1))
-    services.usage_event_apply(event=usage_event(mine, (C.STT_SECONDS, "saaras:v3", 90), at=day1))
-    services.usage_event_apply(event=usage_event(mine, (C.STT_SECONDS, "saaras:v3", 360), at=day2))
-    services.usage_event_apply(event=usage_event(theirs, (C.STT_SECONDS, "saaras:v3", 9999), at=day1))
+    apply_usage(usage_event(mine, (C.STT_SECONDS, "saaras:v3", 30), at=day1))
+    apply_usage(usage_event(mine, (C.STT_SECONDS, "saaras:v3", 90), at=day1))
+    apply_usage(usage_event(mine, (C.STT_SECONDS, "saaras:v3", 360), at=day2))
+    apply_usage(usage_event(theirs, (C.STT_SECONDS, "saaras:v3", 9999), at=day1))
 
     usage = api.get("/v1/usage", {"start": "2026-11-03", "end": "2026-11-04"}).json()
     assert [(i["date"], i["quantity"], i["cost"]) for i in usage["items"]] == [
@@ -190,7 +190,7 @@ def test_exhausting_the_balance_ends_live_sessions_and_refuses_new_ones(
     live = _session(api, status=VoiceSession.Status.ACTIVE)
     done = _session(api, status=VoiceSession.Status.ENDED, end_reason=contracts.EndReason.COMPLETED)
     with django_capture_on_commit_callbacks(execute=True):
-        services.usage_event_apply(event=usage_event(live, (C.LLM_OUTPUT_TOKENS, "kimi-k2.5", 3_000_000)))  # 6.90
+        apply_usage(usage_event(live, (C.LLM_OUTPUT_TOKENS, "kimi-k2.5", 3_000_000)))  # 6.90
 
     live.refresh_from_db()
     done.refresh_from_db()
@@ -208,15 +208,15 @@ def test_exhausting_the_balance_ends_live_sessions_and_refuses_new_ones(
 
 
 def test_a_spend_cap_refuses_new_sessions_once_reached(api) -> None:
-    account = services.billing_account_get_or_create(organization=api.org)
+    account = selectors.billing_account_get(organization=api.org)
     account.prepaid = False
     account.spend_cap_monthly = Decimal("0.05")
     account.save()
     assert api.post("/v1/voice/sessions", {}, format="json").status_code == 201
 
-    services.usage_event_apply(event=usage_event(_session(api), *KIMI_TURN))  # 0.0487184: under the cap
+    apply_usage(usage_event(_session(api), *KIMI_TURN))  # 0.0487184: under the cap
     assert api.post("/v1/voice/sessions", {}, format="json").status_code == 201
-    services.usage_event_apply(event=usage_event(_session(api), (C.STT_SECONDS, "saaras:v3", 30)))
+    apply_usage(usage_event(_session(api), (C.STT_SECONDS, "saaras:v3", 30)))
 
     response = api.post("/v1/voice/sessions", {}, format="json")
     assert response.status_code == 402
@@ -230,7 +230,7 @@ def test_a_spend_cap_refuses_new_sessions_once_reached(api) -> None:
 
 
 def test_too_many_live_sessions_is_a_429_with_retry_after(api, make_client) -> None:
-    account = services.billing_account_get_or_create(organization=api.org)
+    account = selectors.billing_account_get(organization=api.org)
     account.max_concurrent_sessions = 2
     account.save()
     for _ in range(2):
@@ -250,7 +250,7 @@ def test_too_many_live_sessions_is_a_429_with_retry_after(api, make_client) -> N
 
 def test_offline_sessions_record_usage_at_no_cost(api) -> None:
     session = _session(api)
-    services.usage_event_apply(
+    apply_usage(
         event=usage_event(
             session,
             (C.STT_SECONDS, "offline-pocketsphinx", 12.5),

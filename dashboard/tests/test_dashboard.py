@@ -172,11 +172,10 @@ def test_html_pages_get_html_errors_and_the_api_gets_the_envelope(owner: Client)
 
 
 def test_billing_shows_balance_usage_and_session_cost(owner: Client) -> None:
-    from billing import services as billing_services
-    from billing.tests.support import KIMI_TURN, usage_event
+    from billing.tests.support import KIMI_TURN, apply_usage, usage_event
 
     session = VoiceSessionFactory.create(organization=_org_of("asha"))
-    billing_services.usage_event_apply(event=usage_event(session, *KIMI_TURN))
+    apply_usage(usage_event(session, *KIMI_TURN))
 
     page = owner.get("/dashboard/billing/").content.decode()
     assert "4.951282 USD" in page  # 5.00 signup credit − 0.0487184

@@ -14,7 +14,7 @@ from django.test import Client
 
 from accounts.models import Membership
 from accounts.services import email_identity
-from billing.services import billing_account_get_or_create
+from billing.selectors import billing_account_get
 from callmissed import ratelimit
 from testsupport.processes import free_port
 
@@ -68,7 +68,7 @@ def _signup(client: Client, email: str = "", **extra: str) -> Any:
 def _balance(username: str) -> Decimal:
     """What the dashboard will show: billing looks at the organization as it does on any page."""
     org = Membership.objects.get(user__username=username).organization
-    return billing_account_get_or_create(organization=org).balance
+    return billing_account_get(organization=org).balance
 
 
 # --- login -------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent_worker import catalog
-from billing.api.serializers import PriceSerializer
+from billing.pricing import display_unit_price
+from billing.selectors import PriceInForce
 from voice import selectors
 
 
@@ -44,6 +45,18 @@ class LanguageListApi(_PublicApi):
         return Response(self.OutputSerializer(catalog.languages(), many=True).data)
 
 
+@extend_schema_serializer(component_name="Price")
+class PriceOutputSerializer(serializers.Serializer):
+    component = serializers.CharField()
+    currency = serializers.CharField()
+    unit_price = serializers.SerializerMethodField(help_text="Decimal string, in currency per per_units.")
+    per_units = serializers.IntegerField()
+    confirmed = serializers.BooleanField(help_text="False while the price is not confirmed with the provider.")
+
+    def get_unit_price(self, obj: PriceInForce) -> str:
+        return display_unit_price(obj.unit_price)
+
+
 class ModelListApi(_PublicApi):
     @extend_schema_serializer(component_name="CatalogModel")
     class OutputSerializer(serializers.Serializer):
@@ -52,7 +65,7 @@ class ModelListApi(_PublicApi):
         provider = serializers.CharField()
         message = serializers.CharField(allow_blank=True)
         default = serializers.BooleanField()
-        prices = PriceSerializer(many=True)
+        prices = PriceOutputSerializer(many=True)
 
     @extend_schema(operation_id="catalog_models", responses={200: OutputSerializer(many=True)})
     def get(self, request: Request) -> Response:

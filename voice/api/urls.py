@@ -1,6 +1,6 @@
 from django.urls import path
 
-from voice.api import catalog_views, views
+from voice.api import catalog_views, limits_views, views
 
 urlpatterns = [
     path("voice/sessions", views.VoiceSessionsApi.as_view(), name="voice-sessions"),
@@ -13,4 +13,5 @@ urlpatterns = [
     path("catalog/voices", catalog_views.VoiceListApi.as_view(), name="catalog-voices"),
     path("catalog/languages", catalog_views.LanguageListApi.as_view(), name="catalog-languages"),
     path("catalog/models", catalog_views.ModelListApi.as_view(), name="catalog-models"),
+    path("billing/limits", limits_views.BillingLimitsApi.as_view(), name="billing-limits"),
 ]

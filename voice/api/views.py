@@ -185,7 +185,8 @@ class VoiceSessionDetailOutputSerializer(SessionSummarySerializer):
 
     @extend_schema_field(SessionUsageSerializer)
     def get_usage(self, obj: VoiceSession) -> dict[str, Any]:
-        return billing_selectors.session_usage(session=obj)
+        usage = billing_selectors.session_usage(organization=obj.organization, session_id=obj.id)
+        return SessionUsageSerializer(usage).data
 
     @extend_schema_field(
         inline_serializer(

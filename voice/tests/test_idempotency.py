@@ -14,8 +14,8 @@ from django.db import connection
 from django.utils import timezone
 
 from agent_worker import contracts
-from billing import services as billing_services
-from billing.models import LedgerEntry
+from billing import selectors as billing_selectors
+from billing.models import BillingAccount
 from callmissed.errors import Conflict, PaymentRequired
 from voice import lifecycle, services, tasks
 from voice.config import SessionConfigSerializer
@@ -128,10 +128,8 @@ def test_a_replay_after_the_join_deadline_is_refused_even_before_the_reaper_runs
 @pytest.mark.django_db
 def test_a_replay_for_an_organization_in_debt_never_hands_out_the_token(api: Any) -> None:
     assert _post(api, "order-1").status_code == 201
-    account = billing_services.billing_account_get_or_create(organization=api.org)
-    billing_services.ledger_post(
-        account=account, kind=LedgerEntry.Kind.USAGE, amount=-(account.balance + Decimal(3)), reference="usage:debt"
-    )
+    account = billing_selectors.billing_account_get(organization=api.org)
+    BillingAccount.objects.filter(pk=account.pk).update(balance=Decimal(-3))
 
     _assert_refused_without_token(_post(api, "order-1"), 402, "payment_required")
     assert VoiceSession.objects.count() == 1
@@ -154,7 +152,7 @@ def test_a_key_past_its_ttl_no_longer_binds_and_starts_a_fresh_admitted_session(
     after_ttl = used + timedelta(hours=24, seconds=1)
 
     # Admission applies to the fresh session: an organization that may not run one is refused.
-    account = billing_services.billing_account_get_or_create(organization=api.org)
+    account = billing_selectors.billing_account_get(organization=api.org)
     account.payment_failed = True
     account.save(update_fields=["payment_failed"])
     with pytest.raises(PaymentRequired):

@@ -26,7 +26,7 @@ from accounts.keys import hash_key
 from accounts.models import ApiKey
 from accounts.tests.factories import make_key, make_org
 from agent_worker import contracts
-from billing import services as billing_services
+from billing import selectors as billing_selectors
 from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 from voice import lifecycle
@@ -409,7 +409,7 @@ def test_full_provider_capacity_is_refused_at_config(server, key) -> None:
 
 def test_billing_refuses_at_config_with_the_rest_apis_codes(server, key) -> None:
     org = ApiKey.objects.get(hashed_secret=hash_key(key)).organization
-    account = billing_services.billing_account_get_or_create(organization=org)
+    account = billing_selectors.billing_account_get(organization=org)
     account.max_concurrent_sessions = 1
     account.save(update_fields=["max_concurrent_sessions"])
     VoiceSessionFactory.create(organization=org, status=VoiceSession.Status.ACTIVE)

@@ -25,7 +25,7 @@ from accounts.tests.factories import make_key, make_org
 from accounts.ws_auth import ApiKeyQueryAuthMiddleware
 from agent_worker import contracts
 from billing.models import BillingAccount
-from billing.services import billing_account_get_or_create
+from billing.selectors import billing_account_get
 from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam, silence
 from voice.consumers import MAX_MESSAGE_BYTES, MAX_TEXT_MESSAGE_BYTES, CloseCode, VoiceAgentConsumer
@@ -230,7 +230,7 @@ def test_a_message_over_a_mebibyte_during_the_session_closes_with_1009_and_ends_
 
 def test_sockets_racing_past_the_live_session_limit_are_refused_with_4429(server) -> None:
     org = make_org(name="Busy Clinic")
-    account = billing_account_get_or_create(organization=org)
+    account = billing_account_get(organization=org)
     BillingAccount.objects.filter(pk=account.pk).update(max_concurrent_sessions=2)
     key = make_key(org).plaintext
 
@@ -435,7 +435,7 @@ def test_fuzzing_the_socket_gets_documented_closes_and_leaves_the_server_well(se
     keys = []
     for n in range(FUZZ_ORGS):
         org = make_org(name=f"Fuzz {n}")
-        account = billing_account_get_or_create(organization=org)
+        account = billing_account_get(organization=org)
         BillingAccount.objects.filter(pk=account.pk).update(max_concurrent_sessions=ORG_LIVE_LIMIT)
         keys.append(make_key(org).plaintext)
     scripts = []

@@ -9,6 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts.models import AuditLog
 from agent_worker import contracts
 from voice import lifecycle
 from voice.models import TranscriptSegment, VoiceSession
@@ -177,6 +178,8 @@ def test_delete_live_session_tears_down_the_room_and_content(
     assert session.room_delete_queued_at is None  # LiveKit confirmed the room gone
     assert session.system_prompt == "" and session.metadata == {}
     assert not TranscriptSegment.objects.filter(session=session).exists()
+    [audit] = AuditLog.objects.filter(organization=api.org, action=AuditLog.Action.SESSION_DELETED)
+    assert (audit.target, audit.detail) == (session_id, {"api_key": api.key.prefix})
     assert api.get(f"{SESSIONS}/{session_id}").status_code == 404
     assert api.delete(f"{SESSIONS}/{session_id}").status_code == 404
     assert session_id not in {s["id"] for s in api.get(SESSIONS).json()["results"]}

@@ -16,7 +16,7 @@ from accounts import services as account_services
 from accounts.models import Membership
 from accounts.tests.factories import make_org
 from agent_worker import contracts
-from billing import services as billing_services
+from billing import selectors as billing_selectors
 from testsupport.fakes.livekit_server import FakeLiveKitServer
 from voice import lifecycle, reaper
 from voice.models import VoiceSession
@@ -42,7 +42,7 @@ def _pass_join_deadlines(**filters: Any) -> None:
 def test_unjoined_sessions_stop_locking_the_organization_out_once_their_deadline_passes(
     api: Any, livekit_server: FakeLiveKitServer, django_capture_on_commit_callbacks: Any
 ) -> None:
-    account = billing_services.billing_account_get_or_create(organization=api.org)
+    account = billing_selectors.billing_account_get(organization=api.org)
     account.max_concurrent_sessions = 10
     account.save(update_fields=["max_concurrent_sessions"])
     waiting = [api.post(SESSIONS, {}, format="json").json()["id"] for _ in range(10)]
