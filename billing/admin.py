@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+from django import forms
 from django.contrib import admin
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 
+from billing import services
 from billing.models import (
     BillingAccount,
     ExchangeRate,
@@ -64,20 +68,69 @@ class LedgerInline(admin.TabularInline):
         return False
 
 
+class BillingAccountForm(forms.ModelForm):  # type: ignore[type-arg]  # generic only in the stubs
+    credit_usd = forms.DecimalField(
+        label="Credit (USD)",
+        required=False,
+        min_value=services.MIN_ADMIN_CREDIT,
+        max_digits=12,
+        decimal_places=2,
+        help_text="Added to the balance as an adjustment, with an audit row.",
+    )
+    credit_note = forms.CharField(label="Why", required=False, max_length=200)
+
+    class Meta:
+        model = BillingAccount
+        fields = list(services.LIMIT_FIELDS)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        if cleaned.get("credit_usd") and not cleaned.get("credit_note"):
+            self.add_error("credit_note", "Say why the balance is credited.")
+        return cleaned
+
+
 @admin.register(BillingAccount)
 class BillingAccountAdmin(admin.ModelAdmin):
-    list_display = [
+    """Limits and credits change through the services, which write their audit rows; accounts are
+    opened with their organization, never here."""
+
+    form = BillingAccountForm
+    list_display = ["organization", "balance", *services.LIMIT_FIELDS]
+    search_fields = ["organization__name", "stripe_customer_id"]
+    fields = [
         "organization",
         "balance",
-        "prepaid",
-        "spend_cap_monthly",
-        "max_concurrent_sessions",
-        "payment_failed",
+        *services.LIMIT_FIELDS,
+        "credit_usd",
+        "credit_note",
+        "stripe_customer_id",
+        "payment_status_at",
     ]
-    search_fields = ["organization__name", "stripe_customer_id"]
-    # The balance only moves through the ledger (grants and adjustments are ledger entries).
+    # The balance only moves through the ledger (grants, top-ups and adjustments are ledger entries).
     readonly_fields = ["organization", "balance", "stripe_customer_id", "payment_status_at"]
     inlines = [LedgerInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: BillingAccount, form: Any, change: bool) -> None:
+        actor = request.user if isinstance(request.user, User) else None
+        data = form.cleaned_data
+        services.billing_limits_change(account=obj, actor=actor, **{name: data[name] for name in services.LIMIT_FIELDS})
+        if data.get("credit_usd"):
+            services.balance_credit(
+                account=obj,
+                kind=LedgerEntry.Kind.ADJUSTMENT,
+                amount=data["credit_usd"],
+                reference=f"admin:{uuid.uuid4().hex}",
+                description=data["credit_note"],
+                actor=actor,
+            )
+            obj.refresh_from_db()
 
 
 @admin.register(LedgerEntry)
