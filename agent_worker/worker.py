@@ -4,8 +4,8 @@ Start it with ``python -m agent_worker start`` (or ``python -m agent_worker.work
 ``dev`` for hot reload). It registers with the LiveKit server as ``LIVEKIT_AGENT_NAME``; each
 job carries a ``contracts.DispatchMetadata`` (session id and config) put into the caller's token
 by Django. The job runs the ``Conversation`` in the room, reports what happens to Django through
-Celery, and deletes the room when the conversation ends — user left, room deleted (REST DELETE),
-idle, error, or ``max_duration_seconds`` (with a spoken goodbye just before). SIGTERM drains:
+Celery, and reports the end — user left, room deleted (REST DELETE), idle, error, or
+``max_duration_seconds`` (with a spoken goodbye just before); the platform then deletes the room. SIGTERM drains:
 the worker stops taking jobs and lets live conversations finish (up to the drain timeout).
 """
 
@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from livekit import api, rtc
+from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobProcess, cli
 from livekit.agents.voice import io
 from pydantic import ValidationError
@@ -32,7 +31,6 @@ from agent_worker.reporting import EventReporter, Reporter
 logger = logging.getLogger("agent_worker")
 
 DEFAULT_AGENT_NAME = "callmissed-agent"
-_ROOM_API_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -172,28 +170,6 @@ def watch_room(room: rtc.Room, conversation: Conversation) -> Callable[[], None]
     return unwatch
 
 
-async def delete_room(*, settings: WorkerSettings, room_name: str) -> bool:
-    """Delete the room so the caller is disconnected too; a room already gone counts as deleted."""
-    try:
-        async with api.LiveKitAPI(
-            url=settings.server_api_url,
-            api_key=settings.api_key,
-            api_secret=settings.api_secret,
-            timeout=_ROOM_API_TIMEOUT,
-        ) as lk:
-            await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
-    except api.TwirpError as error:
-        if error.code == api.TwirpErrorCode.NOT_FOUND:
-            return True
-        logger.warning("Could not delete room %s: %s", room_name, error)
-        return False
-    except (aiohttp.ClientError, TimeoutError) as error:
-        # Django's reaper closes the session and deletes the room later.
-        logger.warning("Could not reach LiveKit to delete room %s: %s", room_name, error)
-        return False
-    return True
-
-
 async def run_job(
     ctx: JobContext,
     *,
@@ -255,9 +231,8 @@ async def run_job(
         ended = await conversation.wait_ended()
     finally:
         unwatch()
+    # The platform deletes the room when it records the end (voice.delete_room): one path for every end.
     logger.info("Session %s ended: %s after %.1f s", session_id, ended.reason, ended.duration_seconds)
-    if ended.reason != contracts.EndReason.DELETED:
-        await delete_room(settings=settings, room_name=room_name)
     return ended
 
 

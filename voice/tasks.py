@@ -107,7 +107,7 @@ def session_ended(payload: dict[str, Any]) -> None:
     event = _parse(contracts.SessionEnded, payload)
     if event is None:
         return
-    # The worker deletes its own room; Django only records what happened.
+    # The room goes through the one deletion path, queued with the end (once, whoever ends first).
     session = lifecycle.voice_session_end(
         session_id=event.session_id,
         reason=event.reason,
@@ -116,6 +116,7 @@ def session_ended(payload: dict[str, Any]) -> None:
         turn_latencies=[t.model_dump() for t in event.turn_latencies],
         error=event.error,
         event_id=event.event_id,
+        delete_room=True,
     )
     if session is None:
         logger.warning("session_ended for unknown session %s", event.session_id)
