@@ -1,16 +1,17 @@
 """Which speech and language providers a conversation uses, read from the environment.
 
-The agent worker never imports Django, so this is the one place both transports (the LiveKit
-worker and the legacy WebSocket consumer inside Django) read provider keys and base URLs from.
+The agent worker never imports Django, so this is the one definition both transports (the LiveKit
+worker and the legacy WebSocket consumer inside Django) take provider keys and base URLs from.
 With no provider keys the embedded default is the offline set, so the product runs anywhere.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import Self
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class SpeechMode(StrEnum):
@@ -23,54 +24,55 @@ class ProviderConfigError(ValueError):
     """The environment asks for something the provider settings cannot satisfy."""
 
 
-@dataclass(frozen=True)
-class ProviderSettings:
-    mode: SpeechMode = SpeechMode.AUTO
-    sarvam_api_key: str = ""
+class ProviderSettings(BaseSettings):
+    """Read from the environment where it is built (once per process: see ``agent_worker.settings``);
+    tests and benchmarks pass their values instead."""
+
+    # Each field is the variable of its name; keys stay out of reprs (logs, Django's error pages).
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="forbid")
+
+    speech_providers: SpeechMode = SpeechMode.AUTO
+    sarvam_api_key: str = Field("", repr=False)
     sarvam_base_url: str = "https://api.sarvam.ai"
-    sarvam_ws_url: str = "wss://api.sarvam.ai"
-    clarifai_pat: str = ""
+    # Empty: SARVAM_BASE_URL with ws(s).
+    sarvam_ws_url: str = ""
+    clarifai_pat: str = Field("", repr=False)
     clarifai_base_url: str = "https://api.clarifai.com/v2/ext/openai/v1"
-    openrouter_api_key: str = ""
+    openrouter_api_key: str = Field("", repr=False)
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
 
+    @field_validator("speech_providers", mode="before")
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ProviderSettings:
-        env = os.environ if environ is None else environ
-        raw_mode = env.get("SPEECH_PROVIDERS", SpeechMode.AUTO.value).strip().lower() or SpeechMode.AUTO.value
-        try:
-            mode = SpeechMode(raw_mode)
-        except ValueError:
-            choices = ", ".join(m.value for m in SpeechMode)
-            raise ProviderConfigError(f"SPEECH_PROVIDERS must be one of {choices}, got {raw_mode!r}") from None
-        base = env.get("SARVAM_BASE_URL", cls.sarvam_base_url).rstrip("/")
-        settings = cls(
-            mode=mode,
-            sarvam_api_key=env.get("SARVAM_API_KEY", ""),
-            sarvam_base_url=base,
-            sarvam_ws_url=env.get("SARVAM_WS_URL", _ws_url_for(base)).rstrip("/"),
-            clarifai_pat=env.get("CLARIFAI_PAT", ""),
-            clarifai_base_url=env.get("CLARIFAI_BASE_URL", cls.clarifai_base_url).rstrip("/"),
-            openrouter_api_key=env.get("OPENROUTER_API_KEY", ""),
-            openrouter_base_url=env.get("OPENROUTER_BASE_URL", cls.openrouter_base_url).rstrip("/"),
-        )
-        if mode is SpeechMode.REAL and not settings.sarvam_api_key:
+    def _mode_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("sarvam_base_url", "sarvam_ws_url", "clarifai_base_url", "openrouter_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _ws_url_and_keys(self) -> Self:
+        if not self.sarvam_ws_url:
+            # Frozen, so set through the base class once, while the object is being built.
+            object.__setattr__(self, "sarvam_ws_url", _ws_url_for(self.sarvam_base_url))
+        if self.speech_providers is SpeechMode.REAL and not self.sarvam_api_key:
             raise ProviderConfigError("SPEECH_PROVIDERS=real needs SARVAM_API_KEY")
-        return settings
+        return self
 
     @property
     def offline(self) -> bool:
         """True when conversations run on the bundled offline speech models and scripted LLM."""
-        if self.mode is SpeechMode.OFFLINE:
+        if self.speech_providers is SpeechMode.OFFLINE:
             return True
-        if self.mode is SpeechMode.REAL:
+        if self.speech_providers is SpeechMode.REAL:
             return False
         return not self.sarvam_api_key
 
     def redacted(self) -> dict[str, str]:
         """What is safe to log: URLs and whether each key is set, never the keys."""
         return {
-            "mode": self.mode.value,
+            "speech_providers": self.speech_providers.value,
             "offline": str(self.offline).lower(),
             "sarvam_base_url": self.sarvam_base_url,
             "sarvam_ws_url": self.sarvam_ws_url,

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import importlib.abc
 import logging
-import os
 import sys
 import threading
 import time
@@ -24,8 +23,6 @@ from typing import Any, Protocol
 from agent_worker import contracts
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 
 
 class _NoDjango(importlib.abc.MetaPathFinder):
@@ -66,21 +63,17 @@ class Reporter(Protocol):
     async def aclose(self, within: float = ...) -> None: ...
 
 
-def broker_url_from_env() -> str:
-    return os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL") or DEFAULT_BROKER_URL
-
-
 class EventReporter:
     def __init__(
         self,
         *,
-        broker_url: str | None = None,
+        broker_url: str,
         attempts: int = 5,
         first_retry_delay: float = 0.5,
         connect_timeout: float = 4.0,
         queue: str = "celery",
     ) -> None:
-        self.broker_url = broker_url or broker_url_from_env()
+        self.broker_url = broker_url
         self._attempts = max(1, attempts)
         self._first_retry_delay = first_retry_delay
         # fixups=[]: no Django fixup; set_as_current=False: never displace a host process's app.

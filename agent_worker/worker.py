@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,59 +26,9 @@ from agent_worker import contracts, heap
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
 from agent_worker.provider_settings import ProviderSettings
 from agent_worker.reporting import EventReporter, Reporter
+from agent_worker.settings import WorkerSettings, worker_settings
 
 logger = logging.getLogger("agent_worker")
-
-DEFAULT_AGENT_NAME = "callmissed-agent"
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    livekit_url: str = "ws://localhost:7880"
-    api_key: str = "devkey"
-    api_secret: str = "secret"
-    agent_name: str = DEFAULT_AGENT_NAME
-    # Where the server API (Twirp) is reached; empty = LIVEKIT_URL over http(s).
-    api_url: str = ""
-    idle_timeout_seconds: float = 120.0
-    goodbye_lead_seconds: float = 5.0
-    # How long a caller may take to join the room after the agent was dispatched.
-    join_timeout_seconds: float = 60.0
-    # SIGTERM waits this long for live conversations (the longest allowed session is 1 h).
-    drain_timeout_seconds: int = 3700
-    # The worker's health/status HTTP port (livekit-agents serves it in production mode).
-    http_port: int = 8081
-
-    @classmethod
-    def from_env(cls) -> WorkerSettings:
-        return cls(
-            livekit_url=os.environ.get("LIVEKIT_URL") or cls.livekit_url,
-            api_key=os.environ.get("LIVEKIT_API_KEY") or cls.api_key,
-            api_secret=os.environ.get("LIVEKIT_API_SECRET") or cls.api_secret,
-            agent_name=os.environ.get("LIVEKIT_AGENT_NAME") or cls.agent_name,
-            api_url=os.environ.get("LIVEKIT_API_URL") or "",
-            idle_timeout_seconds=_env_float("AGENT_IDLE_TIMEOUT_SECONDS", cls.idle_timeout_seconds),
-            goodbye_lead_seconds=_env_float("AGENT_GOODBYE_LEAD_SECONDS", cls.goodbye_lead_seconds),
-            join_timeout_seconds=_env_float("SESSION_JOIN_TIMEOUT_SECONDS", cls.join_timeout_seconds),
-            drain_timeout_seconds=int(_env_float("AGENT_DRAIN_TIMEOUT_SECONDS", cls.drain_timeout_seconds)),
-            http_port=int(_env_float("AGENT_HTTP_PORT", cls.http_port)),
-        )
-
-    @property
-    def server_api_url(self) -> str:
-        if self.api_url:
-            return self.api_url
-        return self.livekit_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
 
 
 @dataclass(frozen=True)
@@ -193,8 +142,8 @@ async def run_job(
         config=dispatch.config,
         providers=providers,
         observer=ReportingObserver(session_id=session_id, reporter=reporter),
-        idle_timeout_seconds=settings.idle_timeout_seconds,
-        goodbye_lead_seconds=settings.goodbye_lead_seconds,
+        idle_timeout_seconds=settings.agent_idle_timeout_seconds,
+        goodbye_lead_seconds=settings.agent_goodbye_lead_seconds,
     )
 
     async def on_shutdown(reason: str) -> None:
@@ -207,7 +156,7 @@ async def run_job(
     try:
         try:
             if session_io is None:
-                await asyncio.wait_for(ctx.wait_for_participant(), timeout=settings.join_timeout_seconds)
+                await asyncio.wait_for(ctx.wait_for_participant(), timeout=settings.session_join_timeout_seconds)
                 await conversation.start(room=ctx.room)
             else:
                 await conversation.start(
@@ -238,9 +187,10 @@ async def run_job(
 
 async def entrypoint(ctx: JobContext) -> None:
     """The job process's entry point. Module-level, because job processes receive it pickled."""
-    reporter = EventReporter()
+    settings = worker_settings()
+    reporter = EventReporter(broker_url=settings.broker_url)
     try:
-        await run_job(ctx, settings=WorkerSettings.from_env(), providers=ProviderSettings.from_env(), reporter=reporter)
+        await run_job(ctx, settings=settings, providers=settings.providers, reporter=reporter)
     finally:
         await reporter.aclose()
     ctx.shutdown("session ended")
@@ -254,24 +204,24 @@ def prepare_job_process(proc: JobProcess) -> None:
 def build_server(settings: WorkerSettings) -> AgentServer:
     server = AgentServer(
         ws_url=settings.livekit_url,
-        api_key=settings.api_key,
-        api_secret=settings.api_secret,
-        drain_timeout=settings.drain_timeout_seconds,
-        port=settings.http_port,
+        api_key=settings.livekit_api_key,
+        api_secret=settings.livekit_api_secret,
+        drain_timeout=settings.agent_drain_timeout_seconds,
+        port=settings.agent_http_port,
         setup_fnc=prepare_job_process,
     )
     # A named agent is dispatched only to rooms whose token (or a dispatch request) asks for it.
-    server.rtc_session(entrypoint, agent_name=settings.agent_name)
+    server.rtc_session(entrypoint, agent_name=settings.livekit_agent_name)
     return server
 
 
 def main() -> None:
-    settings = WorkerSettings.from_env()
+    settings = worker_settings()
     logger.info(
         "Agent worker %r for %s (providers: %s)",
-        settings.agent_name,
+        settings.livekit_agent_name,
         settings.livekit_url,
-        ProviderSettings.from_env().redacted(),
+        settings.providers.redacted(),
     )
     cli.run_app(build_server(settings))
 

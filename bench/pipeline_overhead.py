@@ -357,7 +357,7 @@ async def run(sessions: int, turns: int, spread_s: float) -> Figures:
         sarvam_http, sarvam_ws = await asyncio.to_thread(sarvam_conn.recv)
         chat_base = await asyncio.to_thread(chat_conn.recv)
         settings = ProviderSettings(
-            mode=SpeechMode.REAL,
+            speech_providers=SpeechMode.REAL,
             sarvam_api_key=SARVAM_KEY,
             sarvam_base_url=sarvam_http,
             sarvam_ws_url=sarvam_ws,

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 
-from callmissed.env import Rate, parse_rate
+from callmissed.rates import Rate, parse_rate
 
 __all__ = ["Decision", "Rate", "client_ip", "hit", "parse_rate", "reset"]
 

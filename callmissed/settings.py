@@ -14,22 +14,26 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from callmissed.env import env_bool, env_int, env_list, env_str, parse_rate
+from agent_worker.provider_settings import SpeechMode
+from callmissed.config import DEV_SECRET_KEY, platform_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-ENVIRONMENT = env_str("DJANGO_ENV", "development")
-PRODUCTION = ENVIRONMENT == "production"
+# The environment, read once and typed (callmissed/config.py); every value below comes from it.
+_env = platform_settings()
 
-_DEV_SECRET_KEY = "dev-insecure-callmissed-secret-key-change-me-in-production-0123456789"
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", _DEV_SECRET_KEY)
-DEBUG = env_bool("DJANGO_DEBUG", not PRODUCTION)
+_PRODUCTION = _env.django_env == "production"
+
+SECRET_KEY = _env.django_secret_key
+DEBUG = _env.django_debug if _env.django_debug is not None else not _PRODUCTION
 _DEV_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else _DEV_HOSTS)
-CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+ALLOWED_HOSTS = (
+    _env.django_allowed_hosts if _env.django_allowed_hosts is not None else [] if _PRODUCTION else _DEV_HOSTS
+)
+CSRF_TRUSTED_ORIGINS = _env.django_csrf_trusted_origins
 
-if PRODUCTION:
-    if SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50:
+if _PRODUCTION:
+    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 50:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set to a long random value in production")
     if DEBUG:
         raise ImproperlyConfigured("DJANGO_DEBUG must be off in production")
@@ -88,8 +92,8 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        _env.database_url or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=_env.database_conn_max_age,
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -113,7 +117,7 @@ LOGIN_REDIRECT_URL = "dashboard:overview"
 LOGOUT_REDIRECT_URL = "dashboard:login"
 
 # --- Redis: channel layer, cache, Celery broker ------------------------------------------
-REDIS_URL = env_str("REDIS_URL", "")
+REDIS_URL = _env.redis_url
 
 if REDIS_URL:
     # redis-py 8 reads with a 5 s socket timeout by default, which kills every idle consumer's
@@ -149,8 +153,8 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
-CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+CELERY_BROKER_URL = _env.celery_broker_url or REDIS_URL or "memory://"
+CELERY_TASK_ALWAYS_EAGER = _env.celery_task_always_eager if _env.celery_task_always_eager is not None else not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -202,9 +206,8 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-API_RATE_LIMIT = env_str("API_RATE_LIMIT", "600/min")
-# Largest JSON body the API reads (413 above): an 8000-character prompt JSON-escaped is ~48 KB.
-API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024)
+API_RATE_LIMIT = _env.api_rate_limit
+API_MAX_BODY_BYTES = _env.api_max_body_bytes
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "CallMissed API",
@@ -223,47 +226,52 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Voice sessions ------------------------------------------------------------------------
-LIVEKIT_URL = env_str("LIVEKIT_URL", "ws://localhost:7880")
-LIVEKIT_API_URL = env_str("LIVEKIT_API_URL", "")  # defaults to LIVEKIT_URL with http(s)
-LIVEKIT_API_KEY = env_str("LIVEKIT_API_KEY", "devkey")
-LIVEKIT_API_SECRET = env_str("LIVEKIT_API_SECRET", "secret")
-LIVEKIT_AGENT_NAME = env_str("LIVEKIT_AGENT_NAME", "callmissed-agent")
-LIVEKIT_TOKEN_TTL_SECONDS = env_int("LIVEKIT_TOKEN_TTL_SECONDS", 600)
-SESSION_JOIN_TIMEOUT_SECONDS = env_int("SESSION_JOIN_TIMEOUT_SECONDS", 60)
-SESSION_LOST_GRACE_SECONDS = env_int("SESSION_LOST_GRACE_SECONDS", 120)
-IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24)
-# Sarvam caps concurrent streams per account: live sessions above this get 503 at create.
-PROVIDER_MAX_LIVE_SESSIONS = env_int("PROVIDER_MAX_LIVE_SESSIONS", 20)
+LIVEKIT_URL = _env.livekit_url
+LIVEKIT_API_URL = _env.livekit_api_url
+LIVEKIT_API_KEY = _env.livekit_api_key
+LIVEKIT_API_SECRET = _env.livekit_api_secret
+LIVEKIT_AGENT_NAME = _env.livekit_agent_name
+LIVEKIT_TOKEN_TTL_SECONDS = _env.livekit_token_ttl_seconds
+SESSION_JOIN_TIMEOUT_SECONDS = _env.session_join_timeout_seconds
+SESSION_LOST_GRACE_SECONDS = _env.session_lost_grace_seconds
+IDEMPOTENCY_KEY_TTL_HOURS = _env.idempotency_key_ttl_hours
+PROVIDER_MAX_LIVE_SESSIONS = _env.provider_max_live_sessions
+# Conversations the platform runs itself (the legacy WebSocket) time out like the agent worker's.
+AGENT_IDLE_TIMEOUT_SECONDS = _env.agent_idle_timeout_seconds
+AGENT_GOODBYE_LEAD_SECONDS = _env.agent_goodbye_lead_seconds
+LEGACY_WS_CONFIG_TIMEOUT_SECONDS = _env.legacy_ws_config_timeout_seconds
+LEGACY_WS_MAX_FRAME_SECONDS = _env.legacy_ws_max_frame_seconds
+LEGACY_WS_MAX_AHEAD_SECONDS = _env.legacy_ws_max_ahead_seconds
+LEGACY_WS_UNDERRUN_FILL_SECONDS = _env.legacy_ws_underrun_fill_seconds
+LEGACY_WS_INPUT_BUFFER_SECONDS = _env.legacy_ws_input_buffer_seconds
+LEGACY_WS_USAGE_REPORT_SECONDS = _env.legacy_ws_usage_report_seconds
+LEGACY_WS_SESSION_CHECK_SECONDS = _env.legacy_ws_session_check_seconds
 
-if PRODUCTION and (LIVEKIT_API_KEY, LIVEKIT_API_SECRET) == ("devkey", "secret"):
+if _PRODUCTION and (LIVEKIT_API_KEY, LIVEKIT_API_SECRET) == ("devkey", "secret"):
     raise ImproperlyConfigured("LIVEKIT_API_KEY / LIVEKIT_API_SECRET must be set in production")
 
-# --- Providers (unset keys → offline providers) ---------------------------------------------
-SARVAM_API_KEY = env_str("SARVAM_API_KEY", "")
-SARVAM_BASE_URL = env_str("SARVAM_BASE_URL", "https://api.sarvam.ai")
-CLARIFAI_PAT = env_str("CLARIFAI_PAT", "")
-CLARIFAI_BASE_URL = env_str("CLARIFAI_BASE_URL", "https://api.clarifai.com/v2/ext/openai/v1")
-OPENROUTER_API_KEY = env_str("OPENROUTER_API_KEY", "")
-OPENROUTER_BASE_URL = env_str("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1")
+# --- Providers (unset keys → offline providers), as the agent worker reads them ---------------
+PROVIDERS = _env.providers
 
 # --- Billing -------------------------------------------------------------------------------
-STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
-STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
-STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # loopback fake in tests; empty = Stripe
-STRIPE_METER_EVENT_NAME = env_str("STRIPE_METER_EVENT_NAME", "callmissed_usage_microusd")
-# Every new organization starts prepaid with this credit (USD), enough to try the product.
-BILLING_SIGNUP_CREDIT_USD = env_str("BILLING_SIGNUP_CREDIT_USD", "5.00")
-BILLING_MAX_CONCURRENT_SESSIONS = env_int("BILLING_MAX_CONCURRENT_SESSIONS", 10)
-BILLING_CONCURRENCY_RETRY_AFTER_SECONDS = env_int("BILLING_CONCURRENCY_RETRY_AFTER_SECONDS", 30)
+STRIPE_SECRET_KEY = _env.stripe_secret_key
+STRIPE_WEBHOOK_SECRET = _env.stripe_webhook_secret
+STRIPE_API_BASE = _env.stripe_api_base
+STRIPE_METER_EVENT_NAME = _env.stripe_meter_event_name
+BILLING_SIGNUP_CREDIT_USD = _env.billing_signup_credit_usd
+BILLING_MAX_CONCURRENT_SESSIONS = _env.billing_max_concurrent_sessions
+BILLING_CONCURRENCY_RETRY_AFTER_SECONDS = _env.billing_concurrency_retry_after_seconds
 
 # --- Security ------------------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SESSION_COOKIE_SECURE = PRODUCTION
-CSRF_COOKIE_SECURE = PRODUCTION
-SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
-SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
-SECURE_HSTS_PRELOAD = PRODUCTION
+SESSION_COOKIE_SECURE = _PRODUCTION
+CSRF_COOKIE_SECURE = _PRODUCTION
+SECURE_SSL_REDIRECT = _env.django_secure_ssl_redirect if _env.django_secure_ssl_redirect is not None else _PRODUCTION
+SECURE_HSTS_SECONDS = (
+    _env.django_hsts_seconds if _env.django_hsts_seconds is not None else 31536000 if _PRODUCTION else 0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _PRODUCTION
+SECURE_HSTS_PRELOAD = _PRODUCTION
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
@@ -272,44 +280,28 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": _env.log_level},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
 # --- Dashboard throttles (per client address and per username; atomic counters in the cache) -----
-LOGIN_RATE_LIMIT = env_str("LOGIN_RATE_LIMIT", "10/min")  # login attempts per client address
-LOGIN_FAILURE_LIMIT = env_str("LOGIN_FAILURE_LIMIT", "5/15min")  # failed logins per username
-SIGNUP_RATE_LIMIT = env_str("SIGNUP_RATE_LIMIT", "5/hour")  # accounts created per client address
-# Organizations per client address per UTC day that get BILLING_SIGNUP_CREDIT_USD (and once per email).
-BILLING_SIGNUP_CREDITS_PER_IP = env_str("BILLING_SIGNUP_CREDITS_PER_IP", "2/day")
-for _name in (
-    "API_RATE_LIMIT",
-    "LOGIN_RATE_LIMIT",
-    "LOGIN_FAILURE_LIMIT",
-    "SIGNUP_RATE_LIMIT",
-    "BILLING_SIGNUP_CREDITS_PER_IP",
-):
-    parse_rate(globals()[_name], setting=_name)
-# Empty: throttles count REMOTE_ADDR. Behind a proxy you run, the header it sets (its last entry is used),
-# e.g. X-Forwarded-For; never set it when clients can reach the server directly, or they pick their address.
-CLIENT_IP_HEADER = env_str("CLIENT_IP_HEADER", "")
+LOGIN_RATE_LIMIT = _env.login_rate_limit
+LOGIN_FAILURE_LIMIT = _env.login_failure_limit
+SIGNUP_RATE_LIMIT = _env.signup_rate_limit
+BILLING_SIGNUP_CREDITS_PER_IP = _env.billing_signup_credits_per_ip
+CLIENT_IP_HEADER = _env.client_ip_header
 
 # --- Content-Security-Policy (callmissed/csp.py) ----------------------------------------------------
-# Where forms may lead besides our own pages: the top-up form's redirect to Stripe Checkout.
-CSP_FORM_ACTION_ORIGINS = env_list("CSP_FORM_ACTION_ORIGINS", ["https://checkout.stripe.com"])
+CSP_FORM_ACTION_ORIGINS = _env.csp_form_action_origins
 
 # --- Production refuses development parts ---------------------------------------------------------
 # The embedded defaults serve one developer's process; in production each would fail quietly:
 # SQLite under several server processes, rate limits and the channel layer per process, tasks run
 # inside requests and lost with them, and the offline demo voice answering real callers.
-if PRODUCTION:
-    if not env_str("DATABASE_URL") or "sqlite" in DATABASES["default"]["ENGINE"]:
+if _PRODUCTION:
+    if not _env.database_url or "sqlite" in DATABASES["default"]["ENGINE"]:
         raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL in production (SQLite is for development)")
-    if (
-        not REDIS_URL
-        or "locmem" in CACHES["default"]["BACKEND"]
-        or "InMemory" in CHANNEL_LAYERS["default"]["BACKEND"]
-    ):
+    if not REDIS_URL or "locmem" in CACHES["default"]["BACKEND"] or "InMemory" in CHANNEL_LAYERS["default"]["BACKEND"]:
         raise ImproperlyConfigured(
             "REDIS_URL must be set in production: without it the cache (rate limits), the channel layer "
             "and the Celery broker live in one process"
@@ -319,7 +311,7 @@ if PRODUCTION:
     if CELERY_BROKER_URL.startswith("memory://"):
         raise ImproperlyConfigured("CELERY_BROKER_URL must be a real broker in production, not memory://")
     # Offline speech is allowed when asked for by name; the silent fallback of "auto" is not.
-    if env_str("SPEECH_PROVIDERS", "auto").strip().lower() == "auto" and not SARVAM_API_KEY:
+    if PROVIDERS.speech_providers is SpeechMode.AUTO and PROVIDERS.offline:
         raise ImproperlyConfigured(
             "SARVAM_API_KEY must be set in production, or SPEECH_PROVIDERS=offline to serve the offline voices"
         )

@@ -2,8 +2,8 @@
 
 import uuid
 
-from callmissed.env import env_bool
 from callmissed.settings import *  # noqa: F403
+from callmissed.settings import _env
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
@@ -13,7 +13,7 @@ CACHES["default"]["KEY_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"  # noqa: F405
 # Tasks queued by services run inline in the test process; tests of the broker path start a
 # real Celery worker (send_task ignores eager mode anyway).
 # CELERY_TASK_ALWAYS_EAGER=false runs a real worker on these settings (voice/tests/test_celery_live.py).
-CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", True)
+CELERY_TASK_ALWAYS_EAGER = _env.celery_task_always_eager is not False
 # Tests about other things create many sessions at once; the billing tests set each org's cap.
 BILLING_MAX_CONCURRENT_SESSIONS = 1000
 # Every test client calls from 127.0.0.1: the throttle tests set these back to the defaults.

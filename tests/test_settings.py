@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,40 @@ def test_production_may_serve_the_offline_voices_when_asked_by_name() -> None:
         env={**_without("SARVAM_API_KEY"), "SPEECH_PROVIDERS": "offline"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+_PLATFORM_CODE = ("accounts", "billing", "callmissed", "dashboard", "voice", "templates")
+_SETTINGS_FILES = {ROOT / "callmissed" / "settings.py", ROOT / "callmissed" / "settings_test.py"}
+
+
+def _platform_source() -> str:
+    files = [
+        path
+        for top in _PLATFORM_CODE
+        for path in (ROOT / top).rglob("*")
+        if path.suffix in {".py", ".html"} and "tests" not in path.parts and path not in _SETTINGS_FILES
+    ]
+    return "\n".join(path.read_text() for path in files)
+
+
+def test_every_setting_read_from_the_environment_is_used() -> None:
+    """Each variable the platform defines reaches a Django setting, and each such setting is read by
+    Django, by Celery (its CELERY_ namespace) or by our code: no value that nothing reads."""
+    from django.conf import global_settings
+
+    from callmissed.config import PlatformSettings
+
+    settings_py = (ROOT / "callmissed" / "settings.py").read_text()
+    unwired = [name for name in PlatformSettings.model_fields if f"_env.{name}" not in settings_py]
+    assert unwired == []
+
+    source = _platform_source()
+    from_env = re.findall(r"^([A-Z][A-Z0-9_]*) = .*_env\.", settings_py, flags=re.MULTILINE)
+    unread = [
+        name
+        for name in from_env
+        if not hasattr(global_settings, name)
+        and not name.startswith("CELERY_")
+        and not re.search(rf"\b{name}\b", source)
+    ]
+    assert from_env and unread == []

@@ -32,20 +32,19 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from accounts.ws_auth import SCOPE_KEY, WsKeyAuth
 from agent_worker import contracts
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
-from agent_worker.provider_settings import ProviderSettings
 
 # The provider clients are imported with the routing, at server start: imported lazily by the
 # first caller's session they would stall every live socket on this event loop for seconds.
 from agent_worker.providers import llm as _llm_clients  # noqa: F401
 from agent_worker.providers import sarvam_stt as _stt_client  # noqa: F401
 from agent_worker.providers import sarvam_tts as _tts_client  # noqa: F401
-from agent_worker.worker import WorkerSettings
 from callmissed import jsonsafe
 from callmissed.errors import ApplicationError, ErrorCode
 from voice import selectors, services, tasks
@@ -598,17 +597,16 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             return
         self.sample_rate = rate
         self._max_frame_bytes = self.limits.max_frame_bytes(rate)
-        worker = WorkerSettings.from_env()
         self._audio_in = QueueAudioInput(sample_rate=rate, max_buffered_seconds=self.limits.input_buffer_seconds)
         self._audio_out = CallbackAudioOutput(sample_rate=rate, on_audio=self._send_audio)
         conversation = Conversation(
             session_id=session_id,
             config=config,
-            providers=ProviderSettings.from_env(),
+            providers=settings.PROVIDERS,
             observer=_SocketObserver(self),
             sample_rate=_PIPELINE_RATE[rate],
-            idle_timeout_seconds=worker.idle_timeout_seconds,
-            goodbye_lead_seconds=worker.goodbye_lead_seconds,
+            idle_timeout_seconds=settings.AGENT_IDLE_TIMEOUT_SECONDS,
+            goodbye_lead_seconds=settings.AGENT_GOODBYE_LEAD_SECONDS,
         )
         self._conversation = conversation
         self._phase = _Phase.RUNNING

@@ -21,7 +21,7 @@ CALLER_SAYS = "Please book an appointment for tomorrow morning."
 # Real-time audio both ways: the greeting alone plays for about five seconds.
 TURN_TIMEOUT_S = 40.0
 
-OFFLINE = ProviderSettings(mode=SpeechMode.OFFLINE)
+OFFLINE = ProviderSettings(speech_providers=SpeechMode.OFFLINE)
 
 
 def config(**overrides: object) -> contracts.SessionConfig:

@@ -35,7 +35,7 @@ async def chat() -> AsyncIterator[FakeChatServer]:
 @pytest.fixture
 def settings(sarvam: FakeSarvam, chat: FakeChatServer) -> ProviderSettings:
     return ProviderSettings(
-        mode=SpeechMode.REAL,
+        speech_providers=SpeechMode.REAL,
         sarvam_api_key=SARVAM_KEY,
         sarvam_base_url=sarvam.http_url,
         sarvam_ws_url=sarvam.ws_url,

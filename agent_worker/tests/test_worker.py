@@ -25,7 +25,8 @@ from agent_worker import contracts
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import ConversationEnded
 from agent_worker.provider_settings import ProviderSettings, SpeechMode
-from agent_worker.worker import SessionIO, WorkerSettings, build_server, entrypoint, prepare_job_process, run_job
+from agent_worker.settings import SettingsError, WorkerSettings, load
+from agent_worker.worker import SessionIO, build_server, entrypoint, prepare_job_process, run_job
 from testsupport.fakes.livekit_server import FakeLiveKitServer
 from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 
@@ -79,13 +80,16 @@ class Harness:
 @pytest.fixture
 def providers(sarvam: FakeSarvam) -> ProviderSettings:
     return ProviderSettings(
-        mode=SpeechMode.REAL, sarvam_api_key=KEY, sarvam_base_url=sarvam.http_url, sarvam_ws_url=sarvam.ws_url
+        speech_providers=SpeechMode.REAL,
+        sarvam_api_key=KEY,
+        sarvam_base_url=sarvam.http_url,
+        sarvam_ws_url=sarvam.ws_url,
     )
 
 
 def _settings(lk_server: FakeLiveKitServer, **overrides: Any) -> WorkerSettings:
-    defaults: dict[str, Any] = {"goodbye_lead_seconds": 1.0, "idle_timeout_seconds": 60.0}
-    return WorkerSettings(api_url=lk_server.url, **{**defaults, **overrides})
+    defaults: dict[str, Any] = {"agent_goodbye_lead_seconds": 1.0, "agent_idle_timeout_seconds": 60.0}
+    return WorkerSettings(**{**defaults, **overrides})
 
 
 def _metadata(**config: Any) -> str:
@@ -212,7 +216,7 @@ async def test_max_duration_says_goodbye_then_ends_on_time(
     start_job: Any, sarvam: FakeSarvam, lk_server: FakeLiveKitServer
 ) -> None:
     # The REST API allows 30 s at least; the worker honours whatever the dispatch says.
-    harness = await start_job(_metadata(max_duration_seconds=4), goodbye_lead_seconds=1.5)
+    harness = await start_job(_metadata(max_duration_seconds=4), agent_goodbye_lead_seconds=1.5)
     ended = await asyncio.wait_for(harness.task, 60)
 
     assert ended is not None and ended.reason == contracts.EndReason.MAX_DURATION
@@ -268,7 +272,7 @@ async def test_a_job_without_callmissed_metadata_is_refused(
 
 
 def test_the_server_registers_for_explicit_dispatch_under_the_configured_name() -> None:
-    server = build_server(WorkerSettings(agent_name="callmissed-test-agent"))
+    server = build_server(WorkerSettings(livekit_agent_name="callmissed-test-agent"))
     assert server._agent_name == "callmissed-test-agent"
     # Job processes receive the entry point pickled: a closure here would fail every job.
     assert pickle.loads(pickle.dumps(server._entrypoint_fnc)) is entrypoint
@@ -322,16 +326,25 @@ def test_the_start_command_runs_job_processes_and_drains_on_sigterm(tmp_path: Pa
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LIVEKIT_URL", "wss://lk.example.com")
     monkeypatch.setenv("LIVEKIT_AGENT_NAME", "agent-x")
     monkeypatch.setenv("AGENT_GOODBYE_LEAD_SECONDS", "3.5")
-    monkeypatch.delenv("LIVEKIT_API_URL", raising=False)
-    settings = WorkerSettings.from_env()
-    assert (settings.agent_name, settings.goodbye_lead_seconds) == ("agent-x", 3.5)
-    assert settings.server_api_url == "https://lk.example.com"
+    monkeypatch.setenv("AGENT_HTTP_PORT", "")  # empty counts as unset
+    monkeypatch.setenv("SPEECH_PROVIDERS", "Offline")
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://events.internal:6379/2")
+    settings = load(WorkerSettings)
+    assert (settings.livekit_agent_name, settings.agent_goodbye_lead_seconds) == ("agent-x", 3.5)
+    assert settings.agent_http_port == 8081
+    assert settings.providers.offline
+    assert settings.broker_url == "redis://events.internal:6379/2"
     monkeypatch.setenv("AGENT_IDLE_TIMEOUT_SECONDS", "soon")
-    with pytest.raises(ValueError, match="AGENT_IDLE_TIMEOUT_SECONDS must be a number"):
-        WorkerSettings.from_env()
+    with pytest.raises(SettingsError, match="AGENT_IDLE_TIMEOUT_SECONDS must be a number, got 'soon'"):
+        load(WorkerSettings)
+    monkeypatch.setenv("AGENT_IDLE_TIMEOUT_SECONDS", "30")
+    monkeypatch.setenv("SPEECH_PROVIDERS", "real")
+    monkeypatch.delenv("SARVAM_API_KEY", raising=False)
+    with pytest.raises(SettingsError, match="SPEECH_PROVIDERS=real needs SARVAM_API_KEY"):
+        load(WorkerSettings)
 
 
 def test_the_worker_command_starts_without_django() -> None:

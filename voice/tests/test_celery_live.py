@@ -206,7 +206,8 @@ def test_the_seed_path_end_to_end_from_create_to_transcripts(
 
     from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
     from agent_worker.provider_settings import ProviderSettings, SpeechMode
-    from agent_worker.worker import SessionIO, WorkerSettings, run_job
+    from agent_worker.settings import WorkerSettings
+    from agent_worker.worker import SessionIO, run_job
     from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 
     body = {"language": "hi-IN", "voice": "shubh", "llm_model": "sarvam-105b", "max_duration_seconds": 60}
@@ -225,7 +226,7 @@ def test_the_seed_path_end_to_end_from_create_to_transcripts(
             sarvam.script_transcripts("Aaj mausam kaisa hai?")
             sarvam.chat.script_replies("Namaste! Main aapki kya madad kar sakti hoon?", "Aaj dhoop hai.")
             providers = ProviderSettings(
-                mode=SpeechMode.REAL,
+                speech_providers=SpeechMode.REAL,
                 sarvam_api_key="sk-e2e",
                 sarvam_base_url=sarvam.http_url,
                 sarvam_ws_url=sarvam.ws_url,
@@ -241,7 +242,7 @@ def test_the_seed_path_end_to_end_from_create_to_transcripts(
                 job = asyncio.create_task(
                     run_job(
                         ctx,
-                        settings=WorkerSettings(api_url=lk_server.url),
+                        settings=WorkerSettings(),
                         providers=providers,
                         reporter=reporter,
                         session_io=SessionIO(

@@ -9,6 +9,7 @@ from django.db import connection
 from livekit import api as lk
 
 from agent_worker import contracts
+from agent_worker.provider_settings import ProviderSettings
 from voice.models import VoiceSession
 
 pytestmark = pytest.mark.django_db
@@ -53,8 +54,7 @@ def test_empty_body_takes_documented_defaults(api: Any) -> None:
 
 
 def test_token_grants_one_room_and_dispatches_the_agent(api: Any, settings: Any) -> None:
-    settings.SARVAM_API_KEY = "sarvam-secret-value"
-    settings.CLARIFAI_PAT = "clarifai-secret-value"
+    settings.PROVIDERS = ProviderSettings(sarvam_api_key="sarvam-secret-value", clarifai_pat="clarifai-secret-value")
     body = _post(api, {**QUICKSTART, "metadata": {"customer": "42"}}).json()
     token = body["token"]
     claims = lk.TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET).verify(token)

@@ -1,0 +1,97 @@
+"""The agent worker's settings, and the definitions it shares with the platform.
+
+Each process kind reads its environment once, into one typed object: the agent worker into
+``WorkerSettings`` (``worker_settings()``), the platform into ``callmissed.config.PlatformSettings``,
+which ``callmissed/settings.py`` turns into Django settings. Both extend ``SharedSettings``, so a
+variable both read (the LiveKit server, the conversation's timing, the providers) is defined here
+once. This module never imports Django. Every value has a default that serves a developer; an
+empty variable counts as unset, and a bad value raises ``SettingsError`` naming the variable.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent_worker.provider_settings import ProviderSettings
+
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+
+# Field names are the variables' names (matched case-insensitively); frozen: read once, never
+# changed; an unknown keyword (a typo in a test) is an error.
+ENV_CONFIG = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="forbid")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
+
+
+class SharedSettings(BaseSettings):
+    """What the platform and the agent worker both read. The platform mints tokens for this
+    LiveKit server and runs legacy-socket conversations itself; the worker joins the rooms."""
+
+    model_config = ENV_CONFIG
+
+    livekit_url: str = "ws://localhost:7880"
+    livekit_api_key: str = "devkey"
+    livekit_api_secret: str = Field("secret", repr=False)
+    livekit_agent_name: str = "callmissed-agent"
+    # How long a caller may take to join: the platform's join deadline, the worker's wait.
+    session_join_timeout_seconds: int = 60
+    # A conversation nobody speaks in ends after this; the goodbye starts this long before the maximum.
+    agent_idle_timeout_seconds: float = 120.0
+    agent_goodbye_lead_seconds: float = 5.0
+    providers: ProviderSettings = Field(default_factory=lambda: load(ProviderSettings))
+
+
+class WorkerSettings(SharedSettings):
+    # SIGTERM waits this long for live conversations (the longest allowed session is 1 h).
+    agent_drain_timeout_seconds: int = 3700
+    # The worker's health/status HTTP port (livekit-agents serves it in production mode).
+    agent_http_port: int = 8081
+    # Where the worker's events go: Django's Celery broker.
+    celery_broker_url: str = ""
+    redis_url: str = ""
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url or DEFAULT_BROKER_URL
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+_MUST_BE = {
+    "bool_parsing": "a boolean (true/false)",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "decimal_parsing": "a decimal number",
+}
+
+
+def load(cls: type[S], **values: Any) -> S:
+    """Read ``cls`` from the environment (``values`` override it); a bad value raises
+    ``SettingsError`` with one line per variable, named as it is set."""
+    try:
+        return cls(**values)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            name = ".".join(str(part) for part in problem["loc"]).upper()
+            expected = _MUST_BE.get(problem["type"])
+            if expected:
+                lines.append(f"{name} must be {expected}, got {problem['input']!r}")
+            elif problem["type"] == "value_error":  # a rule across variables states its own names
+                lines.append(str(problem.get("ctx", {}).get("error", problem["msg"])))
+            else:
+                lines.append(f"{name}: {problem['msg']}")
+        raise SettingsError("; ".join(lines)) from None
+
+
+@functools.cache
+def worker_settings() -> WorkerSettings:
+    """The worker process's settings, read from the environment on first use."""
+    return load(WorkerSettings)

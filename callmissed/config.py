@@ -1,0 +1,115 @@
+"""The platform's environment, typed: read once by ``callmissed/settings.py`` into Django settings.
+
+Every variable the platform reads is a field here (its name, matched case-insensitively), with a
+default that serves a developer; what the agent worker reads too comes from
+``agent_worker.settings.SharedSettings``. ``None`` means unset where the default depends on other
+values (production, Redis), which settings.py resolves.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from django.core.exceptions import ImproperlyConfigured
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic_settings import NoDecode
+
+from agent_worker.settings import SettingsError, SharedSettings, load
+from callmissed.rates import parse_rate
+
+DEV_SECRET_KEY = "dev-insecure-callmissed-secret-key-change-me-in-production-0123456789"
+
+
+def _comma_list(value: object) -> object:
+    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+
+# "a.example.com, b.example.com" rather than JSON.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+
+
+class PlatformSettings(SharedSettings):
+    django_env: str = "development"  # "production" refuses unsafe values (settings.py)
+    django_secret_key: str = Field(DEV_SECRET_KEY, repr=False)
+    django_debug: bool | None = None  # unset: on in development, off in production
+    django_allowed_hosts: CommaList | None = None  # unset: local names in development
+    django_csrf_trusted_origins: CommaList = []
+    django_secure_ssl_redirect: bool | None = None  # unset: on in production
+    django_hsts_seconds: int | None = None  # unset: a year in production
+    log_level: str = "INFO"
+
+    database_url: str = ""  # unset: SQLite in the checkout
+    database_conn_max_age: int = 0
+    redis_url: str = ""  # unset: in-process channel layer, cache and eager Celery
+    celery_broker_url: str = ""  # unset: REDIS_URL
+    celery_task_always_eager: bool | None = None  # unset: on without Redis
+
+    api_rate_limit: str = "600/min"
+    # Largest JSON body the API reads (413 above): an 8000-character prompt JSON-escaped is ~48 KB.
+    api_max_body_bytes: int = 256 * 1024
+
+    livekit_api_url: str = ""  # the server API (Twirp); unset: LIVEKIT_URL over http(s)
+    livekit_token_ttl_seconds: int = 600
+    session_lost_grace_seconds: int = 120
+    idempotency_key_ttl_hours: int = 24
+    # Sarvam caps concurrent streams per account: live sessions above this get 503 at create.
+    provider_max_live_sessions: int = 20
+
+    stripe_secret_key: str = Field("", repr=False)
+    stripe_webhook_secret: str = Field("", repr=False)
+    stripe_api_base: str = ""  # loopback fake in tests; empty = Stripe
+    stripe_meter_event_name: str = "callmissed_usage_microusd"
+    # Every new organization starts prepaid with this credit (USD), enough to try the product.
+    billing_signup_credit_usd: Decimal = Decimal("5.00")
+    billing_max_concurrent_sessions: int = 10
+    billing_concurrency_retry_after_seconds: int = 30
+
+    # Dashboard throttles, per client address and per username (atomic counters in the cache).
+    login_rate_limit: str = "10/min"  # login attempts per client address
+    login_failure_limit: str = "5/15min"  # failed logins per username
+    signup_rate_limit: str = "5/hour"  # accounts created per client address
+    # Organizations per client address per UTC day that get the signup credit (and once per email).
+    billing_signup_credits_per_ip: str = "2/day"
+    # Empty: throttles count REMOTE_ADDR. Behind a proxy you run, the header it sets (its last entry
+    # is used), e.g. X-Forwarded-For; never set it when clients can reach the server directly.
+    client_ip_header: str = ""
+    # Where forms may lead besides our own pages: the top-up form's redirect to Stripe Checkout.
+    csp_form_action_origins: CommaList = ["https://checkout.stripe.com"]
+
+    # The legacy WebSocket's limits (voice/consumers.py).
+    legacy_ws_config_timeout_seconds: float = 10.0
+    legacy_ws_max_frame_seconds: float = 1.0
+    # How far the client's audio may run ahead of the wall clock (bursts, network jitter).
+    legacy_ws_max_ahead_seconds: float = 2.0
+    # How far behind the client may fall before the gap is filled with silence.
+    legacy_ws_underrun_fill_seconds: float = 0.5
+    # Caller audio the pipeline may fall behind by before the oldest is dropped.
+    legacy_ws_input_buffer_seconds: float = 3.0
+    legacy_ws_usage_report_seconds: float = 5.0
+    # How often a call reads its own row, so one ended elsewhere stops even if the control
+    # message to its socket was lost.
+    legacy_ws_session_check_seconds: float = 2.0
+
+    @field_validator(
+        "api_rate_limit",
+        "login_rate_limit",
+        "login_failure_limit",
+        "signup_rate_limit",
+        "billing_signup_credits_per_ip",
+    )
+    @classmethod
+    def _a_rate(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            parse_rate(value, setting=str(info.field_name).upper())
+        except ImproperlyConfigured as error:
+            raise ValueError(str(error)) from None
+        return value
+
+
+def platform_settings() -> PlatformSettings:
+    """Read the environment; a bad value stops start-up as Django's configuration error."""
+    try:
+        return load(PlatformSettings)
+    except SettingsError as error:
+        raise ImproperlyConfigured(str(error)) from None
