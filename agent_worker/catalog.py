@@ -83,11 +83,3 @@ def llm_model(model_id: str) -> LLMModel | None:
     if OPENROUTER_MODEL_RE.match(model_id):
         return LLMModel(id=model_id, status="available", provider="openrouter", provider_model=model_id)
     return None
-
-
-def speech_prices() -> dict[str, str]:
-    return dict(_raw()["speech_prices"])
-
-
-def raw_llm_entries() -> list[dict[str, Any]]:
-    return list(_raw()["llm_models"])

@@ -216,7 +216,6 @@ class Conversation:
         self._session: AgentSession | None = None
         self.providers: Providers | None = None
         self.ended: ConversationEnded | None = None
-        self.last_barge_in_at: float | None = None  # monotonic time of the latest interruption decision
 
         self._started_wall: float | None = None  # time.time() at start, the transcript origin
         self._started_mono: float | None = None
@@ -530,7 +529,6 @@ class Conversation:
 
         With STT turn detection and no local VAD, livekit itself interrupts only once words are
         transcribed; Sarvam's start-of-speech signal comes well before that."""
-        self.last_barge_in_at = time.monotonic()
         try:
             self.session.interrupt()
         except RuntimeError:

@@ -18,7 +18,7 @@ then a tone the fake's VAD hears as speech) into each session on a 20 ms clock.
 * baseline = the same measurement for a no-op: one ``asyncio.sleep`` of the injected total per
   turn on the same event loop, at the same concurrency and spread, in the same run — what the
   loop's own scheduling costs on this machine. The overhead p95 is printed as a ratio to it;
-* barge-in stop = the interruption decision (``Conversation.last_barge_in_at``: the caller's
+* barge-in stop = the interruption decision (``TimedConversation.last_barge_in_at``: the caller's
   start of speech while the agent speaks) → the last agent audio frame handed to the transport
   after it (0 when none was);
 * diagnostics: "barge-in tail" is the agent audio already handed to the transport that a
@@ -121,6 +121,16 @@ class StateObserver(ConversationObserver):
                 await self.changed.wait()
 
 
+class TimedConversation(Conversation):
+    """Records when it decides the caller barged in, the instant the barge-in stop is measured from."""
+
+    last_barge_in_at: float | None = None
+
+    def _barge_in(self) -> None:
+        self.last_barge_in_at = time.monotonic()
+        super()._barge_in()
+
+
 class BenchCaller:
     def __init__(self) -> None:
         self.input = QueueAudioInput(sample_rate=SAMPLE_RATE)
@@ -209,7 +219,7 @@ async def one_session(
     index: int, settings: ProviderSettings, caller: BenchCaller, turns: int, schedule: Schedule
 ) -> SessionResult:
     observer = StateObserver()
-    conversation = Conversation(
+    conversation = TimedConversation(
         session_id=f"bench-{index}",
         config=contracts.SessionConfig(system_prompt="You are a benchmark.", max_duration_seconds=3600),
         providers=settings,

@@ -45,9 +45,9 @@ logger = logging.getLogger(__name__)
 
 PROVIDER = "sarvam"
 # Audio goes out as soon as one 20 ms frame of it has arrived: audio held back to fill a bigger
-# message delays Sarvam's end-of-speech by up to that much on every turn (the 50 ms messages this
-# client once sent cost ~40 ms a turn in bench/pipeline_overhead). A burst (a transport's large
-# chunk, a session catching up) still goes in few messages of at most _MAX_CHUNK_MS each.
+# message delays Sarvam's end-of-speech by up to that much on every turn (bench/README.md).
+# A burst (a transport's large chunk, a session catching up) still goes in few messages of at
+# most _MAX_CHUNK_MS each.
 _MIN_CHUNK_MS = 20
 _MAX_CHUNK_MS = 100
 # Sarvam may send END_SPEECH just before the utterance's transcript; wait this long for it

@@ -147,7 +147,7 @@ class _ConnectFailure:
 def tone(duration_s: float, sample_rate: int, *, frequency: float = 440.0, amplitude: int = 8000) -> bytes:
     """Deterministic s16le mono PCM; also handy for tests that need "speech" to feed the STT."""
     # numpy, not a Python loop: the TTS fake makes each reply's audio before its first chunk, and
-    # the bench counted that time as the pipeline's (2.2 ms for a 22-character reply, idle; 0.1 now).
+    # a benchmark would count that time as the pipeline's (bench/README.md, pipeline_overhead).
     step = 2 * math.pi * frequency / sample_rate
     wave = amplitude * np.sin(step * np.arange(round(duration_s * sample_rate)))
     return wave.astype("<i2").tobytes()
