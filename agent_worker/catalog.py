@@ -37,6 +37,8 @@ class LLMModel:
     provider: str
     provider_model: str = ""
     message: str = ""
+    # The provider refuses a request that turns this model's reasoning off.
+    reasoning_mandatory: bool = False
 
 
 @cache
@@ -81,5 +83,21 @@ def llm_model(model_id: str) -> LLMModel | None:
         if m.id == model_id:
             return m
     if OPENROUTER_MODEL_RE.match(model_id):
-        return LLMModel(id=model_id, status="available", provider="openrouter", provider_model=model_id)
+        return LLMModel(
+            id=model_id,
+            status="available",
+            provider="openrouter",
+            provider_model=model_id,
+            reasoning_mandatory=model_id in _openrouter_reasoning_mandatory(),
+        )
     return None
+
+
+@cache
+def _openrouter_reasoning_mandatory() -> frozenset[str]:
+    """OpenRouter models whose endpoints answer 400 to ``reasoning: {enabled: false}``."""
+    for m in _raw()["llm_models"]:
+        if m.get("provider") == "openrouter" and m["id"].startswith("<"):
+            return frozenset(m.get("reasoning_mandatory", ()))
+    return frozenset()
+

@@ -1,12 +1,20 @@
 """Route a catalog model id to the OpenAI-compatible endpoint that serves it.
 
+Every model here reasons before answering unless told not to, and for voice that delay is the
+first spoken word's; each route sends its host's own switch (sources in docs/providers.md):
+
 * ``kimi-k2.5`` → Clarifai's OpenAI-compatible API (PAT as Bearer), Clarifai's model URL as
-  the model name, thinking disabled: Kimi reasons before answering by default, which delays the
-  first spoken word by seconds.
-* ``sarvam-105b`` → Sarvam chat completions (``{sarvam_base_url}/v1``), key sent both as
-  ``api-subscription-key`` and Bearer, as Sarvam documents.
-* ``vendor/model`` → OpenRouter, Bearer key, reasoning disabled with OpenRouter's unified
-  ``reasoning`` parameter.
+  the model name. Clarifai serves open-weight models by handing the request's fields to the
+  ``openai`` SDK in front of the model's own server, where ``extra_body`` is the one field that
+  reaches the server; Kimi K2.5's chat template there takes ``chat_template_kwargs.thinking``.
+  Moonshot's own ``thinking: {type: disabled}`` is for api.moonshot.ai, not for this host.
+* ``sarvam-105b`` → Sarvam chat completions (``{sarvam_base_url}/v1``) as
+  ``sarvam-105b-conversations``, the variant Sarvam tunes for dialogue, with
+  ``reasoning_effort: null``: the effort defaults to medium, and null turns reasoning off. The
+  key goes both as ``api-subscription-key`` and Bearer, as Sarvam documents.
+* ``vendor/model`` → OpenRouter, Bearer key, ``reasoning: {enabled: false}`` — except for
+  models the catalog lists as reasoning-mandatory, which OpenRouter refuses with a 400 when
+  asked; a 400 for a model not listed yet is retried without the switch (``openai_compat``).
 
 Every route is an ``OpenAICompatibleLLM`` (``openai_compat``): it streams with
 ``stream_options.include_usage``, so the final chunk's token counts reach livekit's LLM metrics
@@ -24,8 +32,10 @@ from agent_worker.provider_settings import ProviderConfigError, ProviderSettings
 from agent_worker.providers.openai_compat import OpenAICompatibleLLM
 
 SARVAM_CHAT_PATH = "/v1"
-# Kimi (Moonshot's API shape): turn the reasoning phase off for voice.
-KIMI_NO_THINKING = {"thinking": {"type": "disabled"}}
+# Kimi K2.5 behind Clarifai: the chat-template switch, in the one field Clarifai forwards.
+KIMI_ON_CLARIFAI_NO_THINKING = {"extra_body": {"chat_template_kwargs": {"thinking": False}}}
+# Sarvam's V1 chat: null turns reasoning off (low, medium — the default — and high turn it on).
+SARVAM_NO_REASONING = {"reasoning_effort": None}
 # OpenRouter's unified switch for reasoning models.
 OPENROUTER_NO_REASONING = {"reasoning": {"enabled": False}}
 
@@ -49,22 +59,23 @@ def build_llm(model_id: str, settings: ProviderSettings) -> llm.LLM:
             model=entry.provider_model,
             base_url=settings.clarifai_base_url,
             api_key=_require(settings.clarifai_pat, "CLARIFAI_PAT", model_id),
-            extra_body=KIMI_NO_THINKING,
+            reasoning_off=KIMI_ON_CLARIFAI_NO_THINKING,
         )
     if entry.provider == "sarvam":
         key = _require(settings.sarvam_api_key, "SARVAM_API_KEY", model_id)
         return OpenAICompatibleLLM(
-            model=entry.id,
+            model=entry.provider_model or entry.id,
             base_url=settings.sarvam_base_url + SARVAM_CHAT_PATH,
             api_key=key,
             extra_headers={"api-subscription-key": key},
+            reasoning_off=SARVAM_NO_REASONING,
         )
     if entry.provider == "openrouter":
         return OpenAICompatibleLLM(
             model=entry.provider_model or entry.id,
             base_url=settings.openrouter_base_url,
             api_key=_require(settings.openrouter_api_key, "OPENROUTER_API_KEY", model_id),
-            extra_body=OPENROUTER_NO_REASONING,
+            reasoning_off=None if entry.reasoning_mandatory else OPENROUTER_NO_REASONING,
         )
     raise UnknownLLMModelError(f"no route for provider {entry.provider!r} of model {model_id!r}")
 

@@ -11,6 +11,13 @@ typed parameter transform, and per streamed chunk builds pydantic models of it; 
 sessions on one event loop that was most of the loop's CPU in the LLM path, delaying every
 other session's audio. Here a chunk is one ``json.loads``.
 
+Reasoning: a route may name the request fields that turn the model's reasoning off
+(``reasoning_off``). Some endpoints refuse them ("Reasoning is mandatory for this endpoint and
+cannot be disabled", HTTP 400): the request is then sent once more without them, and that model
+is asked without them from then on. Reasoning deltas (``reasoning_content``, OpenRouter's
+``reasoning`` / ``reasoning_details``) are never spoken; when they arrive anyway the first one
+is logged once per model, so a switch the host ignores shows up in the logs, not in the audio.
+
 Sessions on one event loop share one aiohttp session (and so its connection pool and TLS
 context) for as long as any of them is open: a client per session built its own SSL context
 and, against a real provider, paid a TLS handshake per session instead of reusing a warm
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
@@ -40,7 +48,12 @@ from livekit.agents.llm import utils as llm_utils
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import is_given
 
+logger = logging.getLogger(__name__)
+
 _DONE = "[DONE]"
+# OpenRouter's wording (and the upstream providers' it forwards) for a model that always reasons.
+_REASONING_MANDATORY = "reasoning is mandatory"
+_REASONING_DELTAS = ("reasoning_content", "reasoning", "reasoning_details")
 
 
 class OpenAICompatibleLLM(llm.LLM):
@@ -52,6 +65,7 @@ class OpenAICompatibleLLM(llm.LLM):
         api_key: str,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        reasoning_off: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._model = model
@@ -64,6 +78,7 @@ class OpenAICompatibleLLM(llm.LLM):
             **(extra_headers or {}),
         }
         self._extra_body = dict(extra_body or {})
+        self._reasoning_off = dict(reasoning_off or {})
         self._lease: _Lease | None = None
 
     @property
@@ -98,6 +113,8 @@ class OpenAICompatibleLLM(llm.LLM):
                 headers = {**headers, **extra_headers}
             body.update(extra)
         body.update(self._extra_body)
+        if (self._provider, self._model) not in _reasoning_mandatory:
+            body.update(self._reasoning_off)
         if is_given(parallel_tool_calls):
             body["parallel_tool_calls"] = parallel_tool_calls
         if tools and is_given(tool_choice):
@@ -111,6 +128,7 @@ class OpenAICompatibleLLM(llm.LLM):
             url=self._url,
             headers=headers,
             body=body,
+            reasoning_off=tuple(self._reasoning_off),
             chat_ctx=chat_ctx,
             tools=tools or [],
             conn_options=conn_options,
@@ -132,6 +150,7 @@ class OpenAICompatibleStream(llm.LLMStream):
         url: str,
         headers: Mapping[str, str],
         body: dict[str, Any],
+        reasoning_off: tuple[str, ...],
         chat_ctx: llm.ChatContext,
         tools: list[llm.Tool],
         conn_options: APIConnectOptions,
@@ -141,7 +160,9 @@ class OpenAICompatibleStream(llm.LLMStream):
         self._url = url
         self._headers = headers
         self._body = body
+        self._reasoning_off = [key for key in reasoning_off if key in body]
         self._model = llm_v.model
+        self._provider = llm_v.provider
 
     def _request_body(self) -> dict[str, Any]:
         messages, _ = self._chat_ctx.to_provider_format(format="openai")
@@ -162,17 +183,29 @@ class OpenAICompatibleStream(llm.LLMStream):
         retryable = True
         timeout = self._conn_options.timeout
         try:
-            payload = json.dumps(self._request_body())
-            async with self._session.post(
-                self._url,
-                data=payload,
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
-            ) as response:
-                if response.status >= 400:
-                    raise _status_error(response.status, await response.text(), response.headers)
+            body = self._request_body()
+            while True:
+                response = await self._session.post(
+                    self._url,
+                    data=json.dumps(body),
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+                )
+                if response.status < 400:
+                    break
+                async with response:
+                    refusal = await response.text()
+                if not (response.status == 400 and self._reasoning_off and _REASONING_MANDATORY in refusal.lower()):
+                    raise _status_error(response.status, refusal, response.headers)
+                # Once: the retried body has no switch left to drop.
+                _note_reasoning_mandatory(self._provider, self._model)
+                for key in self._reasoning_off:
+                    body.pop(key, None)
+                self._reasoning_off = []
+            async with response:
                 calls = _ToolCalls()
                 thinking = llm_utils.ThinkingTokenFilter()
+                reasoned = False
 
                 def send_text(text: _TextRun) -> None:
                     if (chunk := text.take()) is not None:
@@ -191,6 +224,11 @@ class OpenAICompatibleStream(llm.LLMStream):
                                 raise ValueError(f"the provider reported an error mid-stream: {chunk['error']}")
                             chunk_id = str(chunk.get("id") or "")
                             for choice in chunk.get("choices") or ():
+                                if not reasoned and _carries_reasoning(choice):
+                                    reasoned = True
+                                    _note_reasoning_streamed(
+                                        self._provider, self._model, asked_off=bool(self._reasoning_off)
+                                    )
                                 chat_chunk = _parse_choice(chunk_id, choice, thinking, calls)
                                 if chat_chunk is None:
                                     continue
@@ -212,6 +250,36 @@ class OpenAICompatibleStream(llm.LLMStream):
             raise APITimeoutError(retryable=retryable) from None
         except Exception as e:
             raise APIConnectionError(retryable=retryable) from e
+
+
+def _carries_reasoning(choice: dict[str, Any]) -> bool:
+    delta = choice.get("delta")
+    return isinstance(delta, dict) and any(delta.get(key) for key in _REASONING_DELTAS)
+
+
+# Per process: a model's reasoning switch is a property of the model and its host, not of a session.
+_reasoning_mandatory: set[tuple[str, str]] = set()
+_reasoning_reported: set[tuple[str, str]] = set()
+
+
+def _note_reasoning_mandatory(provider: str, model: str) -> None:
+    if (provider, model) not in _reasoning_mandatory:
+        _reasoning_mandatory.add((provider, model))
+        logger.warning(
+            "%s refuses to turn reasoning off for %s; asking it without the switch from now on", provider, model
+        )
+
+
+def _note_reasoning_streamed(provider: str, model: str, *, asked_off: bool) -> None:
+    if (provider, model) in _reasoning_reported:
+        return
+    _reasoning_reported.add((provider, model))
+    if asked_off:
+        logger.warning(
+            "%s streamed reasoning for %s although the request turned it off; it is not spoken", provider, model
+        )
+    else:
+        logger.info("%s streams reasoning for %s; it is not spoken", provider, model)
 
 
 def _status_error(status: int, text: str, headers: Mapping[str, str]) -> APIStatusError:

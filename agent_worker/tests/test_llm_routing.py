@@ -11,7 +11,7 @@ from livekit.agents.metrics import LLMMetrics
 
 from agent_worker.provider_settings import ProviderConfigError, ProviderSettings
 from agent_worker.providers.llm import LLMModelUnavailableError, UnknownLLMModelError, build_llm
-from testsupport.fakes.openai_chat import FakeChatServer, ScriptedReply
+from testsupport.fakes.openai_chat import FakeChatServer, ScriptedReply, ScriptedToolCall
 from testsupport.fakes.sarvam import FakeSarvam
 
 CLARIFAI_PAT = "clarifai-pat"
@@ -73,7 +73,7 @@ async def ask(model: llm.LLM, question: str = "what is the weather in Pune", **o
     return Reply(text=text, usage=usage, metrics=metrics)
 
 
-async def test_kimi_goes_to_clarifai_with_the_pat_and_thinking_disabled(
+async def test_kimi_goes_to_clarifai_with_the_pat_and_thinking_disabled_the_way_clarifai_forwards_it(
     chat: FakeChatServer, settings: ProviderSettings
 ) -> None:
     chat.script_replies("It is sunny in Pune.")
@@ -84,7 +84,10 @@ async def test_kimi_goes_to_clarifai_with_the_pat_and_thinking_disabled(
     assert request.path == "/v2/ext/openai/v1/chat/completions"
     assert request.headers["Authorization"] == f"Bearer {CLARIFAI_PAT}"
     assert request.model == KIMI_ON_CLARIFAI
-    assert request.body["thinking"] == {"type": "disabled"}
+    # Clarifai hands extra_body to the model server's chat template; a top-level Moonshot-style
+    # "thinking" field would not reach it.
+    assert request.body["extra_body"] == {"chat_template_kwargs": {"thinking": False}}
+    assert "thinking" not in request.body and "chat_template_kwargs" not in request.body
     assert request.body["stream"] is True
     assert request.body["stream_options"] == {"include_usage": True}
     assert request.messages[-1] == {"role": "user", "content": "what is the weather in Pune"}
@@ -120,7 +123,7 @@ async def test_token_usage_from_the_final_chunk_is_captured(chat: FakeChatServer
     assert (metrics.prompt_tokens, metrics.completion_tokens) == (prompt_tokens, completion_tokens)
 
 
-async def test_sarvam_105b_goes_to_sarvam_with_its_key_in_both_headers(
+async def test_sarvam_105b_goes_to_sarvam_as_the_conversations_variant_with_reasoning_off(
     sarvam: FakeSarvam, settings: ProviderSettings
 ) -> None:
     sarvam.chat.script_replies("Mausam achha hai.")
@@ -129,7 +132,8 @@ async def test_sarvam_105b_goes_to_sarvam_with_its_key_in_both_headers(
     assert reply.text == "Mausam achha hai."
     [request] = sarvam.chat.requests
     assert request.path == "/v1/chat/completions"
-    assert request.model == "sarvam-105b"
+    assert request.model == "sarvam-105b-conversations"
+    assert "reasoning_effort" in request.body and request.body["reasoning_effort"] is None
     assert request.headers["api-subscription-key"] == SARVAM_KEY
     assert request.headers["Authorization"] == f"Bearer {SARVAM_KEY}"
     assert reply.usage is not None
@@ -149,6 +153,111 @@ async def test_vendor_model_ids_go_to_openrouter_with_reasoning_off(settings: Pr
     assert request.model == "moonshotai/kimi-k2.5"
     assert request.body["reasoning"] == {"enabled": False}
     assert "thinking" not in request.body
+
+
+async def test_a_model_known_to_reason_always_is_not_asked_to_stop(settings: ProviderSettings) -> None:
+    async with FakeChatServer(
+        api_key=OPENROUTER_KEY,
+        reasoning_field="reasoning",
+        reasoning_mandatory_models=frozenset({"deepseek/deepseek-r1"}),
+    ) as router:
+        router.script_replies(ScriptedReply("Pune is sunny.", reasoning="weather lookup"))
+        routed = ProviderSettings(openrouter_api_key=OPENROUTER_KEY, openrouter_base_url=router.base_url("/api/v1"))
+        reply = await ask(build_llm("deepseek/deepseek-r1", routed))
+
+    assert reply.text == "Pune is sunny."
+    [request] = router.requests
+    assert "reasoning" not in request.body
+
+
+async def test_a_mandatory_reasoning_refusal_is_retried_once_without_the_switch_and_remembered(
+    settings: ProviderSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = "newvendor/always-thinks"
+    async with FakeChatServer(
+        api_key=OPENROUTER_KEY, reasoning_field="reasoning", reasoning_mandatory_models=frozenset({model})
+    ) as router:
+        router.script_replies("First answer.", "Second answer.")
+        routed = ProviderSettings(openrouter_api_key=OPENROUTER_KEY, openrouter_base_url=router.base_url("/api/v1"))
+        with caplog.at_level("WARNING", logger="agent_worker.providers.openai_compat"):
+            first = await ask(build_llm(model, routed))
+            second = await ask(build_llm(model, routed))
+
+    assert (first.text, second.text) == ("First answer.", "Second answer.")
+    refused, retried, remembered = router.requests
+    assert refused.body["reasoning"] == {"enabled": False}
+    assert "reasoning" not in retried.body and "reasoning" not in remembered.body
+    assert [r.getMessage() for r in caplog.records if "refuses to turn reasoning off" in r.getMessage()] == [
+        f"{router.url.removeprefix('http://')} refuses to turn reasoning off for {model}; "
+        "asking it without the switch from now on"
+    ]
+
+
+async def test_a_refusal_for_another_reason_is_not_retried_without_the_switch(settings: ProviderSettings) -> None:
+    async with FakeChatServer(api_key=OPENROUTER_KEY) as router:
+        router.fail_next(400)
+        routed = ProviderSettings(openrouter_api_key=OPENROUTER_KEY, openrouter_base_url=router.base_url("/api/v1"))
+        with pytest.raises(APIError):
+            await ask(build_llm("meta-llama/llama-3.3-70b-instruct", routed))
+
+    assert [r.body["reasoning"] for r in router.requests] == [{"enabled": False}]
+
+
+async def test_reasoning_that_arrives_although_turned_off_is_not_spoken_and_logged_once(
+    chat: FakeChatServer, settings: ProviderSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    chat.script_replies(
+        ScriptedReply("Haan, kal khule hain.", reasoning="the host ignored the switch"),
+        ScriptedReply("Nau baje se.", reasoning="again"),
+    )
+    with caplog.at_level("INFO", logger="agent_worker.providers.openai_compat"):
+        first = await ask(build_llm("kimi-k2.5", settings))
+        second = await ask(build_llm("kimi-k2.5", settings))
+
+    assert (first.text, second.text) == ("Haan, kal khule hain.", "Nau baje se.")
+    warnings = [r for r in caplog.records if "although the request turned it off" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert KIMI_ON_CLARIFAI in warnings[0].getMessage()
+
+
+async def test_openrouter_reasoning_details_are_not_spoken(settings: ProviderSettings) -> None:
+    async with FakeChatServer(api_key=OPENROUTER_KEY, reasoning_field="reasoning") as router:
+        router.script_replies(ScriptedReply("Two plus two is four.", reasoning="add the numbers"))
+        routed = ProviderSettings(openrouter_api_key=OPENROUTER_KEY, openrouter_base_url=router.base_url("/api/v1"))
+        reply = await ask(build_llm("moonshotai/kimi-k2.5", routed))
+
+    assert reply.text == "Two plus two is four."
+
+
+async def test_a_streamed_tool_call_reaches_the_session_whole(chat: FakeChatServer, settings: ProviderSettings) -> None:
+    chat.script_replies(
+        ScriptedReply(
+            "Let me check.", tool_calls=(ScriptedToolCall("opening_hours", '{"day": "tuesday", "branch": "Pune"}'),)
+        )
+    )
+    model = build_llm("kimi-k2.5", settings)
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="user", content="are you open on tuesday")
+    calls: list[llm.FunctionToolCall] = []
+    try:
+        async with model.chat(chat_ctx=ctx, tools=[opening_hours], conn_options=FAST_RETRY) as stream:
+            async for chunk in stream:
+                if chunk.delta and chunk.delta.tool_calls:
+                    calls.extend(chunk.delta.tool_calls)
+    finally:
+        await model.aclose()
+
+    [call] = calls
+    assert (call.name, call.arguments) == ("opening_hours", '{"day": "tuesday", "branch": "Pune"}')
+    assert call.call_id
+    [tool] = chat.requests[0].body["tools"]
+    assert tool["function"]["name"] == "opening_hours"
+
+
+@llm.function_tool
+async def opening_hours(day: str, branch: str) -> str:
+    """When a branch opens on a day."""
+    return "9 to 5"
 
 
 def test_unknown_and_unavailable_models_are_typed_errors(settings: ProviderSettings) -> None:

@@ -17,7 +17,22 @@ Usage::
 Replies: ``script_replies(*replies)`` queues replies (a ``str`` or a ``ScriptedReply``) served in
 order; ``reply_with(fn)`` answers with ``fn(request)`` once the queue is empty; otherwise
 ``default_reply``. Token counts are deterministic: prompt tokens are the whitespace-separated
-words of every message's text, completion tokens the streamed pieces (answer and reasoning).
+words of every message's text, completion tokens the streamed pieces (reasoning, answer and
+tool-call argument fragments).
+
+What the real services do and the fake does too:
+
+* Tool calls stream the way OpenAI's streaming reference shows them: per call a first delta
+  with ``index``, ``id``, ``type: "function"`` and ``function.name`` (arguments ``""``), then
+  deltas with the same ``index`` and ``function.arguments`` fragments, and ``finish_reason:
+  "tool_calls"``. Non-streamed, ``message.tool_calls`` carries whole calls.
+* Reasoning streams in ``reasoning_field``: ``reasoning_content`` (Moonshot, Sarvam, vLLM and
+  SGLang servers) or ``reasoning`` (OpenRouter, which adds ``reasoning_details`` entries of type
+  ``reasoning.text`` beside it).
+* ``reasoning_mandatory_models``: a request that turns reasoning off for one of these
+  (``reasoning: {enabled: false}`` or ``{effort: "none"}``) is answered 400 "Reasoning is
+  mandatory for this endpoint and cannot be disabled.", as OpenRouter answers it.
+* ``allowed_models``: any other model is answered 404 ``model_not_found``.
 
 Faults and latency (set before the request; each ``*_next`` applies to the next request only):
 ``first_token_delay_s``, ``inter_token_delay_s``, ``fail_next(status, times=, retry_after=)``,
@@ -45,12 +60,22 @@ _TOKEN_RE = re.compile(r"\s*\S+|\s+$")
 
 
 @dataclass(frozen=True)
+class ScriptedToolCall:
+    """A function call the reply makes; ``arguments`` is the JSON text, streamed in fragments."""
+
+    name: str
+    arguments: str
+    call_id: str = ""
+
+
+@dataclass(frozen=True)
 class ScriptedReply:
     """One scripted answer; ``reasoning`` is streamed first in the reasoning field, like a
-    thinking model does, and must never reach the spoken output."""
+    thinking model does, and must never reach the spoken output; ``tool_calls`` follow the text."""
 
     text: str
     reasoning: str = ""
+    tool_calls: tuple[ScriptedToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,22 @@ def split_tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
+def split_arguments(arguments: str, size: int = 8) -> list[str]:
+    """The fragments a tool call's JSON arguments are streamed in (providers cut them anywhere)."""
+    return [arguments[i : i + size] for i in range(0, len(arguments), size)]
+
+
+MANDATORY_REASONING_MESSAGE = "Reasoning is mandatory for this endpoint and cannot be disabled."
+
+
+def turns_reasoning_off(body: Mapping[str, Any]) -> bool:
+    """Whether a request uses OpenRouter's ``reasoning`` parameter to disable reasoning."""
+    reasoning = body.get("reasoning")
+    if reasoning is False:
+        return True
+    return isinstance(reasoning, dict) and (reasoning.get("enabled") is False or reasoning.get("effort") == "none")
+
+
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     total = 0
     for message in messages:
@@ -104,6 +145,7 @@ class ChatCompletions:
     auth: AuthCheck
     allowed_models: frozenset[str] | None = None
     reasoning_field: str = "reasoning_content"
+    reasoning_mandatory_models: frozenset[str] = frozenset()
     default_reply: str = "Hello! How can I help you today?"
     first_token_delay_s: float = 0.0
     inter_token_delay_s: float = 0.0
@@ -164,6 +206,11 @@ class ChatCompletions:
             return _error(400, problem, "invalid_request")
         if self.allowed_models is not None and request.model not in self.allowed_models:
             return _error(404, f"model {request.model!r} not found", "model_not_found")
+        if request.model in self.reasoning_mandatory_models and turns_reasoning_off(body):
+            return web.json_response(
+                {"error": {"message": MANDATORY_REASONING_MESSAGE, "code": 400, "metadata": {"provider_name": None}}},
+                status=400,
+            )
         if self._failures:
             failure = self._failures.popleft()
             response = _error(failure.status, f"injected failure {failure.status}", "injected")
@@ -172,14 +219,64 @@ class ChatCompletions:
             return response
 
         reply = self._next_reply(request)
-        reasoning_tokens = split_tokens(reply.reasoning)
-        answer_tokens = split_tokens(reply.text)
-        usage = (count_prompt_tokens(request.messages), len(reasoning_tokens) + len(answer_tokens))
         completion_id = f"chatcmpl-fake{next(self._ids)}"
+        calls = [(call.call_id or f"call_{completion_id}_{i}", call) for i, call in enumerate(reply.tool_calls)]
+        pieces = self._pieces(reply, calls)
+        usage = (count_prompt_tokens(request.messages), sum(1 for piece in pieces if piece[0] != "call"))
         if not body.get("stream"):
             self.usage_served.append(usage)
-            return web.json_response(_completion(completion_id, request.model, reply, usage))
-        return await self._stream(http, request, completion_id, reasoning_tokens, answer_tokens, usage)
+            return web.json_response(self._completion(completion_id, request.model, reply, calls, usage))
+        return await self._stream(http, request, completion_id, pieces, usage)
+
+    def _reasoning_delta(self, text: str) -> dict[str, Any]:
+        delta: dict[str, Any] = {self.reasoning_field: text}
+        if self.reasoning_field == "reasoning":  # OpenRouter sends the structured form beside it
+            delta["reasoning_details"] = [{"type": "reasoning.text", "text": text, "format": "unknown", "index": 0}]
+        return delta
+
+    def _pieces(self, reply: ScriptedReply, calls: list[tuple[str, ScriptedToolCall]]) -> list[tuple[str, Any]]:
+        """The deltas of one reply in stream order; ``call`` opens a tool call (no completion token)."""
+        pieces: list[tuple[str, Any]] = [("reasoning", self._reasoning_delta(t)) for t in split_tokens(reply.reasoning)]
+        pieces += [("content", {"content": t}) for t in split_tokens(reply.text)]
+        for index, (call_id, call) in enumerate(calls):
+            opening = {
+                "index": index,
+                "id": call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            pieces.append(("call", {"tool_calls": [opening]}))
+            pieces += [
+                ("arguments", {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+                for fragment in split_arguments(call.arguments)
+            ]
+        return pieces
+
+    def _completion(
+        self,
+        completion_id: str,
+        model: str,
+        reply: ScriptedReply,
+        calls: list[tuple[str, ScriptedToolCall]],
+        usage: tuple[int, int],
+    ) -> dict[str, Any]:
+        prompt, completion = usage
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+        if reply.reasoning:
+            message.update(self._reasoning_delta(reply.reasoning))
+        if calls:
+            message["tool_calls"] = [
+                {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call_id, call in calls
+            ]
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        }
 
     @staticmethod
     def _validate(body: dict[str, Any]) -> str | None:
@@ -204,8 +301,7 @@ class ChatCompletions:
         http: web.Request,
         request: ChatRequest,
         completion_id: str,
-        reasoning_tokens: list[str],
-        answer_tokens: list[str],
+        pieces: list[tuple[str, Any]],
         usage: tuple[int, int],
     ) -> web.StreamResponse:
         drop_after = self._drop_after.popleft() if self._drop_after else None
@@ -230,8 +326,7 @@ class ChatCompletions:
         await send(chunk({"role": "assistant", "content": ""}))
         if self.first_token_delay_s:
             await asyncio.sleep(self.first_token_delay_s)
-        pieces = [(self.reasoning_field, t) for t in reasoning_tokens] + [("content", t) for t in answer_tokens]
-        for sent, (key, token) in enumerate(pieces):
+        for sent, (_, delta) in enumerate(pieces):
             if drop_after is not None and sent >= drop_after:
                 if http.transport is not None:
                     http.transport.abort()
@@ -240,8 +335,9 @@ class ChatCompletions:
                 await send('{"id": "broken", "choices": [')
             if sent and self.inter_token_delay_s:
                 await asyncio.sleep(self.inter_token_delay_s)
-            await send(chunk({key: token}))
-        await send(chunk({}, finish_reason="stop"))
+            await send(chunk(delta))
+        calls_made = any(kind == "call" for kind, _ in pieces)
+        await send(chunk({}, finish_reason="tool_calls" if calls_made else "stop"))
         stream_options = request.body.get("stream_options") or {}
         if stream_options.get("include_usage"):
             prompt, completion = usage
@@ -263,21 +359,6 @@ class ChatCompletions:
         await send("[DONE]")
         await response.write_eof()
         return response
-
-
-def _completion(completion_id: str, model: str, reply: ScriptedReply, usage: tuple[int, int]) -> dict[str, Any]:
-    prompt, completion = usage
-    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
-    if reply.reasoning:
-        message["reasoning_content"] = reply.reasoning
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-    }
 
 
 def _error(status: int, message: str, code: str) -> web.Response:
@@ -315,12 +396,14 @@ class FakeChatServer(ChatCompletions):
         api_keys: tuple[str, ...] = (),
         allowed_models: frozenset[str] | None = None,
         reasoning_field: str = "reasoning_content",
+        reasoning_mandatory_models: frozenset[str] = frozenset(),
         default_reply: str = "Hello! How can I help you today?",
     ) -> None:
         super().__init__(
             auth=bearer_auth(api_key, *api_keys),
             allowed_models=allowed_models,
             reasoning_field=reasoning_field,
+            reasoning_mandatory_models=reasoning_mandatory_models,
             default_reply=default_reply,
         )
         self._server = LoopbackServer(self._app)

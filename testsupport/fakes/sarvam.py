@@ -125,7 +125,8 @@ TTS_V3_SPEAKERS = frozenset(
 )
 TTS_SAMPLE_RATES = frozenset({8000, 16000, 22050, 24000})
 TTS_MAX_TEXT_CHARS = 2500
-SARVAM_CHAT_MODELS = frozenset({"sarvam-105b", "sarvam-105b-conversations", "sarvam-30b", "sarvam-m"})
+# What POST /v1/chat/completions serves, per Sarvam's Chat Completion V1 reference.
+SARVAM_CHAT_MODELS = frozenset({"sarvam-105b", "sarvam-105b-conversations"})
 
 Service = Literal["stt", "tts"]
 
