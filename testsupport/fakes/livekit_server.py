@@ -9,7 +9,10 @@ Twirp ``not_found`` like the real server.
 from __future__ import annotations
 
 import json
+import secrets
+import string
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,6 +21,15 @@ from google.protobuf.message import Message
 from livekit import api
 from livekit.protocol import agent_dispatch, room
 from livekit.protocol import models as lk_models
+
+# livekit-server's defaults (config-sample.yaml: room.empty_timeout, room.departure_timeout).
+DEFAULT_EMPTY_TIMEOUT_S = 300
+DEFAULT_DEPARTURE_TIMEOUT_S = 20
+_SID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_room_sid() -> str:
+    return "RM_" + "".join(secrets.choice(_SID_ALPHABET) for _ in range(12))
 
 
 @dataclass
@@ -36,6 +48,7 @@ class FakeLiveKitServer:
     calls: list[TwirpCall] = field(default_factory=list)
     fail_with_status: int | None = None  # answer every call with this HTTP status (fault injection)
     _server: ThreadingHTTPServer | None = None
+    _room_info: dict[str, lk_models.Room] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -108,6 +121,7 @@ class FakeLiveKitServer:
         if req.room not in self.rooms:
             return self._error(http, 404, "not_found", "requested room does not exist")
         self.rooms.discard(req.room)
+        self._room_info.pop(req.room, None)
         self._ok(http, room.DeleteRoomResponse())
 
     def _create_room(self, http: Any, body: bytes, service: str, method: str, grants: api.VideoGrants) -> None:
@@ -115,8 +129,38 @@ class FakeLiveKitServer:
         self.calls.append(TwirpCall(service, method, req, grants))
         if not grants.room_create:
             return self._error(http, 403, "permission_denied", "needs roomCreate")
-        self.rooms.add(req.name)
-        self._ok(http, lk_models.Room(name=req.name, metadata=req.metadata))
+        if req.name not in self.rooms:
+            self.rooms.add(req.name)
+            self._room_info[req.name] = self._new_room(
+                req.name,
+                metadata=req.metadata,
+                empty_timeout=req.empty_timeout,
+                departure_timeout=req.departure_timeout,
+                max_participants=req.max_participants,
+            )
+        self._ok(http, self._room(req.name))
+
+    def _room(self, name: str) -> lk_models.Room:
+        """The room's record; one added to ``rooms`` directly gets its record on first sight."""
+        if name not in self._room_info:
+            self._room_info[name] = self._new_room(name)
+        return self._room_info[name]
+
+    @staticmethod
+    def _new_room(
+        name: str, *, metadata: str = "", empty_timeout: int = 0, departure_timeout: int = 0, max_participants: int = 0
+    ) -> lk_models.Room:
+        now_ms = int(time.time() * 1000)
+        return lk_models.Room(
+            sid=new_room_sid(),
+            name=name,
+            metadata=metadata,
+            empty_timeout=empty_timeout or DEFAULT_EMPTY_TIMEOUT_S,
+            departure_timeout=departure_timeout or DEFAULT_DEPARTURE_TIMEOUT_S,
+            max_participants=max_participants,
+            creation_time=now_ms // 1000,
+            creation_time_ms=now_ms,
+        )
 
     def _list_rooms(self, http: Any, body: bytes, service: str, method: str, grants: api.VideoGrants) -> None:
         req = room.ListRoomsRequest.FromString(body)
@@ -124,7 +168,7 @@ class FakeLiveKitServer:
         if not grants.room_list:
             return self._error(http, 403, "permission_denied", "needs roomList")
         names = [n for n in sorted(self.rooms) if not req.names or n in req.names]
-        self._ok(http, room.ListRoomsResponse(rooms=[lk_models.Room(name=n) for n in names]))
+        self._ok(http, room.ListRoomsResponse(rooms=[self._room(n) for n in names]))
 
     def _create_dispatch(self, http: Any, body: bytes, service: str, method: str, grants: api.VideoGrants) -> None:
         req = agent_dispatch.CreateAgentDispatchRequest.FromString(body)
