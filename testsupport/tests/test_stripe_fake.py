@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import stripe
 
+from billing import stripe_gateway
 from testsupport.fakes.stripe_api import FakeStripe, decode_form, event_payload, signed_webhook
 
 API_KEY = "sk_test_callmissed_fake_0001"
@@ -458,3 +460,64 @@ def test_events_older_than_30_days_are_not_listed(fake: FakeStripe, client: stri
 
     listed = client.v1.events.list({"created": {"gte": now - 40 * 86_400}})
     assert [e.id for e in listed.data] == [recent["id"]]
+
+
+# --- the calls billing makes -------------------------------------------------------------------
+# Each function of billing/stripe_gateway.py, as billing calls it, through the stripe library
+# (its version pinned in requirements.txt is the source for the wire format) against the fake.
+
+
+@pytest.fixture
+def gateway(fake: FakeStripe, settings: Any) -> FakeStripe:
+    settings.STRIPE_SECRET_KEY = API_KEY
+    settings.STRIPE_API_BASE = fake.api_base
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    settings.STRIPE_METER_EVENT_NAME = "callmissed_contract_usage"
+    return fake
+
+
+def test_every_call_billing_makes_is_answered_by_the_fake(gateway: FakeStripe) -> None:
+    customer = stripe_gateway.customer_create(name="Asha Rao", organization_id="42", idempotency_key="org-42")
+    assert stripe_gateway.customer_create(name="Asha Rao", organization_id="42", idempotency_key="org-42") == customer
+    assert gateway.customers[customer]["metadata"] == {"organization_id": "42"}
+
+    meter = stripe_gateway.meter_id()
+    assert gateway.meters[meter]["event_name"] == "callmissed_contract_usage"
+    listed = gateway.requests_to("/v1/billing/meters", "GET")[0].params
+    assert listed == {"status": "active", "limit": "100"}
+
+    at = datetime.fromtimestamp(time.time() // 60 * 60 - 120, tz=UTC)
+    stripe_gateway.meter_event_create(customer_id=customer, identifier="usage-1", value=1500, at=at)
+    stripe_gateway.meter_event_create(customer_id=customer, identifier="usage-1", value=1500, at=at)  # resend: no-op
+    assert [e["identifier"] for e in gateway.meter_events] == ["usage-1"]
+    total = stripe_gateway.meter_total(customer_id=customer, start=at, end=at + timedelta(minutes=2))
+    assert total == 1500
+
+    session_id, url = stripe_gateway.checkout_session_create(
+        customer_id=customer,
+        organization_id="42",
+        amount_cents=2500,
+        currency="usd",
+        success_url="https://app.example/ok",
+        cancel_url="https://app.example/cancel",
+        idempotency_key="topup-1",
+    )
+    assert url.endswith(session_id)
+    retrieved = stripe_gateway.checkout_session_retrieve(session_id=session_id)
+    assert retrieved is not None and retrieved["amount_total"] == 2500
+    assert stripe_gateway.checkout_session_retrieve(session_id="cs_test_missing") is None
+
+    event = gateway.complete_checkout_session(session_id)
+    since = stripe_gateway.events_since(
+        created_gte=datetime.now(tz=UTC) - timedelta(hours=1), types=["checkout.session.completed"]
+    )
+    assert [e["id"] for e in since] == [event["id"]]
+
+    body, header = signed_webhook(event, WEBHOOK_SECRET)
+    assert stripe_gateway.webhook_verify(body=body, signature=header)["id"] == event["id"]
+    assert stripe.Webhook.construct_event(body, header, WEBHOOK_SECRET).id == event["id"]
+    with pytest.raises(ValueError):
+        stripe_gateway.webhook_verify(body=body.replace(b"paid", b"open"), signature=header)
+
+    posts = [r for r in gateway.requests if r.method == "POST"]
+    assert posts and all(r.idempotency_key for r in posts)
