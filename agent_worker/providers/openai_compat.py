@@ -197,10 +197,11 @@ class OpenAICompatibleStream(llm.LLMStream):
                     refusal = await response.text()
                 if not (response.status == 400 and self._reasoning_off and _REASONING_MANDATORY in refusal.lower()):
                     raise _status_error(response.status, refusal, response.headers)
-                # Once: the retried body has no switch left to drop.
+                # Once: the retried body has no switch left to drop (nor has a livekit retry's).
                 _note_reasoning_mandatory(self._provider, self._model)
                 for key in self._reasoning_off:
                     body.pop(key, None)
+                    self._body.pop(key, None)
                 self._reasoning_off = []
             async with response:
                 calls = _ToolCalls()

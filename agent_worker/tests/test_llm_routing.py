@@ -195,6 +195,20 @@ async def test_a_mandatory_reasoning_refusal_is_retried_once_without_the_switch_
     ]
 
 
+async def test_a_retry_after_the_mandatory_reasoning_fallback_does_not_bring_the_switch_back(
+    settings: ProviderSettings,
+) -> None:
+    model = "newvendor/thinks-and-stumbles"
+    async with FakeChatServer(api_key=OPENROUTER_KEY, reasoning_mandatory_models=frozenset({model})) as router:
+        router.fail_next(500)  # answers the fallback request; livekit then retries the turn
+        router.script_replies("Got there.")
+        routed = ProviderSettings(openrouter_api_key=OPENROUTER_KEY, openrouter_base_url=router.base_url("/api/v1"))
+        reply = await ask(build_llm(model, routed))
+
+    assert reply.text == "Got there."
+    assert ["reasoning" in r.body for r in router.requests] == [True, False, False]
+
+
 async def test_a_refusal_for_another_reason_is_not_retried_without_the_switch(settings: ProviderSettings) -> None:
     async with FakeChatServer(api_key=OPENROUTER_KEY) as router:
         router.fail_next(400)
