@@ -100,4 +100,3 @@ def _openrouter_reasoning_mandatory() -> frozenset[str]:
         if m.get("provider") == "openrouter" and m["id"].startswith("<"):
             return frozenset(m.get("reasoning_mandatory", ()))
     return frozenset()
-
