@@ -2,11 +2,12 @@
 
 The livekit Sarvam plugin hard-codes ``wss://api.sarvam.ai``, so this thin client exists to let
 the base URL come from settings (and point at a loopback fake in tests). Wire protocol, as in
-the ``sarvamai`` SDK: query ``language-code``, ``model``, ``vad_signals=true``, ``sample_rate``,
-``input_audio_codec=pcm_s16le`` (raw PCM must be declared), ``flush_signal=true``; header
-``api-subscription-key``; audio goes up as ``{"audio": {"data": <base64 s16le>, "sample_rate",
-"encoding": "audio/wav"}}``; Sarvam answers with VAD ``events`` and one final ``data``
-transcript per utterance.
+the ``sarvamai`` SDK (0.1.39) and Sarvam's API reference: query ``language-code``, ``model``,
+``vad_signals=true``, ``sample_rate``, ``input_audio_codec=pcm_s16le`` (raw PCM must be
+declared), ``flush_signal=true``; header ``api-subscription-key``; audio goes up as ``{"audio":
+{"data": <base64 s16le>, "sample_rate", "encoding": "audio/wav"}}``, the per-message
+``sample_rate`` left out at 8 kHz (Sarvam takes 8 kHz only as the connection parameter); Sarvam
+answers with VAD ``events`` and one final ``data`` transcript per utterance.
 
 Events produced: START_OF_SPEECH / END_OF_SPEECH from Sarvam's VAD signals (so the session can
 run ``turn_detection="stt"``), FINAL_TRANSCRIPT (always before its END_OF_SPEECH, which is what
@@ -20,10 +21,9 @@ import asyncio
 import base64
 import contextlib
 import json
-import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -33,7 +33,6 @@ from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
     APIConnectOptions,
-    APIStatusError,
     APITimeoutError,
     LanguageCode,
     stt,
@@ -41,9 +40,11 @@ from livekit.agents import (
 )
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
-logger = logging.getLogger(__name__)
+from agent_worker import catalog
+from agent_worker.providers.sarvam_socket import DEFAULT_WS_URL, SarvamSocket, body
 
 PROVIDER = "sarvam"
+DEFAULT_MODEL = "saaras:v3"
 # Audio goes out as soon as one 20 ms frame of it has arrived: audio held back to fill a bigger
 # message delays Sarvam's end-of-speech by up to that much on every turn (bench/README.md).
 # A burst (a transport's large chunk, a session catching up) still goes in few messages of at
@@ -61,13 +62,11 @@ _DRAIN_QUIET_S = 0.5
 
 @dataclass(frozen=True)
 class _Options:
-    api_key: str
     language: str
     model: str
-    ws_url: str
     sample_rate: int
 
-    def url(self) -> str:
+    def path(self) -> str:
         query = {
             "language-code": self.language,
             "model": self.model,
@@ -76,31 +75,31 @@ class _Options:
             "sample_rate": str(self.sample_rate),
             "input_audio_codec": "pcm_s16le",
         }
-        return f"{self.ws_url}/speech-to-text/ws?{urlencode(query)}"
+        return f"/speech-to-text/ws?{urlencode(query)}"
 
 
 class SarvamSTT(stt.STT):
     """Streaming Sarvam STT. ``language`` is a BCP-47 code Sarvam accepts (``en-IN``, ``hi-IN``
-    …, or ``unknown`` to auto-detect); ``sample_rate`` 16000 or 8000 (input is resampled)."""
+    …, or ``unknown`` to auto-detect); ``sample_rate`` 16000 or 8000 (input is resampled);
+    ``model`` one the catalog lists as served on this endpoint (``saaras:v3``, ``saaras:v4``)."""
 
     def __init__(
         self,
         *,
         api_key: str,
         language: str,
-        ws_url: str = "wss://api.sarvam.ai",
-        model: str = "saaras:v3",
+        ws_url: str = DEFAULT_WS_URL,
+        model: str = DEFAULT_MODEL,
         sample_rate: int = 16000,
     ) -> None:
-        if not api_key:
-            raise ValueError("SarvamSTT needs an API key")
         if sample_rate not in (8000, 16000):
             raise ValueError(f"Sarvam streaming STT takes 8000 or 16000 Hz audio, not {sample_rate}")
+        served = catalog.sarvam_stt_models()
+        if model not in served:
+            raise ValueError(f"Sarvam STT model {model!r} is not served by this client (served: {', '.join(served)})")
+        self._socket = SarvamSocket(api_key=api_key, ws_url=ws_url, label="STT")
         super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False))
-        self._opts = _Options(
-            api_key=api_key, language=language, model=model, ws_url=ws_url.rstrip("/"), sample_rate=sample_rate
-        )
-        self._session: aiohttp.ClientSession | None = None
+        self._opts = _Options(language=language, model=model, sample_rate=sample_rate)
 
     @property
     def model(self) -> str:
@@ -110,24 +109,6 @@ class SarvamSTT(stt.STT):
     def provider(self) -> str:
         return PROVIDER
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
-    async def _connect(self, connect_timeout: float) -> aiohttp.ClientWebSocketResponse:
-        headers = {"api-subscription-key": self._opts.api_key}
-        try:
-            return await asyncio.wait_for(self._http().ws_connect(self._opts.url(), headers=headers), connect_timeout)
-        except aiohttp.WSServerHandshakeError as e:
-            raise APIStatusError(
-                f"Sarvam STT refused the connection ({e.status})", status_code=e.status, body=e.message
-            ) from None
-        except TimeoutError:
-            raise APITimeoutError("Sarvam STT connection timed out") from None
-        except aiohttp.ClientError as e:
-            raise APIConnectionError(f"cannot reach Sarvam STT: {e}") from e
-
     def stream(
         self,
         *,
@@ -136,13 +117,7 @@ class SarvamSTT(stt.STT):
     ) -> SarvamSpeechStream:
         opts = self._opts
         if isinstance(language, str) and language:
-            opts = _Options(
-                api_key=opts.api_key,
-                language=language,
-                model=opts.model,
-                ws_url=opts.ws_url,
-                sample_rate=opts.sample_rate,
-            )
+            opts = replace(opts, language=language)
         return SarvamSpeechStream(stt=self, opts=opts, conn_options=conn_options)
 
     async def _recognize_impl(
@@ -161,26 +136,22 @@ class SarvamSTT(stt.STT):
         pcm = frame.data.tobytes()
         if frame.num_channels != 1:
             raise ValueError("SarvamSTT recognizes mono audio only")
-        ws = await self._connect(conn_options.timeout)
+        ws = await self._socket.connect(self._opts.path(), conn_options.timeout)
         try:
             for message, _ in _audio_messages(pcm, self._opts.sample_rate):
-                await ws.send_str(message)
-            await ws.send_str(json.dumps({"type": "flush"}))
+                await self._socket.send(ws, message)
+            await self._socket.send(ws, _FLUSH)
             while True:
-                msg = await ws.receive(timeout=conn_options.timeout)
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    raise APIConnectionError(f"Sarvam STT closed before the transcript ({msg.type.name})")
-                data = _parse(msg.data)
+                data = await self._socket.receive(ws, within=conn_options.timeout)
                 if data is None:
-                    continue
-                _raise_if_error(data)
+                    raise APIConnectionError(f"Sarvam STT closed before the transcript (code {ws.close_code})")
                 if data.get("type") == "data":
-                    body = _body(data)
+                    transcript = body(data)
                     return stt.SpeechEvent(
                         type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-                        request_id=str(body.get("request_id") or ""),
+                        request_id=str(transcript.get("request_id") or ""),
                         alternatives=[
-                            _speech_data(body, language if isinstance(language, str) else self._opts.language)
+                            _speech_data(transcript, language if isinstance(language, str) else self._opts.language)
                         ],
                     )
         except TimeoutError:
@@ -189,8 +160,7 @@ class SarvamSTT(stt.STT):
             await ws.close()
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self._socket.aclose()
 
 
 class SarvamSpeechStream(stt.SpeechStream):
@@ -274,7 +244,7 @@ class SarvamSpeechStream(stt.SpeechStream):
     # --- connection --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        ws = await self._sarvam._connect(self._conn_options.timeout)
+        ws = await self._sarvam._socket.connect(self._opts.path(), self._conn_options.timeout)
         sender = asyncio.create_task(self._send_audio(ws), name="SarvamSTT.send")
         receiver = asyncio.create_task(self._receive(ws), name="SarvamSTT.receive")
         try:
@@ -312,23 +282,20 @@ class SarvamSpeechStream(stt.SpeechStream):
     async def _send_audio(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         min_bytes = self._opts.sample_rate * _MIN_CHUNK_MS // 1000 * 2
         pending = bytearray()
-        try:
-            async for item in self._input_ch:
-                if isinstance(item, rtc.AudioFrame):
-                    pending += item.data.cast("B")
-                    if len(pending) >= min_bytes:
-                        await self._send_pending(ws, pending)
-                else:  # flush: send what is buffered and ask Sarvam to finalize now
-                    if pending:
-                        await self._send_pending(ws, pending)
-                    if self._utterance_open:
-                        await ws.send_str(json.dumps({"type": "flush"}))
-            if pending:
-                await self._send_pending(ws, pending)
-            # End of input: have Sarvam finalize whatever speech it still holds.
-            await ws.send_str(json.dumps({"type": "flush"}))
-        except (ConnectionResetError, aiohttp.ClientConnectionError) as e:
-            raise APIConnectionError(f"Sarvam STT connection lost while sending audio: {e}") from e
+        async for item in self._input_ch:
+            if isinstance(item, rtc.AudioFrame):
+                pending += item.data.cast("B")
+                if len(pending) >= min_bytes:
+                    await self._send_pending(ws, pending)
+            else:  # flush: send what is buffered and ask Sarvam to finalize now
+                if pending:
+                    await self._send_pending(ws, pending)
+                if self._utterance_open:
+                    await self._sarvam._socket.send(ws, _FLUSH)
+        if pending:
+            await self._send_pending(ws, pending)
+        # End of input: have Sarvam finalize whatever speech it still holds.
+        await self._sarvam._socket.send(ws, _FLUSH)
 
     async def _send_pending(self, ws: aiohttp.ClientWebSocketResponse, pending: bytearray) -> None:
         """Send the buffered audio and empty the buffer."""
@@ -337,38 +304,35 @@ class SarvamSpeechStream(stt.SpeechStream):
         pending.clear()
 
     async def _send_message(self, ws: aiohttp.ClientWebSocketResponse, message: str, pcm_bytes: int) -> None:
-        await ws.send_str(message)
+        await self._sarvam._socket.send(ws, message)
         self._unbilled_seconds += pcm_bytes / 2 / self._opts.sample_rate
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
-            msg = await ws.receive()
+            data = await self._sarvam._socket.receive(ws)
             self._server_activity.set()
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                data = _parse(msg.data)
-                if data is None:
-                    logger.warning("ignored a malformed frame from Sarvam STT")
-                    continue
-                _raise_if_error(data)
-                kind = data.get("type")
-                body = _body(data)
-                if kind == "events":
-                    self._on_vad(str(body.get("signal_type") or ""))
-                elif kind == "data":
-                    self._on_transcript(body)
-                continue
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+            if data is None:
                 if ws.close_code in (1000, 1001) and not self._utterance_open:
                     return
-                raise APIConnectionError(f"Sarvam STT connection closed (code {ws.close_code})")
-            if msg.type == aiohttp.WSMsgType.ERROR:
-                raise APIConnectionError(f"Sarvam STT connection failed: {ws.exception()}")
+                raise self._sarvam._socket.closed(ws)
+            kind = data.get("type")
+            if kind == "events":
+                self._on_vad(str(body(data).get("signal_type") or ""))
+            elif kind == "data":
+                self._on_transcript(body(data))
+
+
+_FLUSH = json.dumps({"type": "flush"})
 
 
 def _audio_message(pcm: bytes | memoryview, sample_rate: int) -> str:
     # Formatted, not json.dumps'd: base64 needs no JSON escaping, and scanning all of it for
     # escapes on every 20 ms of every session's audio was a measurable share of the event loop.
     data = base64.b64encode(pcm).decode("ascii")
+    if sample_rate == 8000:
+        # Sarvam's reference: "8kHz is only supported via connection parameter, not in AudioData
+        # messages"; the connection already says 8000.
+        return f'{{"audio": {{"data": "{data}", "encoding": "audio/wav"}}}}'
     return f'{{"audio": {{"data": "{data}", "sample_rate": {int(sample_rate)}, "encoding": "audio/wav"}}}}'
 
 
@@ -379,29 +343,6 @@ def _audio_messages(pcm: bytes | bytearray, sample_rate: int) -> Iterator[tuple[
     with memoryview(pcm) as view:
         for start in range(0, len(pcm), step):
             yield _audio_message(view[start : start + step], sample_rate), min(step, len(pcm) - start)
-
-
-def _body(data: dict[str, Any]) -> dict[str, Any]:
-    body = data.get("data")
-    return body if isinstance(body, dict) else {}
-
-
-def _parse(raw: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _raise_if_error(data: dict[str, Any]) -> None:
-    if data.get("type") not in ("error", "errors"):
-        return
-    body = _body(data)
-    code = body.get("code")
-    status = int(code) if isinstance(code, int) or (isinstance(code, str) and code.isdigit()) else 400
-    # The provider's text may quote user data; keep it in the body, out of the message.
-    raise APIStatusError(f"Sarvam STT rejected the stream ({code or 'error'})", status_code=status, body=data)
 
 
 def _speech_data(body: dict[str, Any], requested_language: str) -> stt.SpeechData:

@@ -1,12 +1,19 @@
 """Sarvam streaming text-to-speech (``bulbul:v3`` on ``/text-to-speech/ws``) as a livekit TTS.
 
-Wire protocol, as in the ``sarvamai`` SDK: connect to
+Wire protocol, as in Sarvam's API reference and the ``sarvamai`` SDK (0.1.39): connect to
 ``{ws_url}/text-to-speech/ws?model=bulbul:v3&send_completion_event=true`` with header
 ``api-subscription-key``; send ``{"type": "config", "data": {...}}`` (speaker,
-``target_language_code``, ``speech_sample_rate``, ``output_audio_codec: "linear16"``), then
+``target_language_code``, ``speech_sample_rate``, ``output_audio_codec: "linear16"``; no
+``pitch``/``loudness``, which bulbul:v3 ignores), then
 ``{"type": "text", "data": {"text": …}}`` messages of at most 2500 characters and
 ``{"type": "flush"}``; Sarvam answers with ``{"type": "audio", "data": {"audio": <base64 PCM>}}``
 chunks and ``{"type": "event", "data": {"event_type": "final"}}`` once the flushed text is spoken.
+
+The language key is ``target_language_code``, the name Sarvam's documentation gives the field
+(the voice-cloning socket, documented as the same wire protocol, requires it by that name); the
+SDK's ``configure()`` puts ``language_code`` on the wire instead. Sarvam's servers are not
+reachable from here to say which one they take, so the loopback fake accepts both and
+``docs/providers.md`` keeps the record.
 
 Text is forwarded a sentence at a time while the LLM is still writing, so the first audio
 arrives before the reply is complete. Every character pushed is sent (whitespace rides along
@@ -32,12 +39,12 @@ from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     APIConnectionError,
     APIConnectOptions,
-    APIStatusError,
     APITimeoutError,
     tts,
     utils,
 )
 
+from agent_worker.providers.sarvam_socket import DEFAULT_WS_URL, SarvamSocket, body
 from agent_worker.providers.sentences import SOFT_CHUNK_CHARS, take_ready_text
 
 logger = logging.getLogger(__name__)
@@ -53,16 +60,15 @@ _POOL_MAX_IDLE_S = 40.0
 
 @dataclass(frozen=True)
 class _Options:
-    api_key: str
     voice: str
     language: str
-    ws_url: str
     model: str
     sample_rate: int
 
-    def url(self) -> str:
+    def path(self) -> str:
+        # send_completion_event defaults to true; sent anyway, since the turn's end hangs on it.
         query = urlencode({"model": self.model, "send_completion_event": "true"})
-        return f"{self.ws_url}/text-to-speech/ws?{query}"
+        return f"/text-to-speech/ws?{query}"
 
     def config_message(self) -> str:
         data = {
@@ -100,24 +106,15 @@ class SarvamTTS(tts.TTS):
         api_key: str,
         voice: str,
         language: str,
-        ws_url: str = "wss://api.sarvam.ai",
+        ws_url: str = DEFAULT_WS_URL,
         model: str = "bulbul:v3",
         sample_rate: int = 16000,
     ) -> None:
-        if not api_key:
-            raise ValueError("SarvamTTS needs an API key")
         if sample_rate not in SAMPLE_RATES:
             raise ValueError(f"Sarvam TTS sample rate must be one of {SAMPLE_RATES}, not {sample_rate}")
+        self._socket = SarvamSocket(api_key=api_key, ws_url=ws_url, label="TTS")
         super().__init__(capabilities=tts.TTSCapabilities(streaming=True), sample_rate=sample_rate, num_channels=1)
-        self._opts = _Options(
-            api_key=api_key,
-            voice=voice,
-            language=language,
-            ws_url=ws_url.rstrip("/"),
-            model=model,
-            sample_rate=sample_rate,
-        )
-        self._session: aiohttp.ClientSession | None = None
+        self._opts = _Options(voice=voice, language=language, model=model, sample_rate=sample_rate)
         self._pool = utils.ConnectionPool[aiohttp.ClientWebSocketResponse](
             connect_cb=self._connect,
             close_cb=self._close,
@@ -133,23 +130,8 @@ class SarvamTTS(tts.TTS):
     def provider(self) -> str:
         return PROVIDER
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
     async def _connect(self, connect_timeout: float) -> aiohttp.ClientWebSocketResponse:
-        headers = {"api-subscription-key": self._opts.api_key}
-        try:
-            return await asyncio.wait_for(self._http().ws_connect(self._opts.url(), headers=headers), connect_timeout)
-        except aiohttp.WSServerHandshakeError as e:
-            raise APIStatusError(
-                f"Sarvam TTS refused the connection ({e.status})", status_code=e.status, body=e.message
-            ) from None
-        except TimeoutError:
-            raise APITimeoutError("Sarvam TTS connection timed out") from None
-        except aiohttp.ClientError as e:
-            raise APIConnectionError(f"cannot reach Sarvam TTS: {e}") from e
+        return await self._socket.connect(self._opts.path(), connect_timeout)
 
     @staticmethod
     async def _close(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -168,8 +150,7 @@ class SarvamTTS(tts.TTS):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self._socket.aclose()
 
 
 class SarvamSynthesizeStream(tts.SynthesizeStream):
@@ -189,7 +170,7 @@ class SarvamSynthesizeStream(tts.SynthesizeStream):
         async with self._sarvam._pool.connection(timeout=self._conn_options.timeout) as ws:
             self._acquire_time = self._sarvam._pool.last_acquire_time
             self._connection_reused = self._sarvam._pool.last_connection_reused
-            await _send(ws, self._opts.config_message())
+            await self._sarvam._socket.send(ws, self._opts.config_message())
             exchange = _Exchange(ws=ws, emitter=output_emitter)
             sender = asyncio.create_task(self._send_text(exchange), name="SarvamTTS.send")
             receiver = asyncio.create_task(self._receive(exchange), name="SarvamTTS.receive")
@@ -232,7 +213,7 @@ class SarvamSynthesizeStream(tts.SynthesizeStream):
             if exchange.text_since_flush:
                 exchange.text_since_flush = False
                 exchange.flushes_sent += 1
-                await _send(exchange.ws, json.dumps({"type": "flush"}))
+                await self._sarvam._socket.send(exchange.ws, json.dumps({"type": "flush"}))
         exchange.input_done = True
 
     async def _send_chunk(self, exchange: _Exchange, text: str) -> None:
@@ -241,39 +222,23 @@ class SarvamSynthesizeStream(tts.SynthesizeStream):
             exchange.emitter.start_segment(segment_id=utils.shortuuid())
             self._mark_started()
         for piece in split_for_sarvam(text):
-            await _send(exchange.ws, json.dumps({"type": "text", "data": {"text": piece}}))
+            await self._sarvam._socket.send(exchange.ws, json.dumps({"type": "text", "data": {"text": piece}}))
         exchange.text_since_flush = True
 
     async def _receive(self, exchange: _Exchange) -> None:
         ws = exchange.ws
         while not (exchange.input_done and exchange.finals_received >= exchange.flushes_sent):
-            msg = await ws.receive()
+            data = await self._sarvam._socket.receive(ws)
             exchange.last_message_at = time.monotonic()
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-                raise APIConnectionError(f"Sarvam TTS connection closed (code {ws.close_code})")
-            if msg.type == aiohttp.WSMsgType.ERROR:
-                raise APIConnectionError(f"Sarvam TTS connection failed: {ws.exception()}")
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = _parse(msg.data)
             if data is None:
-                logger.warning("ignored a malformed frame from Sarvam TTS")
-                continue
+                raise self._sarvam._socket.closed(ws)
             kind = data.get("type")
-            body = _body(data)
             if kind == "audio":
-                audio = _decode_audio(body)
+                audio = _decode_audio(body(data))
                 if audio and exchange.segment_started:
                     exchange.emitter.push(audio)
-            elif kind == "event" and body.get("event_type") == "final":
+            elif kind == "event" and body(data).get("event_type") == "final":
                 exchange.finals_received += 1
-            elif kind == "error":
-                code = body.get("code")
-                status = code if isinstance(code, int) else int(str(code)) if str(code).isdigit() else 500
-                # Sarvam's message can echo the text being spoken; keep it out of the exception text.
-                raise APIStatusError(
-                    f"Sarvam TTS error (status {status})", status_code=status, request_id=body.get("request_id")
-                )
 
 
 @dataclass
@@ -291,26 +256,6 @@ class _Exchange:
 
     def __post_init__(self) -> None:
         self.last_message_at = time.monotonic()
-
-
-async def _send(ws: aiohttp.ClientWebSocketResponse, message: str) -> None:
-    try:
-        await ws.send_str(message)
-    except (ConnectionResetError, aiohttp.ClientConnectionError) as e:
-        raise APIConnectionError(f"Sarvam TTS connection lost while sending: {e}") from e
-
-
-def _body(data: dict[str, Any]) -> dict[str, Any]:
-    body = data.get("data")
-    return body if isinstance(body, dict) else {}
-
-
-def _parse(raw: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _decode_audio(body: dict[str, Any]) -> bytes:
