@@ -100,3 +100,11 @@ def _openrouter_reasoning_mandatory() -> frozenset[str]:
         if m.get("provider") == "openrouter" and m["id"].startswith("<"):
             return frozenset(m.get("reasoning_mandatory", ()))
     return frozenset()
+
+
+@cache
+def sarvam_stt_models() -> tuple[str, ...]:
+    """The Sarvam STT models our client can stream to (``/speech-to-text/ws``), default first;
+    the catalog also lists models Sarvam serves elsewhere, marked ``served: false``."""
+    models = sorted(_raw()["stt"]["models"], key=lambda m: not m.get("default", False))
+    return tuple(m["id"] for m in models if m["served"])

@@ -36,10 +36,15 @@ def utterance(seconds: float = 0.6, sample_rate: int = RATE) -> bytes:
 
 
 async def run_stream(
-    client: SarvamSTT, pcm: bytes, *, conn_options: APIConnectOptions = FAST_RETRY, language: str | None = None
+    client: SarvamSTT,
+    pcm: bytes,
+    *,
+    conn_options: APIConnectOptions = FAST_RETRY,
+    language: str | None = None,
+    sample_rate: int = RATE,
 ) -> list[stt.SpeechEvent]:
     stream = client.stream(conn_options=conn_options, **({"language": language} if language else {}))
-    for frame in frames(pcm):
+    for frame in frames(pcm, sample_rate):
         stream.push_frame(frame)
     stream.end_input()
     events = [ev async for ev in stream]
@@ -231,6 +236,38 @@ async def test_one_shot_recognize_uses_the_same_socket_protocol(sarvam: FakeSarv
     assert event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
     assert event.alternatives[0].text == "one shot"
     assert sarvam.violations == []
+
+
+async def test_8khz_audio_goes_at_the_connection_rate_without_a_per_message_rate(sarvam: FakeSarvam) -> None:
+    # Sarvam takes 8 kHz only as the connection's sample_rate; the fake refuses 8000 in a message.
+    sarvam.script_transcripts("telephone quality")
+    client = SarvamSTT(api_key=KEY, language="en-IN", ws_url=sarvam.ws_url, sample_rate=8000)
+    events = await run_stream(client, utterance(sample_rate=8000), sample_rate=8000)
+    await client.aclose()
+
+    assert sarvam.stt_connections[0].query["sample_rate"] == "8000"
+    assert [ev.alternatives[0].text for ev in events if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT] == [
+        "telephone quality"
+    ]
+    assert sarvam.violations == []
+
+
+async def test_saaras_v4_is_accepted_as_a_configured_model(sarvam: FakeSarvam) -> None:
+    sarvam.script_transcripts("newer model")
+    client = SarvamSTT(api_key=KEY, language="en-IN", ws_url=sarvam.ws_url, model="saaras:v4")
+    events = await run_stream(client, utterance())
+    await client.aclose()
+
+    assert sarvam.stt_connections[0].query["model"] == "saaras:v4"
+    assert [ev.alternatives[0].text for ev in events if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT] == [
+        "newer model"
+    ]
+
+
+def test_models_served_on_another_endpoint_are_refused_up_front() -> None:
+    # saaras:v3-realtime lives on /speech-to-text-realtime/ws with another message protocol.
+    with pytest.raises(ValueError, match="saaras:v3-realtime"):
+        SarvamSTT(api_key=KEY, language="en-IN", model="saaras:v3-realtime")
 
 
 def test_unsupported_sample_rate_is_refused_up_front() -> None:
