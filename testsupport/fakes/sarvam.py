@@ -2,15 +2,22 @@
 
 One aiohttp server on ``127.0.0.1`` (own thread and loop) speaks the wire protocol of
 
-* ``GET /speech-to-text/ws`` — query ``language-code``, ``model``, ``vad_signals``,
-  ``sample_rate``, ``input_audio_codec``; client sends ``{"audio": {"data", "sample_rate",
-  "encoding"}}`` and ``{"type": "flush"}``; server sends ``{"type": "events", "data":
-  {"signal_type": "START_SPEECH" | "END_SPEECH", …}}`` and ``{"type": "data", "data":
-  {"transcript", "language_code", "metrics": {"audio_duration", …}, …}}``;
-* ``GET /text-to-speech/ws?model=…&send_completion_event=true`` — client sends ``config``,
+* ``GET /speech-to-text/ws`` — query ``language-code``, ``model``, ``mode``, ``vad_signals``,
+  ``high_vad_sensitivity``, ``flush_signal``, ``sample_rate``, ``input_audio_codec``; client sends
+  ``{"audio": {"data", "sample_rate", "encoding"}}`` and ``{"type": "flush"}``; server sends
+  ``{"type": "events", "data": {"signal_type": "START_SPEECH" | "END_SPEECH", …}}`` and
+  ``{"type": "data", "data": {"transcript", "language_code", "metrics": {"audio_duration", …}, …}}``;
+* ``GET /text-to-speech/ws?model=…&send_completion_event=…`` — client sends ``config``,
   ``text`` (1–2500 characters), ``flush`` and ``ping``; server sends base64 ``audio`` chunks and
-  ``{"type": "event", "data": {"event_type": "final"}}`` after each flush;
+  ``{"type": "event", "data": {"event_type": "final"}}`` after each flush unless
+  ``send_completion_event=false`` (the documented default is true);
 * ``POST /v1/chat/completions`` — OpenAI-compatible, see ``ChatCompletions``.
+
+The rules come from Sarvam's API reference and the official ``sarvamai`` SDK (0.1.39), not from
+our clients; ``testsupport/tests/test_sarvam_sdk_contract.py`` drives this fake with that SDK.
+Where the two disagree the fake accepts both: the TTS config's language as
+``target_language_code`` (the docs' name) or ``language_code`` (what the SDK's ``configure()``
+puts on the wire); ``pitch``/``loudness``, which the SDK always sends and bulbul:v3 ignores.
 
 It checks what clients send (the ``api-subscription-key`` header, model, language, speaker,
 sample rates, message shapes, the text size limit). A violation is recorded in ``violations``
@@ -25,15 +32,18 @@ Usage::
         llm base URL: sarvam.chat_base_url  (records in sarvam.chat)
 
 STT behaviour: received PCM is cut into 20 ms frames; a frame whose RMS exceeds
-``speech_rms_threshold`` is speech. The first speech frame sends START_SPEECH; after
-``end_silence_ms`` of silence END_SPEECH is sent, then (after ``transcript_delay_s``) the next
-scripted transcript (``default_transcript`` when the script is empty). ``{"type": "flush"}``
-ends an utterance in progress at once.
+``speech_rms_threshold`` is speech. The first speech frame sends START_SPEECH; after the
+end-of-speech silence END_SPEECH is sent, then (after ``transcript_delay_s``) the next scripted
+transcript (``default_transcript`` when the script is empty). The silence is what Sarvam
+documents, 1 s (``DEFAULT_END_SILENCE_MS``), or 0.5 s with ``high_vad_sensitivity=true``
+(``HIGH_VAD_END_SILENCE_MS``); ``end_silence_ms`` overrides both for tests that only need turns
+to end, never for latency figures. ``{"type": "flush"}`` ends an utterance in progress at once.
 
 TTS behaviour: text is buffered and synthesised once ``min_buffer_size`` characters (from the
 config, default 50) have arrived, and on flush. Audio is a deterministic 440 Hz tone of
-``tts_ms_per_char`` ms per character at the configured ``speech_sample_rate``, sent in
-``tts_chunk_ms`` chunks.
+``tts_ms_per_char`` ms per character at the configured ``speech_sample_rate`` (24000 when
+omitted, the documented bulbul:v3 default), sent in ``tts_chunk_ms`` chunks as raw PCM
+(``linear16``), WAV or MP3 (the codec the SDK asks for by default).
 
 Records: ``stt_connections`` / ``tts_connections`` (query and headers), ``stt_audio_seconds``,
 ``stt_utterances`` (transcripts sent), ``tts_configs``, ``tts_texts`` (``(monotonic time, text)``),
@@ -53,28 +63,38 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import io
 import json
 import math
 import time
 import uuid
+import wave
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import av
 import numpy as np
 from aiohttp import WSMsgType, web
 
 from testsupport.fakes._loopback import LoopbackServer
 from testsupport.fakes.openai_chat import AuthCheck, ChatCompletions
 
-STT_MODELS = frozenset({"saaras:v3", "saaras:v2.5", "saarika:v2.5"})
+STT_MODELS = frozenset({"saaras:v3", "saaras:v4"})  # sarvamai 0.1.39 SpeechToTextStreamingModel
+STT_MODES = frozenset({"transcribe", "translate", "verbatim", "translit", "codemix"})
 STT_LANGUAGES = frozenset(
     {"unknown", "hi-IN", "bn-IN", "gu-IN", "kn-IN", "ml-IN", "mr-IN", "od-IN", "pa-IN", "ta-IN", "te-IN", "en-IN"}
     | {"as-IN", "ur-IN", "ne-IN", "kok-IN", "ks-IN", "sd-IN", "sa-IN", "sat-IN", "mni-IN", "brx-IN", "mai-IN", "doi-IN"}
 )
 STT_SAMPLE_RATES = frozenset({8000, 16000})
+# Per-message audio.sample_rate: "Supported values: 16kHz (preferred), 22.05kHz, 24kHz"; "8kHz is
+# only supported via connection parameter, not in AudioData messages" (sarvamai AudioData).
+STT_MESSAGE_SAMPLE_RATES = frozenset({16000, 22050, 24000})
+# "~1 s" of silence ends an utterance; "0.5 s with high VAD sensitivity" (Sarvam's STT docs).
+DEFAULT_END_SILENCE_MS = 1000.0
+HIGH_VAD_END_SILENCE_MS = 500.0
 STT_PCM_CODECS = frozenset({"pcm_s16le", "pcm_l16", "pcm_raw"})
 TTS_MODELS = frozenset({"bulbul:v3"})
 TTS_LANGUAGES = frozenset(
@@ -124,6 +144,14 @@ TTS_V3_SPEAKERS = frozenset(
     ]
 )
 TTS_SAMPLE_RATES = frozenset({8000, 16000, 22050, 24000})
+# API reference, text-to-speech/ws: "bulbul:v3 … Default sample rate: 24000 Hz" (the SDK's
+# docstrings say 22050; its configure() always sends a rate, so it never meets this default).
+TTS_DEFAULT_SAMPLE_RATE = 24000
+# Documented codecs; the fake synthesises these three and refuses the others as out of its reach.
+TTS_CODECS = frozenset({"linear16", "mulaw", "alaw", "opus", "flac", "aac", "wav", "mp3"})
+TTS_FAKE_CODECS = {"linear16": "audio/pcm", "wav": "audio/wav", "mp3": "audio/mpeg"}
+TTS_DEFAULT_CODEC = "mp3"  # "currently supports MP3 only" (streaming guide); the SDK's default
+TTS_BITRATES = frozenset({"32k", "64k", "96k", "128k", "192k"})
 TTS_MAX_TEXT_CHARS = 2500
 # What POST /v1/chat/completions serves, per Sarvam's Chat Completion V1 reference.
 SARVAM_CHAT_MODELS = frozenset({"sarvam-105b", "sarvam-105b-conversations"})
@@ -158,6 +186,30 @@ def silence(duration_s: float, sample_rate: int) -> bytes:
     return b"\x00\x00" * round(duration_s * sample_rate)
 
 
+def encode(pcm: bytes, sample_rate: int, codec: str, bitrate: str = "128k") -> bytes:
+    """``pcm`` (s16le mono) in one of ``TTS_FAKE_CODECS``, as a whole file."""
+    if codec == "linear16":
+        return pcm
+    out = io.BytesIO()
+    if codec == "wav":
+        with wave.open(out, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sample_rate)
+            w.writeframes(pcm)
+        return out.getvalue()
+    with av.open(out, "w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=sample_rate, layout="mono")
+        stream.bit_rate = int(bitrate.removesuffix("k")) * 1000
+        frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = sample_rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
 def _rms(pcm: bytes) -> float:
     count = len(pcm) // 2
     if not count:
@@ -170,6 +222,7 @@ def _rms(pcm: bytes) -> float:
 class _SttState:
     sample_rate: int
     language: str
+    end_silence_ms: float
     speaking: bool = False
     silence_ms: float = 0.0
     utterance_seconds: float = 0.0
@@ -183,7 +236,7 @@ class FakeSarvam:
         self,
         *,
         api_key: str = "test-sarvam-key",
-        end_silence_ms: float = 300.0,
+        end_silence_ms: float | None = None,
         speech_rms_threshold: float = 500.0,
         default_transcript: str = "",
         tts_ms_per_char: float = 20.0,
@@ -336,7 +389,17 @@ class FakeSarvam:
             await self._stt_error(ws, problem)
             await ws.close(code=1008)
             return
-        state = _SttState(sample_rate=int(query.get("sample_rate", "16000")), language=query["language-code"])
+        if self.end_silence_ms is not None:
+            end_silence_ms = self.end_silence_ms
+        elif query.get("high_vad_sensitivity") == "true":
+            end_silence_ms = HIGH_VAD_END_SILENCE_MS
+        else:
+            end_silence_ms = DEFAULT_END_SILENCE_MS
+        state = _SttState(
+            sample_rate=int(query.get("sample_rate", "16000")),
+            language=query["language-code"],
+            end_silence_ms=end_silence_ms,
+        )
         drop_after = self.drop_stt_after_audio_messages
         self.drop_stt_after_audio_messages = None
         malformed = self.malformed_stt_frame
@@ -388,6 +451,11 @@ class FakeSarvam:
             return self._violation(f"stt: unsupported language-code {query.get('language-code')!r}")
         if query.get("model", "saaras:v3") not in STT_MODELS:
             return self._violation(f"stt: unsupported model {query.get('model')!r}")
+        if query.get("mode", "transcribe") not in STT_MODES:
+            return self._violation(f"stt: unsupported mode {query.get('mode')!r}")
+        for flag in ("vad_signals", "flush_signal", "high_vad_sensitivity"):
+            if query.get(flag, "false") not in ("true", "false"):
+                return self._violation(f"stt: {flag} must be true or false, got {query.get(flag)!r}")
         rate = query.get("sample_rate", "16000")
         if not rate.isdigit() or int(rate) not in STT_SAMPLE_RATES:
             return self._violation(f"stt: unsupported sample_rate {rate!r}")
@@ -400,8 +468,12 @@ class FakeSarvam:
         if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
             self._violation("stt: audio message needs audio.data")
             return None
-        if audio.get("sample_rate") != state.sample_rate:
-            self._violation(f"stt: audio.sample_rate {audio.get('sample_rate')!r} != connection {state.sample_rate}")
+        rate = audio.get("sample_rate")
+        if rate is not None and rate not in STT_MESSAGE_SAMPLE_RATES:
+            self._violation(f"stt: audio.sample_rate {rate!r} is not supported in a message (8 kHz: connection only)")
+            return None
+        if rate is not None and rate != state.sample_rate:
+            self._violation(f"stt: audio.sample_rate {rate!r} != connection {state.sample_rate}")
             return None
         if audio.get("encoding", "audio/wav") != "audio/wav":
             self._violation(f"stt: audio.encoding {audio.get('encoding')!r}")
@@ -432,7 +504,7 @@ class FakeSarvam:
                     await self._vad(ws, "START_SPEECH", vad_signals)
             elif state.speaking:
                 state.silence_ms += 20.0
-                if state.silence_ms >= self.end_silence_ms:
+                if state.silence_ms >= state.end_silence_ms:
                     await self._end_utterance(ws, state, vad_signals)
 
     async def _vad(self, ws: web.WebSocketResponse, signal: str, vad_signals: bool) -> None:
@@ -495,7 +567,7 @@ class FakeSarvam:
             await self._tts_error(ws, self._violation(f"tts: unsupported model {http.query.get('model')!r}"), 400)
             await ws.close(code=1008)
             return
-        completion_event = http.query.get("send_completion_event") == "true"
+        completion_event = http.query.get("send_completion_event", "true") != "false"
         drop_after = self.drop_tts_after_audio_chunks
         self.drop_tts_after_audio_chunks = None
         malformed = self.malformed_tts_frame
@@ -509,24 +581,29 @@ class FakeSarvam:
             """Send the audio for ``text``; False when the connection was dropped on purpose."""
             nonlocal chunks_sent, first_audio_sent, malformed
             assert config is not None
-            rate = int(config.get("speech_sample_rate", 22050))
+            rate = int(config.get("speech_sample_rate", TTS_DEFAULT_SAMPLE_RATE))
+            codec = str(config.get("output_audio_codec", TTS_DEFAULT_CODEC))
             if not first_audio_sent and self.first_audio_delay_s:
                 await asyncio.sleep(self.first_audio_delay_s)
             pcm = tone(len(text) * self.tts_ms_per_char / 1000, rate)
-            step = max(2, int(rate * self.tts_chunk_ms / 1000) * 2)
-            for start in range(0, len(pcm), step):
+            audio = encode(pcm, rate, codec, str(config.get("output_audio_bitrate", "128k")))
+            # Chunks carry tts_chunk_ms of audio each; an encoded file is cut into as many pieces.
+            pcm_step = max(2, int(rate * self.tts_chunk_ms / 1000) * 2)
+            pieces = max(1, math.ceil(len(pcm) / pcm_step))
+            step = max(1, math.ceil(len(audio) / pieces))
+            for index, start in enumerate(range(0, len(audio), step)):
                 if drop_after is not None and chunks_sent >= drop_after:
                     self._abort(http)
                     return False
                 if malformed:
                     malformed = False
                     await ws.send_str('{"type": "audio", "data": ')
-                piece = pcm[start : start + step]
+                piece = audio[start : start + step]
                 await ws.send_json(
                     {
                         "type": "audio",
                         "data": {
-                            "content_type": "audio/pcm",
+                            "content_type": TTS_FAKE_CODECS[codec],
                             "audio": base64.b64encode(piece).decode(),
                             "request_id": "fake",
                         },
@@ -536,7 +613,8 @@ class FakeSarvam:
                     first_audio_sent = True
                     self.tts_first_audio_at.append(time.monotonic())
                 chunks_sent += 1
-                self.tts_audio_seconds += len(piece) / 2 / rate
+                seconds_before = min(len(pcm), index * pcm_step) / 2 / rate
+                self.tts_audio_seconds += min(len(pcm), (index + 1) * pcm_step) / 2 / rate - seconds_before
             return True
 
         async for msg in ws:
@@ -558,6 +636,11 @@ class FakeSarvam:
                     await self._tts_error(ws, problem, 422)
                     continue
                 assert isinstance(data, dict)
+                # "any text currently in the buffer will be automatically flushed and processed
+                # before applying the new configuration" (sarvamai ConfigureConnection)
+                ready, buffer = buffer, ""
+                if ready and not await synthesize(ready):
+                    return
                 config = data
                 self.tts_configs.append(dict(data))
                 continue
@@ -603,16 +686,32 @@ class FakeSarvam:
     def _check_tts_config(self, data: Any) -> str | None:
         if not isinstance(data, dict):
             return self._violation("tts: config.data must be an object")
-        if data.get("target_language_code") not in TTS_LANGUAGES:
-            return self._violation(f"tts: unsupported target_language_code {data.get('target_language_code')!r}")
+        # The docs name the field target_language_code; the SDK's configure() sends language_code.
+        languages = {data[k] for k in ("target_language_code", "language_code") if k in data}
+        if len(languages) != 1:
+            return self._violation(f"tts: config needs one target_language_code (or language_code), got {languages}")
+        [language] = languages
+        if language not in TTS_LANGUAGES:
+            return self._violation(f"tts: unsupported target_language_code {language!r}")
+        if data.get("model", "bulbul:v3") not in TTS_MODELS:
+            return self._violation(f"tts: unsupported model {data.get('model')!r}")
         if data.get("speaker") not in TTS_V3_SPEAKERS:
             return self._violation(f"tts: unknown speaker {data.get('speaker')!r} for bulbul:v3")
-        if data.get("speech_sample_rate", 22050) not in TTS_SAMPLE_RATES:
+        if data.get("speech_sample_rate", TTS_DEFAULT_SAMPLE_RATE) not in TTS_SAMPLE_RATES:
             return self._violation(f"tts: unsupported speech_sample_rate {data.get('speech_sample_rate')!r}")
-        if data.get("output_audio_codec") != "linear16":
-            return self._violation(f"tts: the fake serves linear16 only, got {data.get('output_audio_codec')!r}")
-        if "pitch" in data or "loudness" in data:
-            return self._violation("tts: pitch/loudness are not supported by bulbul:v3")
+        codec = data.get("output_audio_codec", TTS_DEFAULT_CODEC)
+        if codec not in TTS_CODECS:
+            return self._violation(f"tts: unsupported output_audio_codec {codec!r}")
+        if codec not in TTS_FAKE_CODECS:
+            return self._violation(f"tts: the fake synthesises {sorted(TTS_FAKE_CODECS)} only, not {codec!r}")
+        if data.get("output_audio_bitrate", "128k") not in TTS_BITRATES:
+            return self._violation(f"tts: unsupported output_audio_bitrate {data.get('output_audio_bitrate')!r}")
+        # pitch and loudness: "NOT supported for bulbul:v3 … Will be ignored if provided" (SDK),
+        # and its configure() always sends them, so they are accepted and ignored.
+        for field, low, high in (("pace", 0.5, 2.0), ("temperature", 0.01, 1.0), ("min_buffer_size", 1, 2500)):
+            value = data.get(field)
+            if value is not None and (not isinstance(value, int | float) or not low <= value <= high):
+                return self._violation(f"tts: {field} must be within {low}-{high} for bulbul:v3, got {value!r}")
         return None
 
     @staticmethod
