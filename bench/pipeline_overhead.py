@@ -52,7 +52,7 @@ from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import Conversation, ConversationObserver
 from agent_worker.provider_settings import ProviderSettings, SpeechMode
 from testsupport.fakes.openai_chat import ChatRequest, FakeChatServer
-from testsupport.fakes.sarvam import FakeSarvam, silence, tone
+from testsupport.fakes.sarvam import DEFAULT_END_SILENCE_MS, FakeSarvam, silence, tone
 
 SAMPLE_RATE = 16000
 CHUNK_S = 0.02
@@ -63,7 +63,9 @@ SARVAM_KEY = "bench-sarvam"
 CLARIFAI_PAT = "bench-clarifai"
 
 # Latencies the fakes inject (seconds).
-STT_END_SILENCE_S = 0.2
+# Sarvam's documented end-of-speech silence (the fake's default), not a shorter one that would
+# make the bench's turns look quicker than real ones.
+STT_END_SILENCE_S = DEFAULT_END_SILENCE_MS / 1000
 STT_TRANSCRIPT_DELAY_S = 0.05
 LLM_FIRST_TOKEN_S = 0.15
 # The fake delays only a connection's first audio, and the TTS client pools its sockets, so a
@@ -294,7 +296,7 @@ class FakeLoad:
 def serve_sarvam(conn: Connection) -> None:
     """Child process: the Sarvam STT/TTS fake until the parent says stop; then its load and any
     protocol violations."""
-    sarvam = FakeSarvam(api_key=SARVAM_KEY, end_silence_ms=STT_END_SILENCE_S * 1000)
+    sarvam = FakeSarvam(api_key=SARVAM_KEY)
     sarvam.transcript_delay_s = STT_TRANSCRIPT_DELAY_S
     sarvam.first_audio_delay_s = TTS_FIRST_AUDIO_S
     sarvam.default_transcript = "when do you open"
