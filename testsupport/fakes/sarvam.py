@@ -198,7 +198,8 @@ def encode(pcm: bytes, sample_rate: int, codec: str, bitrate: str = "128k") -> b
             w.setframerate(sample_rate)
             w.writeframes(pcm)
         return out.getvalue()
-    with av.open(out, "w", format="mp3") as container:
+    # No ID3 tag or Xing header: a stream of several replies is then one valid MP3 stream.
+    with av.open(out, "w", format="mp3", options={"id3v2_version": "0", "write_xing": "0"}) as container:
         stream = container.add_stream("libmp3lame", rate=sample_rate, layout="mono")
         stream.bit_rate = int(bitrate.removesuffix("k")) * 1000
         frame = av.AudioFrame.from_ndarray(np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16", layout="mono")
