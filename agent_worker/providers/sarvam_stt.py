@@ -1,13 +1,16 @@
 """Sarvam streaming speech-to-text (``saaras:v3`` on ``/speech-to-text/ws``) as a livekit STT.
 
-The livekit Sarvam plugin hard-codes ``wss://api.sarvam.ai``, so this thin client exists to let
-the base URL come from settings (and point at a loopback fake in tests). Wire protocol, as in
-the ``sarvamai`` SDK (0.1.39) and Sarvam's API reference: query ``language-code``, ``model``,
-``vad_signals=true``, ``sample_rate``, ``input_audio_codec=pcm_s16le`` (raw PCM must be
-declared), ``flush_signal=true``; header ``api-subscription-key``; audio goes up as ``{"audio":
-{"data": <base64 s16le>, "sample_rate", "encoding": "audio/wav"}}``, the per-message
-``sample_rate`` left out at 8 kHz (Sarvam takes 8 kHz only as the connection parameter); Sarvam
-answers with VAD ``events`` and one final ``data`` transcript per utterance.
+livekit-plugins-sarvam's STT takes no socket URL (only its REST base URL), holds audio back to
+fill 50 ms messages and asks for another default model; this thin client lets the URL come from
+settings (and reach a loopback fake in tests): docs/providers.md has the comparison.
+
+Wire protocol, as in the ``sarvamai`` SDK (0.1.39) and Sarvam's API reference: query
+``language-code``, ``model``, ``vad_signals=true``, ``sample_rate``,
+``input_audio_codec=pcm_s16le`` (raw PCM must be declared), ``flush_signal=true``; header
+``api-subscription-key``; audio goes up as ``{"audio": {"data": <base64 s16le>, "sample_rate",
+"encoding": "audio/wav"}}``, the per-message ``sample_rate`` left out at 8 kHz (Sarvam takes
+8 kHz only as the connection parameter); Sarvam answers with VAD ``events`` and one final
+``data`` transcript per utterance.
 
 Events produced: START_OF_SPEECH / END_OF_SPEECH from Sarvam's VAD signals (so the session can
 run ``turn_detection="stt"``), FINAL_TRANSCRIPT (always before its END_OF_SPEECH, which is what
