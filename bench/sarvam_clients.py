@@ -14,7 +14,8 @@ work is not counted), one client at a time, in this process on one event loop. M
   1.2 s of silence) in 20 ms frames on a real-time clock, as a room delivers it; CPU of this
   process per session-second of audio, and what reached the fake;
 * TTS: ``--sessions`` streams each speak ``--replies`` replies of ~150 characters pushed as an
-  LLM writes them; CPU per reply. Ours asks for linear16 PCM; the plugin is run at its default
+  LLM writes them; CPU per reply, and the time from the first text pushed to the first audio
+  (p50). Ours asks for linear16 PCM; the plugin is run at its default
   codec (mp3, decoded in this process) and again at linear16.
 
 CPU is ``time.process_time()`` over the measured work (every thread of this process: the
@@ -83,16 +84,26 @@ async def _stt_session(client: stt.STT, frames: list[bytes]) -> int:
     return finals
 
 
-async def _tts_session(client: tts.TTS, replies: int) -> float:
+async def _tts_session(client: tts.TTS, replies: int, first_audio: list[float]) -> float:
     seconds = 0.0
     for _ in range(replies):
         stream = client.stream(conn_options=CONN)
-        for word in REPLY.split(" "):
-            stream.push_text(word + " ")
-            await asyncio.sleep(0.005)  # an LLM's token rate
-        stream.end_input()
+        started = time.monotonic()
+
+        async def push(stream: tts.SynthesizeStream = stream) -> None:
+            for word in REPLY.split(" "):
+                stream.push_text(word + " ")
+                await asyncio.sleep(0.005)  # an LLM's token rate
+            stream.end_input()
+
+        pusher = asyncio.create_task(push())
+        heard = False
         async for ev in stream:
+            if not heard:
+                first_audio.append(time.monotonic() - started)
+                heard = True
             seconds += ev.frame.duration
+        await pusher
         await stream.aclose()
     return seconds
 
@@ -147,8 +158,11 @@ async def main(args: argparse.Namespace, ws_url: str) -> None:
     for label, synth in clients:
 
         async def tts_work(synth: tts.TTS = synth) -> str:
-            seconds = await asyncio.gather(*(_tts_session(synth, args.replies) for _ in range(n)))
-            return f"audio {sum(seconds):.1f} s"
+            first_audio: list[float] = []
+            seconds = await asyncio.gather(*(_tts_session(synth, args.replies, first_audio) for _ in range(n)))
+            first_audio.sort()
+            p50 = first_audio[len(first_audio) // 2] * 1000
+            return f"audio {sum(seconds):.1f} s, first audio p50 {p50:.1f} ms"
 
         await _measure(label, tts_work, n * args.replies, "reply")
         await synth.aclose()
