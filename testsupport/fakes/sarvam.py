@@ -688,11 +688,11 @@ class FakeSarvam:
         if not isinstance(data, dict):
             return self._violation("tts: config.data must be an object")
         # The docs name the field target_language_code; the SDK's configure() sends language_code.
-        languages = {data[k] for k in ("target_language_code", "language_code") if k in data}
-        if len(languages) != 1:
+        languages = [data[k] for k in ("target_language_code", "language_code") if k in data]
+        if not languages or any(other != languages[0] for other in languages):
             return self._violation(f"tts: config needs one target_language_code (or language_code), got {languages}")
-        [language] = languages
-        if language not in TTS_LANGUAGES:
+        language = languages[0]
+        if not isinstance(language, str) or language not in TTS_LANGUAGES:
             return self._violation(f"tts: unsupported target_language_code {language!r}")
         if data.get("model", "bulbul:v3") not in TTS_MODELS:
             return self._violation(f"tts: unsupported model {data.get('model')!r}")
