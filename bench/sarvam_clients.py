@@ -12,7 +12,8 @@ work is not counted), one client at a time, in this process on one event loop. M
 
 * STT: ``--sessions`` streams each send ``--seconds`` of caller audio (utterances of a tone and
   1.2 s of silence) in 20 ms frames on a real-time clock, as a room delivers it; CPU of this
-  process per session-second of audio, and what reached the fake;
+  process per session-second of audio, and each turn's time from the last speech frame pushed
+  to its transcript less the fake's injected end-of-speech silence and transcript delay;
 * TTS: ``--sessions`` streams each speak ``--replies`` replies of ~150 characters pushed as an
   LLM writes them; CPU per reply, and the time from the first text pushed to the first audio
   (p50). Ours asks for linear16 PCM; the plugin is run at its default
@@ -38,16 +39,21 @@ from livekit.agents import APIConnectOptions, stt, tts
 
 from agent_worker.providers.sarvam_stt import SarvamSTT
 from agent_worker.providers.sarvam_tts import SarvamTTS
-from bench.pipeline_overhead import SARVAM_KEY, serve_sarvam
+from bench.pipeline_overhead import SARVAM_KEY, STT_INJECTED_S, serve_sarvam
 from testsupport.fakes.sarvam import silence, tone
 
 RATE = 16000
 FRAME_S = 0.02
+INJECTED_STT_S = STT_INJECTED_S
 CONN = APIConnectOptions(max_retry=0, timeout=20.0)
 REPLY = (
     "Sure, our clinic opens at nine in the morning on weekdays. "
     "You can book an appointment online, or I can note your name and number now."
 )
+
+
+UTTERANCE_FRAMES = round(1.8 / FRAME_S)  # 0.6 s of tone, then 1.2 s of silence
+SPEECH_FRAMES = round(0.6 / FRAME_S)
 
 
 def _caller_audio(seconds: float) -> list[bytes]:
@@ -57,23 +63,31 @@ def _caller_audio(seconds: float) -> list[bytes]:
     return [pcm[i : i + step] for i in range(0, len(pcm), step)]
 
 
-async def _stt_session(client: stt.STT, frames: list[bytes]) -> int:
+async def _stt_session(client: stt.STT, frames: list[bytes], legs: list[float]) -> int:
+    """Stream ``frames`` in real time; append to ``legs`` each turn's time from the caller's last
+    speech frame to its transcript, less what the fake injects (end-of-speech silence and
+    transcript delay): what the client itself adds."""
     stream = client.stream(conn_options=CONN)
-    expected = int(len(frames) * FRAME_S // 1.8)
+    expected = len(frames) // UTTERANCE_FRAMES
+    speech_ended: list[float] = []
     finals = 0
     all_heard = asyncio.Event()
 
     async def read() -> None:
         nonlocal finals
         async for ev in stream:
-            finals += ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT
-            if finals >= expected:
-                all_heard.set()
+            if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                legs.append(time.monotonic() - speech_ended[finals] - INJECTED_STT_S)
+                finals += 1
+                if finals >= expected:
+                    all_heard.set()
 
     reader = asyncio.create_task(read())
     next_at = time.monotonic()
-    for pcm in frames:
+    for index, pcm in enumerate(frames):
         stream.push_frame(rtc.AudioFrame(pcm, RATE, 1, len(pcm) // 2))
+        if index % UTTERANCE_FRAMES == SPEECH_FRAMES - 1:
+            speech_ended.append(time.monotonic())
         next_at += FRAME_S
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     # The plugin waits for Sarvam to hang up after the input ends (the fake, like our client,
@@ -130,8 +144,11 @@ async def main(args: argparse.Namespace, ws_url: str) -> None:
     for label, client in (("ours (sarvam_stt)", ours), ("livekit-plugins-sarvam 1.8.9", theirs)):
 
         async def stt_work(client: stt.STT = client) -> str:
-            finals = await asyncio.gather(*(_stt_session(client, frames) for _ in range(n)))
-            return f"finals {sum(finals)}"
+            legs: list[float] = []
+            finals = await asyncio.gather(*(_stt_session(client, frames, legs) for _ in range(n)))
+            legs.sort()
+            p50, p95 = legs[len(legs) // 2] * 1000, legs[int(len(legs) * 0.95)] * 1000
+            return f"finals {sum(finals)}, speech end to transcript less injected p50 {p50:.1f} p95 {p95:.1f} ms"
 
         await _measure(label, stt_work, n * audio_s, "session-second")
         await client.aclose()
