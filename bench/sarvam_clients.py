@@ -10,8 +10,8 @@ unzip both wheels into ``/tmp/plugvenv/site``.
 Both clients run against the same Sarvam fake in a child process (so its JSON, base64 and VAD
 work is not counted), one client at a time, in this process on one event loop. Measured:
 
-* STT: ``--sessions`` streams each send ``--seconds`` of caller audio (utterances of a tone and
-  1.2 s of silence) in 20 ms frames on a real-time clock, as a room delivers it; CPU of this
+* STT: ``--sessions`` streams each send ``--seconds`` of caller audio (utterances of 0.62 s of tone
+  and 1.2 s of silence) in 20 ms frames on a real-time clock, as a room delivers it; CPU of this
   process per session-second of audio, and each turn's time from the last speech frame pushed
   to its transcript less the fake's injected end-of-speech silence and transcript delay;
 * TTS: ``--sessions`` streams each speak ``--replies`` replies of ~150 characters pushed as an
@@ -52,13 +52,17 @@ REPLY = (
 )
 
 
-UTTERANCE_FRAMES = round(1.8 / FRAME_S)  # 0.6 s of tone, then 1.2 s of silence
-SPEECH_FRAMES = round(0.6 / FRAME_S)
+# Speech of 0.62 s, then 1.2 s of silence: not a multiple of 50 ms, so where each utterance ends
+# moves against a client's 50 ms message boundaries as a real caller's would.
+SPEECH_S = 0.62
+UTTERANCE_S = SPEECH_S + 1.2
+UTTERANCE_FRAMES = round(UTTERANCE_S / FRAME_S)
+SPEECH_FRAMES = round(SPEECH_S / FRAME_S)
 
 
 def _caller_audio(seconds: float) -> list[bytes]:
-    one = tone(0.6, RATE) + silence(1.2, RATE)
-    pcm = one * max(1, round(seconds / 1.8))
+    one = tone(SPEECH_S, RATE) + silence(UTTERANCE_S - SPEECH_S, RATE)
+    pcm = one * max(1, round(seconds / UTTERANCE_S))
     step = int(RATE * FRAME_S) * 2
     return [pcm[i : i + step] for i in range(0, len(pcm), step)]
 
