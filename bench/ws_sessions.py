@@ -95,7 +95,8 @@ def serve_fakes(conn: Connection) -> None:
 
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("aiohttp").setLevel(logging.CRITICAL)
-    sarvam = FakeSarvam(api_key=SARVAM_KEY, end_silence_ms=300, tts_ms_per_char=TTS_MS_PER_CHAR)
+    # Sarvam's documented end of speech (the fake's default), so each turn lasts as long as a real one.
+    sarvam = FakeSarvam(api_key=SARVAM_KEY, tts_ms_per_char=TTS_MS_PER_CHAR)
     sarvam.default_transcript = "when do you open"
     chat = FakeChatServer(api_key=CLARIFAI_PAT, default_reply=REPLY)
     with sarvam, chat:
