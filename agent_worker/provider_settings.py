@@ -13,6 +13,8 @@ from typing import Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent_worker import catalog
+
 
 class SpeechMode(StrEnum):
     AUTO = "auto"  # real providers when their keys are set, offline otherwise
@@ -36,6 +38,9 @@ class ProviderSettings(BaseSettings):
     sarvam_base_url: str = "https://api.sarvam.ai"
     # Empty: SARVAM_BASE_URL with ws(s).
     sarvam_ws_url: str = ""
+    # saaras:v3 as the product promises; another model the catalog lists as served on the same
+    # socket is an operator's choice. Usage is billed under the model used, so it needs a price row.
+    sarvam_stt_model: str = "saaras:v3"
     clarifai_pat: str = Field("", repr=False)
     clarifai_base_url: str = "https://api.clarifai.com/v2/ext/openai/v1"
     openrouter_api_key: str = Field("", repr=False)
@@ -45,6 +50,14 @@ class ProviderSettings(BaseSettings):
     @classmethod
     def _mode_any_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("sarvam_stt_model")
+    @classmethod
+    def _served_stt_model(cls, value: str) -> str:
+        served = catalog.sarvam_stt_models()
+        if value not in served:
+            raise ProviderConfigError(f"SARVAM_STT_MODEL must be one of {', '.join(served)}, got {value!r}")
+        return value
 
     @field_validator("sarvam_base_url", "sarvam_ws_url", "clarifai_base_url", "openrouter_base_url")
     @classmethod
@@ -76,6 +89,7 @@ class ProviderSettings(BaseSettings):
             "offline": str(self.offline).lower(),
             "sarvam_base_url": self.sarvam_base_url,
             "sarvam_ws_url": self.sarvam_ws_url,
+            "sarvam_stt_model": self.sarvam_stt_model,
             "sarvam_api_key": "set" if self.sarvam_api_key else "unset",
             "clarifai_base_url": self.clarifai_base_url,
             "clarifai_pat": "set" if self.clarifai_pat else "unset",

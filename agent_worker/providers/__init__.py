@@ -23,7 +23,6 @@ OFFLINE_TTS_MODEL = "piper"
 OFFLINE_LLM_MODEL = "scripted"
 
 SARVAM_PROVIDER = "sarvam"
-SARVAM_STT_MODEL = "saaras:v3"
 SARVAM_TTS_MODEL = "bulbul:v3"
 SUPPORTED_TTS_PROVIDERS = frozenset({SARVAM_PROVIDER})
 
@@ -93,7 +92,7 @@ def _real(config: contracts.SessionConfig, settings: ProviderSettings, *, sample
             api_key=settings.sarvam_api_key,
             language=config.language,
             ws_url=settings.sarvam_ws_url,
-            model=SARVAM_STT_MODEL,
+            model=settings.sarvam_stt_model,
             sample_rate=sample_rate,
         ),
         llm=language_model,
@@ -106,7 +105,7 @@ def _real(config: contracts.SessionConfig, settings: ProviderSettings, *, sample
             sample_rate=sample_rate,
         ),
         label=f"{speech}+{entry.provider}",
-        stt_billed_as=BilledAs(model=SARVAM_STT_MODEL, provider=SARVAM_PROVIDER),
+        stt_billed_as=BilledAs(model=settings.sarvam_stt_model, provider=SARVAM_PROVIDER),
         # Billed under the id the customer asked for, not the provider's internal model URL.
         llm_billed_as=BilledAs(model=config.llm_model, provider=entry.provider),
         tts_billed_as=BilledAs(model=SARVAM_TTS_MODEL, provider=SARVAM_PROVIDER),

@@ -9,7 +9,11 @@ import pytest
 from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError, stt
 
+from agent_worker import contracts
+from agent_worker.provider_settings import ProviderSettings
+from agent_worker.providers import build_providers
 from agent_worker.providers.sarvam_stt import SarvamSTT
+from agent_worker.settings import SettingsError, load
 from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 
 KEY = "sk-test-stt"
@@ -262,6 +266,20 @@ async def test_saaras_v4_is_accepted_as_a_configured_model(sarvam: FakeSarvam) -
     assert [ev.alternatives[0].text for ev in events if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT] == [
         "newer model"
     ]
+
+
+def test_the_operator_picks_a_served_stt_model_and_usage_is_billed_under_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = contracts.SessionConfig(system_prompt="Hi.", voice="shubh", language="hi-IN", llm_model="sarvam-105b")
+    pinned = build_providers(config, ProviderSettings(sarvam_api_key=KEY), sample_rate=16000)
+    assert (pinned.stt.model, pinned.stt_billed_as.model) == ("saaras:v3", "saaras:v3")
+
+    monkeypatch.setenv("SARVAM_STT_MODEL", "saaras:v4")
+    chosen = build_providers(config, load(ProviderSettings, sarvam_api_key=KEY), sample_rate=16000)
+    assert (chosen.stt.model, chosen.stt_billed_as.model) == ("saaras:v4", "saaras:v4")
+
+    monkeypatch.setenv("SARVAM_STT_MODEL", "saaras:v3-realtime")
+    with pytest.raises(SettingsError, match="SARVAM_STT_MODEL"):
+        load(ProviderSettings, sarvam_api_key=KEY)
 
 
 def test_models_served_on_another_endpoint_are_refused_up_front() -> None:
