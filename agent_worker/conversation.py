@@ -81,6 +81,16 @@ class ConversationEnded:
     turn_latencies: list[contracts.TurnLatency]
     error: str = ""
 
+    def event(self, session_id: str) -> contracts.SessionEnded:
+        """This end as the event Django records."""
+        return contracts.SessionEnded(
+            session_id=session_id,
+            reason=self.reason,
+            duration_seconds=max(0.0, self.duration_seconds),
+            turn_latencies=self.turn_latencies,
+            error=self.error,
+        )
+
 
 class ConversationObserver:
     """Subclass and override what you need; every method is a no-op by default."""

@@ -61,15 +61,7 @@ class ReportingObserver(ConversationObserver):
         log("Session %s: %s", self.session_id, message)
 
     async def on_ended(self, ended: ConversationEnded) -> None:
-        self.reporter.report(
-            contracts.SessionEnded(
-                session_id=self.session_id,
-                reason=ended.reason,
-                duration_seconds=max(0.0, ended.duration_seconds),
-                turn_latencies=ended.turn_latencies,
-                error=ended.error,
-            )
-        )
+        self.reporter.report(ended.event(self.session_id))
 
 
 def parse_dispatch(metadata: str) -> contracts.DispatchMetadata:

@@ -82,6 +82,28 @@ def voice_session_mark_active(
     return session
 
 
+def voice_session_started_apply(*, event: contracts.SessionStarted) -> VoiceSession | None:
+    """A conversation started (the worker's event, or a legacy socket's pipeline): the session
+    goes active, once per event id. A LiveKit conversation the platform no longer admits, or one
+    for a session it does not know, has its room deleted: the token outlives its session (and a
+    join deadline), and deleting the room is what ends that conversation."""
+    session = voice_session_mark_active(
+        session_id=event.session_id, at=event.occurred_at, providers=event.providers, event_id=event.event_id
+    )
+    if session is None:
+        logger.warning("session_started for unknown session %s", event.session_id)
+        if event.room_name:
+            voice_session_room_delete_queue(room_name=event.room_name)
+    elif session.transport == contracts.Transport.LIVEKIT and not voice_session_start_admitted(
+        session=session, at=event.occurred_at
+    ):
+        logger.info(
+            "Session %s started but is %s (%s); deleting its room", session.id, session.status, session.end_reason
+        )
+        voice_session_room_delete_queue(room_name=session.room_name)
+    return session
+
+
 def voice_session_start_admitted(*, session: VoiceSession, at: datetime) -> bool:
     """Whether a conversation the worker started at ``at`` is one the platform admits: the session
     is live, or this is the recorded start of a run whose own end overtook it. Anything else (the
@@ -141,6 +163,25 @@ def voice_session_end(
         room_name = session.room_name
     if "room_delete_queued_at" in fields:
         transaction.on_commit(lambda: _queue_room_delete(room_name))
+    return session
+
+
+def voice_session_ended_apply(*, event: contracts.SessionEnded) -> VoiceSession | None:
+    """A conversation ended (the worker's event, or a legacy socket's): recorded once per event id.
+    A LiveKit room goes through the one deletion path, queued with the end (once, whoever ends
+    first); a socket closes itself."""
+    session = voice_session_end(
+        session_id=event.session_id,
+        reason=event.reason,
+        at=event.occurred_at,
+        duration_seconds=event.duration_seconds,
+        turn_latencies=[t.model_dump() for t in event.turn_latencies],
+        error=event.error,
+        event_id=event.event_id,
+        delete_room=True,
+    )
+    if session is None:
+        logger.warning("session_ended for unknown session %s", event.session_id)
     return session
 
 
@@ -230,9 +271,11 @@ def _queue_room_delete(room_name: str) -> None:
 
 
 def transcript_segment_add(*, segment: contracts.TranscriptSegment) -> TranscriptSegment | None:
-    """Store a final segment once; a redelivered event id returns the stored row unchanged."""
+    """Store a final segment once; a redelivered event id returns the stored row unchanged. None
+    (the line dropped) when the session is unknown or its content was deleted."""
     session = VoiceSession.objects.filter(pk=segment.session_id, content_deleted_at__isnull=True).first()
     if session is None:
+        logger.info("Transcript segment for unknown or deleted session %s dropped", segment.session_id)
         return None
     row, _ = TranscriptSegment.objects.get_or_create(
         event_id=segment.event_id,
@@ -253,5 +296,17 @@ def usage_add(*, usage: contracts.UsageReported) -> billing_services.UsageApplie
     session is unknown. Usage outlives deleted content, so a deleted session's usage still bills."""
     session = VoiceSession.objects.select_related("organization").filter(pk=usage.session_id).first()
     if session is None:
+        logger.warning("usage_reported for unknown session %s", usage.session_id)
         return None
     return billing_services.usage_event_apply(event=usage, organization=session.organization)
+
+
+def worker_event_queue(*, event: contracts.WorkerEvent) -> None:
+    """Hand an event to the Celery task named for its type in ``contracts``, with the event id as
+    the task id: for a writer that could not apply it now (the database away, a price missing)
+    and must not lose it. The task retries on its own and applies each event id once."""
+    from voice import tasks  # tasks import this module
+
+    tasks.EVENT_TASKS[type(event)].apply_async(
+        kwargs={"payload": event.model_dump(mode="json")}, task_id=event.event_id
+    )

@@ -2,8 +2,9 @@
 
 The worker sends events with ``send_task`` under the names in ``agent_worker.contracts`` and a
 ``{"payload": …}`` body. Each task validates the payload with the one pydantic model for it and
-applies it through an idempotent service, so a redelivered (``acks_late``) or duplicated event
-changes nothing. A payload that does not validate is logged and dropped: retrying cannot fix it.
+applies it through an idempotent service (the one the legacy socket calls in-process), so a
+redelivered (``acks_late``) or duplicated event changes nothing. A payload that does not validate
+is logged and dropped: retrying cannot fix it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import uuid
 from typing import Any, TypeVar
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 from pydantic import ValidationError
 
@@ -59,33 +60,15 @@ def _parse(model: type[EventT], payload: Any) -> EventT | None:
 @shared_task(name=contracts.TASK_SESSION_STARTED, **_DB_RETRY)
 def session_started(payload: dict[str, Any]) -> None:
     event = _parse(contracts.SessionStarted, payload)
-    if event is None:
-        return
-    session = lifecycle.voice_session_mark_active(
-        session_id=event.session_id, at=event.occurred_at, providers=event.providers, event_id=event.event_id
-    )
-    # The token outlives its session (and a join deadline), so the agent can be dispatched to a
-    # session the platform no longer admits: deleting the room is what ends that conversation.
-    if session is None:
-        logger.warning("session_started for unknown session %s", event.session_id)
-        if event.room_name:
-            lifecycle.voice_session_room_delete_queue(room_name=event.room_name)
-    elif session.transport == contracts.Transport.LIVEKIT and not lifecycle.voice_session_start_admitted(
-        session=session, at=event.occurred_at
-    ):
-        logger.info(
-            "Session %s started but is %s (%s); deleting its room", session.id, session.status, session.end_reason
-        )
-        lifecycle.voice_session_room_delete_queue(room_name=session.room_name)
+    if event is not None:
+        lifecycle.voice_session_started_apply(event=event)
 
 
 @shared_task(name=contracts.TASK_TRANSCRIPT_SEGMENT, **_DB_RETRY)
 def transcript_segment(payload: dict[str, Any]) -> None:
     event = _parse(contracts.TranscriptSegment, payload)
-    if event is None:
-        return
-    if lifecycle.transcript_segment_add(segment=event) is None:
-        logger.info("Transcript segment for unknown or deleted session %s dropped", event.session_id)
+    if event is not None:
+        lifecycle.transcript_segment_add(segment=event)
 
 
 @shared_task(
@@ -93,33 +76,26 @@ def transcript_segment(payload: dict[str, Any]) -> None:
     **{**_DB_RETRY, "autoretry_for": (*_DB_RETRY["autoretry_for"], PriceMissing), "retry_backoff_max": 600},
 )
 def usage_reported(payload: dict[str, Any]) -> None:
-    """Usage becomes priced records once per event id; a missing price retries (an admin can add
-    the row) rather than dropping billable usage."""
+    """A missing price retries (an admin can add the row) rather than dropping billable usage."""
     event = _parse(contracts.UsageReported, payload)
-    if event is None:
-        return
-    if lifecycle.usage_add(usage=event) is None:
-        logger.warning("usage_reported for unknown session %s", event.session_id)
+    if event is not None:
+        lifecycle.usage_add(usage=event)
 
 
 @shared_task(name=contracts.TASK_SESSION_ENDED, **_DB_RETRY)
 def session_ended(payload: dict[str, Any]) -> None:
     event = _parse(contracts.SessionEnded, payload)
-    if event is None:
-        return
-    # The room goes through the one deletion path, queued with the end (once, whoever ends first).
-    session = lifecycle.voice_session_end(
-        session_id=event.session_id,
-        reason=event.reason,
-        at=event.occurred_at,
-        duration_seconds=event.duration_seconds,
-        turn_latencies=[t.model_dump() for t in event.turn_latencies],
-        error=event.error,
-        event_id=event.event_id,
-        delete_room=True,
-    )
-    if session is None:
-        logger.warning("session_ended for unknown session %s", event.session_id)
+    if event is not None:
+        lifecycle.voice_session_ended_apply(event=event)
+
+
+# The task that applies each worker event type, for a writer that queues one (lifecycle.worker_event_queue).
+EVENT_TASKS: dict[type[contracts.WorkerEvent], Task] = {
+    contracts.SessionStarted: session_started,
+    contracts.TranscriptSegment: transcript_segment,
+    contracts.UsageReported: usage_reported,
+    contracts.SessionEnded: session_ended,
+}
 
 
 @shared_task(name=TASK_REAP_SESSIONS)

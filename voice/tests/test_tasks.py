@@ -11,6 +11,8 @@ import pytest
 from django.test import TestCase
 
 from agent_worker import contracts
+from billing.models import LedgerEntry, UsageRecord
+from billing.tests.support import KIMI_TURN, usage_event
 from voice import lifecycle, tasks
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 from voice.tests.factories import VoiceSessionFactory
@@ -194,3 +196,43 @@ def test_transcripts_of_a_deleted_session_are_not_stored_again(api: Any, livekit
     assert api.delete(f"/v1/voice/sessions/{session.id}").status_code == 204
     _send(tasks.transcript_segment, _segment(session, 0, "a late line"))
     assert not TranscriptSegment.objects.filter(session=session).exists()
+
+
+# ------------------------------------------------------------------ one path for the socket and the worker
+
+
+def test_a_write_applied_in_process_and_also_queued_lands_once(api: Any) -> None:
+    """The legacy socket applies its writes through the services in-process and queues for Celery
+    what it could not confirm: when both land, the transcript line, the usage and the end each
+    count once."""
+    session = VoiceSessionFactory.create(organization=api.org, transport=contracts.Transport.WEBSOCKET)
+    started = contracts.SessionStarted(session_id=str(session.id), providers="offline", occurred_at=T0)
+    line = _segment(session, 0, "I need an appointment tomorrow")
+    usage = usage_event(session, *KIMI_TURN)
+    ended = _ended(session, contracts.EndReason.COMPLETED)
+
+    lifecycle.voice_session_started_apply(event=started)
+    lifecycle.transcript_segment_add(segment=line)
+    lifecycle.usage_add(usage=usage)
+    lifecycle.voice_session_ended_apply(event=ended)
+    for event in (started, line, usage, ended):
+        lifecycle.worker_event_queue(event=event)  # eager here: the task runs now
+
+    detail = api.get(f"/v1/voice/sessions/{session.id}").json()
+    assert (detail["status"], detail["end_reason"], detail["providers"]) == ("ended", "completed", "offline")
+    assert detail["usage"]["total_cost"] == "0.048718"  # one turn, not two
+    assert [t["text"] for t in api.get(f"/v1/voice/sessions/{session.id}/transcripts").json()["segments"]] == [
+        "I need an appointment tomorrow"
+    ]
+    assert UsageRecord.objects.filter(session_id=session.id).count() == len(KIMI_TURN)
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.USAGE).count() == 1
+
+
+def test_a_queued_write_the_socket_could_not_apply_is_applied_by_its_task(api: Any) -> None:
+    session = VoiceSessionFactory.create(organization=api.org, transport=contracts.Transport.WEBSOCKET)
+    lifecycle.worker_event_queue(event=_segment(session, 0, "hello", role="agent"))
+    lifecycle.worker_event_queue(event=_ended(session, contracts.EndReason.USER_LEFT))
+
+    session.refresh_from_db()
+    assert (session.status, session.end_reason) == ("ended", "user_left")
+    assert list(TranscriptSegment.objects.filter(session=session).values_list("role", "text")) == [("agent", "hello")]
