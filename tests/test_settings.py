@@ -62,10 +62,18 @@ def test_production_refuses_livekit_dev_credentials() -> None:
     assert "LIVEKIT_API_KEY" in result.stderr
 
 
-def test_bad_typed_env_value_fails_loudly() -> None:
-    result = _manage("check", env={"DJANGO_DEBUG": "maybe"})
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("DJANGO_DEBUG", "maybe", "must be a boolean"),
+        # Read once at start-up: a bad limit stops the server, not every call that connects.
+        ("LEGACY_WS_MAX_AHEAD_SECONDS", "two", "must be a number"),
+    ],
+)
+def test_bad_typed_env_value_fails_loudly(name: str, value: str, said: str) -> None:
+    result = _manage("check", env={name: value})
     assert result.returncode != 0
-    assert "DJANGO_DEBUG must be a boolean" in result.stderr
+    assert f"{name} {said}" in result.stderr
 
 
 def _without(*names: str) -> dict[str, str]:

@@ -1,12 +1,14 @@
 """The legacy PCM WebSocket ``/ws/voice-agent?key=cm_…``: one voice session per socket.
 
-The protocol (messages, close codes, limits) is written down in docs/legacy-websocket.md; the
-constants below are the ones it documents. The socket runs the very same ``Conversation`` as
-the LiveKit worker, in this process: caller PCM goes straight from ``receive`` into a
-``QueueAudioInput`` and the agent's PCM straight from a ``CallbackAudioOutput`` to ``send`` —
-never through the channel layer. The session row is an ordinary one (transport ``websocket``):
-it is admitted by ``voice_session_create`` and the conversation's events are applied through the
-same task bodies the worker's Celery events run, called in-process.
+The protocol (messages, close codes, limits) is written down in docs/legacy-websocket.md; its
+constants and the config reader are ``voice.legacy.protocol``, its limits ``voice.legacy.limits``.
+The socket runs the very same ``Conversation`` as the LiveKit worker, in this process: caller PCM
+goes straight from ``receive`` into a ``QueueAudioInput`` and the agent's PCM straight from a
+``CallbackAudioOutput`` to ``send`` — never through the channel layer. The session row is an
+ordinary one (transport ``websocket``): it is admitted by ``voice_session_create``, and the
+conversation's writes (start, transcript lines, usage, end) go through the same voice services
+the worker's Celery tasks call. The caller's audio is paced by ``CallerAudioClock`` and its usage
+gathered by ``UsageBuffer``; this module is the adapter between the socket and those parts.
 
 The channel layer carries control only: the consumer joins ``voice-session.<id>`` and ends the
 conversation on ``session.terminate`` (REST DELETE, billing, key revocation). A call that cannot
@@ -20,11 +22,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 from autobahn.exception import Disconnected
@@ -47,221 +48,47 @@ from agent_worker.providers import sarvam_stt as _stt_client  # noqa: F401
 from agent_worker.providers import sarvam_tts as _tts_client  # noqa: F401
 from callmissed import jsonsafe
 from callmissed.errors import ApplicationError, ErrorCode
-from voice import selectors, services, tasks
-from voice.config import SessionConfigSerializer
+from voice import lifecycle, selectors, services
+from voice.legacy.audio_clock import CallerAudioClock
+from voice.legacy.limits import LegacyWsLimits
+from voice.legacy.protocol import (
+    ADMISSION_CLOSE,
+    AUTH_CLOSE,
+    DEFAULT_SAMPLE_RATE,
+    END_CLOSE,
+    END_ERROR,
+    NOT_AN_OBJECT,
+    PIPELINE_RATE,
+    TEXT_TOO_LONG,
+    CloseCode,
+    WsErrorCode,
+    config_invalid,
+    parse_config,
+    text_too_long,
+    unsafe_config_fields,
+)
+from voice.legacy.usage_buffer import UsageBuffer
 from voice.ws_control import group_join, session_group
 
 logger = logging.getLogger(__name__)
-
-SUPPORTED_SAMPLE_RATES = (8000, 16000, 24000)
-DEFAULT_SAMPLE_RATE = 16000
-# Sarvam's streaming STT takes 8 or 16 kHz: a 24 kHz socket runs its providers at 16 kHz and the
-# session resamples both ways.
-_PIPELINE_RATE = {8000: 8000, 16000: 16000, 24000: 16000}
-CONFIG_FIELDS_WS_ONLY = ("type", "sample_rate")
-# A config is a few hundred bytes and the control messages fewer: a longer text message is
-# refused before it is parsed.
-MAX_TEXT_MESSAGE_BYTES = 64 * 1024
-# What Daphne is started with (--websocket-max-message-size): it reads a whole message before
-# the consumer sees it, so a larger one is refused there, with 1009.
-MAX_MESSAGE_BYTES = 1024 * 1024
-
-
-class CloseCode(IntEnum):
-    NORMAL = 1000  # the session ended (see session.ended's reason)
-    # Sent by Daphne's WebSocket layer itself, with no error event: a frame that breaks the
-    # protocol, a text message that is not UTF-8, a message over MAX_MESSAGE_BYTES.
-    WS_PROTOCOL_VIOLATION = 1002
-    WS_INVALID_PAYLOAD = 1007
-    WS_MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    KEY_MISSING = 4001
-    KEY_INVALID = 4002
-    KEY_REVOKED = 4003  # revoked or expired
-    PROTOCOL_ERROR = 4400
-    PAYMENT_REQUIRED = 4402  # refused at admission, or ended for insufficient funds
-    CONFIG_TIMEOUT = 4408
-    AUDIO_TOO_FAST = 4409
-    FRAME_TOO_LARGE = 4413
-    INVALID_AUDIO = 4415
-    INVALID_CONFIG = 4422
-    CONCURRENCY_LIMIT = 4429
-    CAPACITY_EXHAUSTED = 4503
-    # The same code: the server cannot run the call safely right now (its control channel is down).
-    SERVICE_UNAVAILABLE = 4503
-
-
-class WsErrorCode(StrEnum):
-    """``error`` event codes of the socket's own; the rest are the REST API's ``ErrorCode``s."""
-
-    PROTOCOL_ERROR = "protocol_error"
-    CONFIG_TIMEOUT = "config_timeout"
-    AUDIO_TOO_FAST = "audio_too_fast"
-    AUDIO_UNDERRUN = "audio_underrun"
-    AUDIO_DROPPED = "audio_dropped"
-    FRAME_TOO_LARGE = "frame_too_large"
-    INVALID_AUDIO = "invalid_audio"
-    PROVIDER_ERROR = "provider_error"
-
-
-_AUTH_CLOSE = {
-    ErrorCode.UNAUTHENTICATED: CloseCode.KEY_MISSING,
-    ErrorCode.INVALID_API_KEY: CloseCode.KEY_INVALID,
-    ErrorCode.REVOKED_API_KEY: CloseCode.KEY_REVOKED,
-    ErrorCode.EXPIRED_API_KEY: CloseCode.KEY_REVOKED,
-}
-_ADMISSION_CLOSE = {
-    **_AUTH_CLOSE,  # the key revoked or expired between the connect and the config
-    ErrorCode.PAYMENT_REQUIRED: CloseCode.PAYMENT_REQUIRED,
-    ErrorCode.CONCURRENCY_LIMIT: CloseCode.CONCURRENCY_LIMIT,
-    ErrorCode.RATE_LIMITED: CloseCode.CONCURRENCY_LIMIT,
-    ErrorCode.CAPACITY_EXHAUSTED: CloseCode.CAPACITY_EXHAUSTED,
-    ErrorCode.VALIDATION_ERROR: CloseCode.INVALID_CONFIG,
-}
-_END_CLOSE = {
-    contracts.EndReason.INSUFFICIENT_FUNDS: CloseCode.PAYMENT_REQUIRED,
-    contracts.EndReason.PROVIDER_ERROR: CloseCode.INTERNAL_ERROR,
-    contracts.EndReason.ERROR: CloseCode.INTERNAL_ERROR,
-    contracts.EndReason.KEY_REVOKED: CloseCode.KEY_REVOKED,
-}
-# The error event owed before a close other than 1000 when nothing has said why yet.
-_END_ERROR = {
-    contracts.EndReason.INSUFFICIENT_FUNDS: str(ErrorCode.PAYMENT_REQUIRED),
-    contracts.EndReason.PROVIDER_ERROR: str(WsErrorCode.PROVIDER_ERROR),
-}
-
 
 _TICK_SECONDS = 0.1
 # Joining the session's control group is retried after these pauses before the call is refused.
 _CONTROL_JOIN_RETRY_SECONDS = (0.25, 0.5)
 CONTROL_UNAVAILABLE_RETRY_AFTER_SECONDS = 5
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    return float(raw) if raw else default
-
-
-@dataclass(frozen=True)
-class LegacyWsLimits:
-    """The socket's limits; each is documented and overridable by the environment variable named."""
-
-    config_timeout_seconds: float = 10.0  # LEGACY_WS_CONFIG_TIMEOUT_SECONDS
-    max_frame_seconds: float = 1.0  # LEGACY_WS_MAX_FRAME_SECONDS
-    # How far the client's audio may run ahead of the wall clock (bursts, network jitter).
-    max_ahead_seconds: float = 2.0  # LEGACY_WS_MAX_AHEAD_SECONDS
-    # How far behind the client may fall before the gap is filled with silence.
-    underrun_fill_seconds: float = 0.5  # LEGACY_WS_UNDERRUN_FILL_SECONDS
-    # Caller audio the pipeline may fall behind by before the oldest is dropped.
-    input_buffer_seconds: float = 3.0  # LEGACY_WS_INPUT_BUFFER_SECONDS
-    usage_report_seconds: float = 5.0  # LEGACY_WS_USAGE_REPORT_SECONDS
-    # How often a call reads its own row, so one ended elsewhere stops even if the control
-    # message to this socket was lost.
-    session_check_seconds: float = 2.0  # LEGACY_WS_SESSION_CHECK_SECONDS
-
-    @classmethod
-    def from_env(cls) -> LegacyWsLimits:
-        return cls(
-            config_timeout_seconds=_env_float("LEGACY_WS_CONFIG_TIMEOUT_SECONDS", cls.config_timeout_seconds),
-            max_frame_seconds=_env_float("LEGACY_WS_MAX_FRAME_SECONDS", cls.max_frame_seconds),
-            max_ahead_seconds=_env_float("LEGACY_WS_MAX_AHEAD_SECONDS", cls.max_ahead_seconds),
-            underrun_fill_seconds=_env_float("LEGACY_WS_UNDERRUN_FILL_SECONDS", cls.underrun_fill_seconds),
-            input_buffer_seconds=_env_float("LEGACY_WS_INPUT_BUFFER_SECONDS", cls.input_buffer_seconds),
-            usage_report_seconds=_env_float("LEGACY_WS_USAGE_REPORT_SECONDS", cls.usage_report_seconds),
-            session_check_seconds=_env_float("LEGACY_WS_SESSION_CHECK_SECONDS", cls.session_check_seconds),
-        )
-
-    def max_frame_bytes(self, sample_rate: int) -> int:
-        return int(sample_rate * self.max_frame_seconds) * 2
-
-
-class ConfigInvalid(Exception):
-    def __init__(self, fields: dict[str, list[str]]) -> None:
-        self.fields = fields
-        name, messages = next(iter(fields.items()))
-        self.message = f"{name}: {messages[0]}"
-        super().__init__(self.message)
-
-
-def parse_config(message: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """The REST body fields validated by the REST serializer, plus the socket's ``sample_rate``."""
-    errors: dict[str, list[str]] = {}
-    rate = message.get("sample_rate", DEFAULT_SAMPLE_RATE)
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SUPPORTED_SAMPLE_RATES:
-        accepted = ", ".join(map(str, SUPPORTED_SAMPLE_RATES))
-        errors["sample_rate"] = [f"Unsupported sample rate {rate!r}. Accepted values: {accepted}."]
-    body = {k: v for k, v in message.items() if k not in CONFIG_FIELDS_WS_ONLY}
-    serializer = SessionConfigSerializer(data=body)
-    if not serializer.is_valid():
-        for name, messages in serializer.errors.items():
-            errors[str(name)] = [str(m) for m in messages]
-    if errors:
-        raise ConfigInvalid(dict(sorted(errors.items(), key=lambda item: item[0] == "sample_rate")))
-    return dict(serializer.validated_data), rate
-
-
-class _BadNumber:
-    """A number the strict reader refuses, kept in place so the field holding it can be named."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    @staticmethod
-    def refuse(value: Any) -> Any:
-        if isinstance(value, _BadNumber):
-            raise jsonsafe.UnsafeJson(f"The number {value.text[:32]} is out of range.")
-        raise TypeError(type(value).__name__)
-
-
-def _finite_or_bad(text: str) -> float | _BadNumber:
-    value = float(text)
-    return value if math.isfinite(value) else _BadNumber(text)
-
-
-def unsafe_config_fields(text: str) -> dict[str, list[str]]:
-    """The fields of a config message that ``jsonsafe`` refused, each with the reason.
-
-    A config object whose ``metadata`` holds a NUL or whose ``sample_rate`` is ``1e400`` is a
-    field error for the client to fix (4422, as the REST API's 400 names the field), not an
-    unreadable message (4400). Empty when the text is not otherwise a config object, or when what
-    is wrong cannot be pinned on one field name that is itself fit to send back."""
-    try:
-        message = json.loads(text, parse_float=_finite_or_bad, parse_constant=_BadNumber)
-    except (ValueError, RecursionError):
-        return {}
-    if not isinstance(message, dict) or message.get("type") != "config":
-        return {}
-    fields: dict[str, list[str]] = {}
-    for name, value in message.items():
-        try:
-            jsonsafe.loads(json.dumps(name))
-        except ValueError:
-            return {}  # a name with a NUL or a lone surrogate cannot be sent back as a field
-        try:
-            # Re-encoded (NUL and surrogates escaped, bad numbers refused on the way) and read
-            # back strictly, one level down (in a list) as it is inside the message.
-            jsonsafe.loads(json.dumps([value], default=_BadNumber.refuse))
-        except jsonsafe.UnsafeJson as error:
-            fields[name] = [str(error)]
-        except (ValueError, RecursionError):
-            fields[name] = [f"Nested more than {jsonsafe.MAX_DEPTH} levels deep."]
-    return fields
-
-
 _RETRYABLE_DB_ERRORS = (OperationalError, InterfaceError)
 _DB_ATTEMPTS = 3
 
 
-async def apply_event(task: Any, event: contracts.WorkerEvent) -> None:
-    """Apply a worker event through its Celery task's body, in-process, as the worker's events are.
+async def _record(write: Callable[[], object], event: contracts.WorkerEvent) -> None:
+    """Apply one of the call's writes now: ``write`` hands ``event`` to its voice service.
 
-    A database blip is retried here at once; anything that still fails (a missing price, a
-    database that stays away) is handed to Celery with the event id as task id, so the task's own
-    retries apply it later. The task bodies apply each event id once, so neither path doubles it."""
-    payload = event.model_dump(mode="json")
+    A database blip is retried here at once; what still fails (a missing price, a database that
+    stays away) is queued for the Celery task of the event, whose own retries apply it later. The
+    services apply each event id once, so neither path doubles it."""
     for attempt in range(1, _DB_ATTEMPTS + 1):
         try:
-            await database_sync_to_async(task)(payload)
+            await database_sync_to_async(write)()
             return
         except _RETRYABLE_DB_ERRORS:
             if attempt == _DB_ATTEMPTS:
@@ -277,7 +104,7 @@ async def apply_event(task: Any, event: contracts.WorkerEvent) -> None:
         exc_info=True,
     )
     try:
-        await database_sync_to_async(task.apply_async)(kwargs={"payload": payload}, task_id=event.event_id)
+        await database_sync_to_async(lifecycle.worker_event_queue)(event=event)
     except Exception:
         logger.exception("Could not queue %s %s for session %s", type(event).__name__, event.event_id, event.session_id)
 
@@ -319,7 +146,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = LegacyWsLimits.from_env()
+        self.limits = LegacyWsLimits.from_settings()
         self.session_id = ""
         self.sample_rate = DEFAULT_SAMPLE_RATE
         self._phase = _Phase.AWAITING_CONFIG
@@ -333,24 +160,11 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._background: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
-        # The caller's audio clock: seconds received, measured against the config's arrival for
-        # "too fast"; with the silence filled in, against the session's start for "too slow" —
-        # lenient both ways about the time the session took to create. Filled silence never
-        # counts as the caller's: when this server falls behind, the frames waiting in the socket
-        # arrive in a burst after the fill, and that is our lag, not a client sending too fast.
-        self._clock_origin = 0.0
-        self._fill_origin = 0.0
-        self._client_seconds = 0.0
-        self._filled_seconds = 0.0
+        # The caller's audio clock, made when the config arrives; the usage buffer, with the session.
+        self._clock: CallerAudioClock | None = None
+        self._usage: UsageBuffer | None = None
+        self._usage_write: asyncio.Task[None] | None = None
         self._max_frame_bytes = 0
-        self._underrun_reported = False
-        self._dropped_reported = 0.0
-        # Usage deltas not yet applied to the database, and the running totals shown to the client.
-        self._usage_pending: dict[tuple[str, str, str], float] = {}
-        self._usage_totals: dict[tuple[str, str, str], float] = {}
-        self._usage_lock = asyncio.Lock()
-        self._usage_flushed_at = 0.0
-        self._row_checked_at = 0.0
         self._agent_speaking = False
         self._fatal_error_sent = False
 
@@ -455,7 +269,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         if auth is None or not auth.ok:
             code = auth.error_code if auth is not None and auth.error_code else ErrorCode.UNAUTHENTICATED
             message = auth.message if auth is not None else "Authentication is not configured for this socket."
-            await self._refuse(_AUTH_CLOSE.get(code, CloseCode.KEY_INVALID), str(code), message)
+            await self._refuse(AUTH_CLOSE.get(code, CloseCode.KEY_INVALID), str(code), message)
             return
         loop = asyncio.get_running_loop()
         self._config_timer = loop.call_later(self.limits.config_timeout_seconds, self._on_config_timeout)
@@ -524,7 +338,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
     async def _receive_config(self, text_data: str | None, bytes_data: bytes | None) -> None:
         # The caller's audio clock starts with the config: a client may stream right after it,
         # and what it sends while the session is being created is not "ahead" of real time.
-        self._clock_origin = time.monotonic()
+        received_at = time.monotonic()
         # A config is in hand: the timer must not refuse the socket while the row is created.
         if self._config_timer is not None:
             self._config_timer.cancel()
@@ -535,18 +349,15 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 'Audio before the config message: send {"type": "config", …} first.',
             )
             return
-        if _text_too_long(text_data):
-            await self._refuse(CloseCode.FRAME_TOO_LARGE, WsErrorCode.FRAME_TOO_LARGE, _TEXT_TOO_LONG)
+        if text_too_long(text_data):
+            await self._refuse(CloseCode.FRAME_TOO_LARGE, WsErrorCode.FRAME_TOO_LARGE, TEXT_TOO_LONG)
             return
         try:
             message = jsonsafe.loads(text_data)
         except jsonsafe.UnsafeJson as error:
             fields = unsafe_config_fields(text_data)
             if fields:
-                name, reasons = next(iter(fields.items()))
-                await self._refuse(
-                    CloseCode.INVALID_CONFIG, ErrorCode.VALIDATION_ERROR, f"{name}: {reasons[0]}", fields
-                )
+                await self._refuse_admission(config_invalid(fields))
             else:
                 await self._refuse(
                     CloseCode.PROTOCOL_ERROR,
@@ -561,14 +372,10 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 'The first message must be a JSON object {"type": "config", …}.',
             )
             return
-        try:
-            config, rate = parse_config(message)
-        except ConfigInvalid as error:
-            await self._refuse(CloseCode.INVALID_CONFIG, ErrorCode.VALIDATION_ERROR, error.message, error.fields)
-            return
         auth: WsKeyAuth = self.scope[SCOPE_KEY]
         assert auth.api_key is not None
         try:
+            config, rate = parse_config(message)
             created = await database_sync_to_async(services.voice_session_create)(
                 organization=auth.api_key.organization,
                 api_key=auth.api_key,
@@ -576,8 +383,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 transport=contracts.Transport.WEBSOCKET,
             )
         except ApplicationError as error:
-            close = _ADMISSION_CLOSE.get(error.code, CloseCode.PROTOCOL_ERROR)
-            await self._refuse(close, str(error.code), error.message, error.fields or None, error.retry_after)
+            await self._refuse_admission(error)
             return
         if self._config_timer is not None:
             self._config_timer.cancel()
@@ -586,7 +392,19 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             await self._end_row_that_never_ran(str(created.session.id), contracts.EndReason.USER_LEFT)
             self._phase = _Phase.CLOSED
             return
+        self._clock = CallerAudioClock(
+            sample_rate=rate,
+            received_at=received_at,
+            max_ahead_seconds=self.limits.max_ahead_seconds,
+            underrun_fill_seconds=self.limits.underrun_fill_seconds,
+            tick_seconds=_TICK_SECONDS,
+        )
         await self._start_session(str(created.session.id), created.session.config(), rate)
+
+    async def _refuse_admission(self, error: ApplicationError) -> None:
+        """A config the service layer refused (invalid, or not admitted): its error, its close code."""
+        close = ADMISSION_CLOSE.get(error.code, CloseCode.PROTOCOL_ERROR)
+        await self._refuse(close, str(error.code), error.message, error.fields or None, error.retry_after)
 
     # ------------------------------------------------------------------ the session
 
@@ -597,6 +415,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             return
         self.sample_rate = rate
         self._max_frame_bytes = self.limits.max_frame_bytes(rate)
+        self._usage = UsageBuffer(session_id=session_id, report_seconds=self.limits.usage_report_seconds)
         self._audio_in = QueueAudioInput(sample_rate=rate, max_buffered_seconds=self.limits.input_buffer_seconds)
         self._audio_out = CallbackAudioOutput(sample_rate=rate, on_audio=self._send_audio)
         conversation = Conversation(
@@ -604,7 +423,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             config=config,
             providers=settings.PROVIDERS,
             observer=_SocketObserver(self),
-            sample_rate=_PIPELINE_RATE[rate],
+            sample_rate=PIPELINE_RATE[rate],
             idle_timeout_seconds=settings.AGENT_IDLE_TIMEOUT_SECONDS,
             goodbye_lead_seconds=settings.AGENT_GOODBYE_LEAD_SECONDS,
         )
@@ -631,12 +450,11 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             return
         # The caller's frames wait unread while the pipeline starts (the first session of a
         # process loads the offline models): the underrun clock starts once they can be heard.
-        self._fill_origin = self._usage_flushed_at = self._row_checked_at = time.monotonic()
+        if self._clock is not None:
+            self._clock.listening()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name=f"legacy-ws-tick-{session_id}")
-        await apply_event(
-            tasks.session_started,
-            contracts.SessionStarted(session_id=session_id, providers=conversation.providers_label),
-        )
+        started = contracts.SessionStarted(session_id=session_id, providers=conversation.providers_label)
+        await _record(lambda: lifecycle.voice_session_started_apply(event=started), started)
 
     async def _join_control_group(self) -> bool:
         """Join ``voice-session.<id>``, through which DELETE, billing and key revocation stop
@@ -673,13 +491,11 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
 
     async def _end_row_that_never_ran(self, session_id: str, reason: contracts.EndReason, *, error: str = "") -> None:
         """Close the row of a session no conversation ran (it frees its slot), as the worker would."""
-        await apply_event(
-            tasks.session_ended,
-            contracts.SessionEnded(session_id=session_id, reason=reason, duration_seconds=0, error=error),
-        )
+        ended = contracts.SessionEnded(session_id=session_id, reason=reason, duration_seconds=0, error=error)
+        await _record(lambda: lifecycle.voice_session_ended_apply(event=ended), ended)
 
     async def _receive_audio(self, pcm: bytes) -> None:
-        assert self._audio_in is not None
+        assert self._audio_in is not None and self._clock is not None
         if not pcm:
             return
         if len(pcm) % 2:
@@ -697,9 +513,8 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 f"({self._max_frame_bytes} bytes at {self.sample_rate} Hz); got {len(pcm)} bytes.",
             )
             return
-        self._client_seconds += len(pcm) / 2 / self.sample_rate
-        ahead = self._client_seconds - (time.monotonic() - self._clock_origin)
-        if ahead > self.limits.max_ahead_seconds:
+        ahead = self._clock.receive(len(pcm))
+        if ahead is not None:
             await self._fail(
                 CloseCode.AUDIO_TOO_FAST,
                 WsErrorCode.AUDIO_TOO_FAST,
@@ -710,13 +525,13 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._audio_in.push(pcm)
 
     async def _receive_control(self, text: str) -> None:
-        if _text_too_long(text):
-            await self._fail(CloseCode.FRAME_TOO_LARGE, WsErrorCode.FRAME_TOO_LARGE, _TEXT_TOO_LONG)
+        if text_too_long(text):
+            await self._fail(CloseCode.FRAME_TOO_LARGE, WsErrorCode.FRAME_TOO_LARGE, TEXT_TOO_LONG)
             return
         try:
             message = jsonsafe.loads(text)
         except jsonsafe.UnsafeJson as error:
-            await self.send_error(WsErrorCode.PROTOCOL_ERROR, f"{_NOT_AN_OBJECT} {error}", fatal=False)
+            await self.send_error(WsErrorCode.PROTOCOL_ERROR, f"{NOT_AN_OBJECT} {error}", fatal=False)
             return
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "end":
@@ -726,7 +541,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         elif kind == "config":
             await self.send_error(WsErrorCode.PROTOCOL_ERROR, "The session is already configured.", fatal=False)
         elif not isinstance(message, dict):
-            await self.send_error(WsErrorCode.PROTOCOL_ERROR, _NOT_AN_OBJECT, fatal=False)
+            await self.send_error(WsErrorCode.PROTOCOL_ERROR, NOT_AN_OBJECT, fatal=False)
         else:
             await self.send_error(
                 WsErrorCode.PROTOCOL_ERROR, f"Unknown message type {repr(kind)[:80]}. Accepted: end.", fatal=False
@@ -743,41 +558,36 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         self._spawn(self._conversation.end(contracts.EndReason.ERROR, error=message))
 
     async def _tick(self) -> None:
-        """Every tick: fill a slow client's gaps with silence, report dropped audio and usage."""
-        assert self._audio_in is not None
+        """Every tick: fill a slow client's gaps with silence, report dropped audio, write usage,
+        and now and then read the session's row."""
+        assert self._audio_in is not None and self._clock is not None and self._usage is not None
+        row_checked_at = self._clock.now()
         while True:
-            due = time.monotonic() + _TICK_SECONDS
+            due = self._clock.now() + _TICK_SECONDS
             await asyncio.sleep(_TICK_SECONDS)
-            now = time.monotonic()
-            # Woken late, this process was busy: the caller's frames may be waiting unread, so a
-            # gap now is our lag, not theirs; the next tick decides once they are read.
-            stalled = now - due > _TICK_SECONDS / 2
-            behind = (now - self._fill_origin) - (self._client_seconds + self._filled_seconds)
-            if self._phase is _Phase.RUNNING and not stalled and behind > self.limits.underrun_fill_seconds:
+            fill = self._clock.tick(due=due) if self._phase is _Phase.RUNNING else None
+            if fill is not None:
                 # A phone line never goes quiet: without audio the STT cannot hear the end of
                 # an utterance, so a stalled client is heard as silence, as a LiveKit caller is.
-                samples = math.floor(behind * self.sample_rate)
-                self._audio_in.push(b"\x00\x00" * samples)
-                self._filled_seconds += samples / self.sample_rate
-                if not self._underrun_reported:
-                    self._underrun_reported = True
+                self._audio_in.push(fill.pcm)
+                if fill.first:
                     await self.send_error(
                         WsErrorCode.AUDIO_UNDERRUN,
-                        f"No audio for {behind:.1f} s: the gap was filled with silence. Send audio in real time.",
+                        f"No audio for {fill.behind_seconds:.1f} s: the gap was filled with silence. "
+                        "Send audio in real time.",
                         fatal=False,
                     )
-            dropped = self._audio_in.dropped_seconds
-            if dropped - self._dropped_reported >= 0.5:
-                self._dropped_reported = dropped
+            dropped = self._clock.dropped_to_report(self._audio_in.dropped_seconds)
+            if dropped is not None:
                 await self.send_error(
                     WsErrorCode.AUDIO_DROPPED,
                     f"The pipeline fell behind; {dropped:.1f} s of your audio was dropped so far.",
                     fatal=False,
                 )
-            if now - self._usage_flushed_at >= self.limits.usage_report_seconds:
+            if self._usage.due():
                 await self._flush_usage()
-            if now - self._row_checked_at >= self.limits.session_check_seconds:
-                self._row_checked_at = now
+            if self._clock.now() - row_checked_at >= self.limits.session_check_seconds:
+                row_checked_at = self._clock.now()
                 await self._stop_if_ended_elsewhere()
 
     async def _stop_if_ended_elsewhere(self) -> None:
@@ -809,7 +619,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             }
         )
         if event.final and event.text.strip():
-            await apply_event(tasks.transcript_segment, segment)
+            await _record(lambda: lifecycle.transcript_segment_add(segment=segment), segment)
 
     async def on_agent_state(self, state: str) -> None:
         speaking = state == "speaking"
@@ -818,30 +628,29 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             await self.send_event({"type": "agent.speaking" if speaking else "agent.stopped"})
 
     async def on_usage(self, items: list[contracts.UsageItem]) -> None:
-        for item in items:
-            key = (str(item.component), item.model, item.provider)
-            self._usage_pending[key] = self._usage_pending.get(key, 0.0) + item.quantity
-            self._usage_totals[key] = self._usage_totals.get(key, 0.0) + item.quantity
+        assert self._usage is not None
+        self._usage.add(items)
         await self.send_event(
             {
                 "type": "usage",
-                "items": [_usage_json(i.component, i.model, i.provider, i.quantity) for i in items],
-                "totals": [_usage_json(c, m, p, q) for (c, m, p), q in sorted(self._usage_totals.items())],
+                "items": [_usage_json(item) for item in items],
+                "totals": [_usage_json(item) for item in self._usage.totals()],
             }
         )
 
     async def _flush_usage(self) -> None:
-        """Apply the usage gathered since the last flush: billing sees it within seconds, mid-call."""
-        async with self._usage_lock:
-            self._usage_flushed_at = time.monotonic()
-            if not self._usage_pending:
-                return
-            pending, self._usage_pending = self._usage_pending, {}
-            items = [
-                contracts.UsageItem(component=contracts.UsageComponent(c), model=m, provider=p, quantity=round(q, 6))
-                for (c, m, p), q in pending.items()
-            ]
-            await apply_event(tasks.usage_reported, contracts.UsageReported(session_id=self.session_id, items=items))
+        """Write the usage gathered since the last flush: billing sees it within seconds, mid-call.
+        The write outlives a cancelled tick: the end's flush waits for it, so none is lost."""
+        assert self._usage is not None
+        if self._usage_write is not None:
+            await asyncio.shield(self._usage_write)
+        usage = self._usage.take()
+        if usage is None:
+            return
+        self._usage_write = asyncio.get_running_loop().create_task(
+            _record(lambda: lifecycle.usage_add(usage=usage), usage)
+        )
+        await asyncio.shield(self._usage_write)
 
     async def on_ended(self, ended: ConversationEnded) -> None:
         try:
@@ -849,21 +658,14 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 self._ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._ticker
-            await self._flush_usage()
-            await apply_event(
-                tasks.session_ended,
-                contracts.SessionEnded(
-                    session_id=self.session_id,
-                    reason=ended.reason,
-                    duration_seconds=max(0.0, ended.duration_seconds),
-                    turn_latencies=ended.turn_latencies,
-                    error=ended.error,
-                ),
-            )
-            close = self._close_code or _END_CLOSE.get(ended.reason, CloseCode.NORMAL)
+            if self._usage is not None:
+                await self._flush_usage()
+            event = ended.event(self.session_id)
+            await _record(lambda: lifecycle.voice_session_ended_apply(event=event), event)
+            close = self._close_code or END_CLOSE.get(ended.reason, CloseCode.NORMAL)
             if close is not CloseCode.NORMAL and not self._fatal_error_sent:
                 await self.send_error(
-                    _END_ERROR.get(ended.reason, str(ErrorCode.INTERNAL_ERROR)),
+                    END_ERROR.get(ended.reason, str(ErrorCode.INTERNAL_ERROR)),
                     ended.error or f"The session ended: {ended.reason}.",
                     fatal=True,
                 )
@@ -940,15 +742,10 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
         task.add_done_callback(self._background.discard)
 
 
-_TEXT_TOO_LONG = f"Text messages may be at most {MAX_TEXT_MESSAGE_BYTES // 1024} KiB; audio goes in binary messages."
-
-
-def _text_too_long(text: str) -> bool:
-    return len(text) > MAX_TEXT_MESSAGE_BYTES or len(text.encode("utf-8")) > MAX_TEXT_MESSAGE_BYTES
-
-
-_NOT_AN_OBJECT = "Text messages must be JSON objects; audio goes in binary messages."
-
-
-def _usage_json(component: str, model: str, provider: str, quantity: float) -> dict[str, Any]:
-    return {"component": str(component), "model": model, "provider": provider, "quantity": round(quantity, 6)}
+def _usage_json(item: contracts.UsageItem) -> dict[str, Any]:
+    return {
+        "component": str(item.component),
+        "model": item.model,
+        "provider": item.provider,
+        "quantity": round(item.quantity, 6),
+    }

@@ -30,7 +30,7 @@ from billing import selectors as billing_selectors
 from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 from voice import lifecycle
-from voice.consumers import CloseCode
+from voice.legacy.protocol import CloseCode
 from voice.models import TranscriptSegment, VoiceSession
 from voice.tests.factories import VoiceSessionFactory
 from voice.tests.ws_support import (

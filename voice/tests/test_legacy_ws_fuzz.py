@@ -28,7 +28,8 @@ from billing.models import BillingAccount
 from billing.selectors import billing_account_get
 from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam, silence
-from voice.consumers import MAX_MESSAGE_BYTES, MAX_TEXT_MESSAGE_BYTES, CloseCode, VoiceAgentConsumer
+from voice.consumers import VoiceAgentConsumer
+from voice.legacy.protocol import MAX_MESSAGE_BYTES, MAX_TEXT_MESSAGE_BYTES, CloseCode
 from voice.models import VoiceSession
 from voice.tests.test_legacy_ws_protocol import documented_close_codes
 from voice.tests.ws_support import (

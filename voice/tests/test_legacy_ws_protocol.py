@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from voice.consumers import MAX_TEXT_MESSAGE_BYTES, CloseCode, unsafe_config_fields
+from voice.legacy.protocol import MAX_TEXT_MESSAGE_BYTES, CloseCode, unsafe_config_fields
 from voice.tests.ws_support import ROOT
 
 DOC = ROOT / "docs" / "legacy-websocket.md"

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 from testsupport.processes import free_port, stop_process, wait_for_listener
-from voice.consumers import MAX_MESSAGE_BYTES
+from voice.legacy.protocol import MAX_MESSAGE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_SECONDS = 0.02
