@@ -22,7 +22,8 @@ DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 
 # Field names are the variables' names (matched case-insensitively); frozen: read once, never
 # changed; an unknown keyword (a typo in a test) is an error.
-ENV_CONFIG = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="forbid")
+# A limit of "inf" or "nan" would switch a check off without saying so: only finite numbers.
+ENV_CONFIG = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="forbid", allow_inf_nan=False)
 
 
 class SettingsError(ValueError):
@@ -68,6 +69,7 @@ _MUST_BE = {
     "int_parsing": "an integer",
     "int_from_float": "an integer",
     "float_parsing": "a number",
+    "finite_number": "a finite number",
     "decimal_parsing": "a decimal number",
 }
 

@@ -77,7 +77,7 @@ class PlatformSettings(SharedSettings):
     # Where forms may lead besides our own pages: the top-up form's redirect to Stripe Checkout.
     csp_form_action_origins: CommaList = ["https://checkout.stripe.com"]
 
-    # The legacy WebSocket's limits (voice/consumers.py).
+    # The legacy WebSocket's limits (voice/legacy/limits.py).
     legacy_ws_config_timeout_seconds: float = 10.0
     legacy_ws_max_frame_seconds: float = 1.0
     # How far the client's audio may run ahead of the wall clock (bursts, network jitter).

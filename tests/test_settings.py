@@ -68,6 +68,8 @@ def test_production_refuses_livekit_dev_credentials() -> None:
         ("DJANGO_DEBUG", "maybe", "must be a boolean"),
         # Read once at start-up: a bad limit stops the server, not every call that connects.
         ("LEGACY_WS_MAX_AHEAD_SECONDS", "two", "must be a number"),
+        # "inf" would switch the too-fast check off without a word.
+        ("LEGACY_WS_MAX_AHEAD_SECONDS", "inf", "must be a finite number"),
     ],
 )
 def test_bad_typed_env_value_fails_loudly(name: str, value: str, said: str) -> None:
