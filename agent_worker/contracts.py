@@ -8,9 +8,10 @@ imports this module; this module imports nothing from Django.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +26,8 @@ DEFAULT_MAX_DURATION_SECONDS = 300
 MIN_MAX_DURATION_SECONDS = 30
 MAX_MAX_DURATION_SECONDS = 3600
 MAX_SYSTEM_PROMPT_CHARS = 8000
+MAX_LLM_MODEL_CHARS = 200
+TTS_PROVIDERS = (DEFAULT_TTS_PROVIDER,)
 
 
 class Transport(StrEnum):
@@ -61,15 +64,36 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class SessionConfig(_Payload):
-    """What the pipeline needs to run one conversation; validated on the Django side."""
+@dataclass(frozen=True)
+class Limits:
+    """What a client may ask for in a field, checked where a config enters Django.
 
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    voice: str = DEFAULT_VOICE
-    language: str = DEFAULT_LANGUAGE
-    llm_model: str = DEFAULT_LLM_MODEL
-    tts_provider: str = DEFAULT_TTS_PROVIDER
-    max_duration_seconds: int = DEFAULT_MAX_DURATION_SECONDS
+    Django's input serializers are built from the fields that carry these (see
+    ``callmissed.serializers.contract_fields``); pydantic does not enforce them, on purpose: the
+    worker runs whatever config Django accepted, so a limit changed on one side of a deploy never
+    makes the other side refuse a session."""
+
+    min_length: int | None = None
+    max_length: int | None = None
+    ge: int | None = None
+    le: int | None = None
+    choices: tuple[str, ...] = ()
+
+
+class SessionConfig(_Payload):
+    """What the pipeline needs to run one conversation: the one definition of a session config.
+
+    The REST body and the legacy socket's config message are these fields (plus ``metadata``,
+    which stays with Django), validated on the Django side by a serializer built from them."""
+
+    system_prompt: Annotated[str, Limits(min_length=1, max_length=MAX_SYSTEM_PROMPT_CHARS)] = DEFAULT_SYSTEM_PROMPT
+    voice: Annotated[str, Limits(min_length=1)] = DEFAULT_VOICE
+    language: Annotated[str, Limits(min_length=1)] = DEFAULT_LANGUAGE
+    llm_model: Annotated[str, Limits(min_length=1, max_length=MAX_LLM_MODEL_CHARS)] = DEFAULT_LLM_MODEL
+    tts_provider: Annotated[str, Limits(choices=TTS_PROVIDERS)] = DEFAULT_TTS_PROVIDER
+    max_duration_seconds: Annotated[int, Limits(ge=MIN_MAX_DURATION_SECONDS, le=MAX_MAX_DURATION_SECONDS)] = (
+        DEFAULT_MAX_DURATION_SECONDS
+    )
 
 
 class DispatchMetadata(_Payload):

@@ -1,5 +1,5 @@
-"""Validation of a session config: one serializer used by the REST API and the legacy
-WebSocket, so both answer bad input with the same fields and messages."""
+"""Validation of a session config: one serializer, built from the pydantic contract and used by
+the REST API and the legacy WebSocket, so both answer bad input with the same fields and messages."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from agent_worker import catalog, contracts
 from callmissed import jsonsafe
+from callmissed.serializers import ContractSerializer, StrictSerializer
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_KEYS = 32
@@ -46,49 +47,12 @@ def _accepted(values: list[str], limit: int = 50) -> str:
     return shown + (", …" if len(values) > limit else "")
 
 
-class SessionConfigSerializer(serializers.Serializer):
-    system_prompt = serializers.CharField(
-        required=False,
-        default=contracts.DEFAULT_SYSTEM_PROMPT,
-        max_length=contracts.MAX_SYSTEM_PROMPT_CHARS,
-        trim_whitespace=True,
-        allow_blank=False,
-    )
-    voice = serializers.CharField(required=False, default=contracts.DEFAULT_VOICE)
-    language = serializers.CharField(required=False, default=contracts.DEFAULT_LANGUAGE)
-    llm_model = serializers.CharField(required=False, default=contracts.DEFAULT_LLM_MODEL, max_length=200)
-    tts_provider = serializers.CharField(required=False, default=contracts.DEFAULT_TTS_PROVIDER)
-    max_duration_seconds = serializers.IntegerField(
-        required=False,
-        default=contracts.DEFAULT_MAX_DURATION_SECONDS,
-        min_value=contracts.MIN_MAX_DURATION_SECONDS,
-        max_value=contracts.MAX_MAX_DURATION_SECONDS,
-    )
+# The fields of ``contracts.SessionConfig`` with their limits, plus ``metadata``. What the catalog
+# offers (voices, languages, models in service) is checked here, where a config enters, not in the
+# contract the worker reads. No docstring: the schema describes the body with the strict base's.
+class SessionConfigSerializer(StrictSerializer, ContractSerializer):
+    contract = contracts.SessionConfig
     metadata = MetadataField(required=False, default=dict, allow_empty=True)
-
-    def to_internal_value(self, data: Any) -> Any:
-        """Field rules plus what DRF lets slide: unknown fields, "300" for an integer, 5 for a string.
-        Every problem is reported at once, keyed by field."""
-        errors: dict[str, list[str]] = {}
-        if isinstance(data, dict):
-            known = ", ".join(self.fields)
-            for name in sorted(set(data) - set(self.fields)):
-                errors[name] = [f"Unknown field. Accepted fields: {known}."]
-            value = data.get("max_duration_seconds")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                errors["max_duration_seconds"] = ["Must be an integer."]
-            for name in ("system_prompt", "voice", "language", "llm_model", "tts_provider"):
-                if name in data and not isinstance(data[name], str):
-                    errors[name] = ["Must be a string."]
-        try:
-            validated = super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
-            for name, messages in detail.items():
-                errors.setdefault(str(name), [str(m) for m in messages])  # type: ignore[union-attr]
-        if errors:
-            raise serializers.ValidationError(errors)
-        return validated
 
     def validate_voice(self, value: str) -> str:
         ids = [v.id for v in catalog.voices()]
@@ -121,11 +85,6 @@ class SessionConfigSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 model.message or f"{value} is under maintenance. Accepted values: {', '.join(named)}."
             )
-        return value
-
-    def validate_tts_provider(self, value: str) -> str:
-        if value != "sarvam":
-            raise serializers.ValidationError(f"Unknown TTS provider {value!r}. Accepted values: sarvam.")
         return value
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ class VoiceSession(models.Model):
     system_prompt = models.TextField()
     voice = models.CharField(max_length=32)
     language = models.CharField(max_length=16)
-    llm_model = models.CharField(max_length=200)
+    llm_model = models.CharField(max_length=contracts.MAX_LLM_MODEL_CHARS)
     tts_provider = models.CharField(max_length=32)
     max_duration_seconds = models.PositiveIntegerField()
     metadata = models.JSONField(default=dict, blank=True)

@@ -14,6 +14,7 @@ from rest_framework import serializers
 
 from billing.pricing import display, display_quantity
 from billing.selectors import MAX_USAGE_RANGE_DAYS
+from callmissed.serializers import StrictSerializer
 
 
 @extend_schema_field(OpenApiTypes.STR)
@@ -30,18 +31,6 @@ class QuantityField(serializers.Field):
 
     def to_representation(self, value: Decimal) -> str:
         return display_quantity(value)
-
-
-class StrictSerializer(serializers.Serializer):
-    """Unknown fields are an error, not silently ignored."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                accepted = ", ".join(self.fields)
-                raise serializers.ValidationError({name: [f"Unknown field. Accepted: {accepted}."] for name in unknown})
-        return super().to_internal_value(data)
 
 
 class UsageQuerySerializer(StrictSerializer):

@@ -136,6 +136,49 @@ def test_invalid_config_names_the_field(api: Any, body: dict[str, Any], field: s
     assert not VoiceSession.objects.exists()
 
 
+def _limit_breaches() -> list[tuple[str, Any]]:
+    """One value past each limit the contract declares, for a field of the session config."""
+    breaches: list[tuple[str, Any]] = []
+    for name, info in contracts.SessionConfig.model_fields.items():
+        for limit in (m for m in info.metadata if isinstance(m, contracts.Limits)):
+            if limit.min_length:
+                breaches.append((name, "x" * (limit.min_length - 1)))
+            if limit.max_length is not None:
+                breaches.append((name, "x" * (limit.max_length + 1)))
+            if limit.ge is not None:
+                breaches.append((name, limit.ge - 1))
+            if limit.le is not None:
+                breaches.append((name, limit.le + 1))
+            if limit.choices:
+                breaches.append((name, f"not-{limit.choices[0]}"))
+    return breaches
+
+
+@pytest.mark.parametrize(("field", "value"), _limit_breaches())
+def test_every_limit_of_the_contract_is_enforced_by_the_api(api: Any, field: str, value: Any) -> None:
+    """The contract is where a limit is written: a new one is refused at the door without another line."""
+    response = _post(api, {field: value})
+    assert response.status_code == 400, response.content
+    assert field in response.json()["error"]["fields"]
+
+
+def test_the_documented_body_states_the_contracts_defaults_and_limits(api: Any) -> None:
+    schema = api.get("/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    operation = schema["paths"][SESSIONS]["post"]
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    documented = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+    for name, info in contracts.SessionConfig.model_fields.items():
+        limits = next((m for m in info.metadata if isinstance(m, contracts.Limits)), contracts.Limits())
+        field = documented[name]
+        assert field["default"] == info.default, name
+        assert (field.get("maxLength"), field.get("minimum"), field.get("maximum")) == (
+            limits.max_length,
+            limits.ge,
+            limits.le,
+        ), name
+    assert "metadata" in documented
+
+
 def test_all_problems_are_reported_at_once(api: Any) -> None:
     error = _post(api, {"voice": "bob", "language": "xx", "bogus": 1}).json()["error"]
     assert set(error["fields"]) == {"voice", "language", "bogus"}

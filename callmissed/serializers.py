@@ -1,0 +1,121 @@
+"""The base of every input serializer, and serializer fields built from a pydantic contract.
+
+Input is strict: an unknown field is an error (a typo must not fall back silently to a default),
+a JSON number is not a string and a string is not a number, and every problem is reported at once,
+keyed by field, as the error envelope's ``fields``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+from rest_framework import serializers
+from rest_framework.settings import api_settings
+
+from agent_worker.contracts import Limits
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown fields are an error, not silently ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        errors: dict[str, Any] = {}
+        if isinstance(data, Mapping):
+            accepted = ", ".join(self.fields)
+            unknown = sorted(set(data) - set(self.fields))
+            errors = {str(name): [f"Unknown field. Accepted fields: {accepted}."] for name in unknown}
+        try:
+            validated = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not errors:
+                raise
+            detail = exc.detail if isinstance(exc.detail, dict) else {api_settings.NON_FIELD_ERRORS_KEY: exc.detail}
+            raise serializers.ValidationError({**errors, **detail}) from None
+        if errors:
+            raise serializers.ValidationError(errors)
+        return validated
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string; DRF would turn ``5`` or ``["a"]`` into text."""
+
+    default_error_messages = {"type": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("type")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer; DRF would take ``"300"``, ``300.0`` or ``true``."""
+
+    default_error_messages = {"type": "Must be an integer."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("type")
+        return super().to_internal_value(data)
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    """One of a few strings; a refusal names them all."""
+
+    default_error_messages = {"type": "Must be a string."}
+
+    def __init__(self, choices: Any, **kwargs: Any) -> None:
+        super().__init__(choices, **kwargs)
+        accepted = ", ".join(self.choice_strings_to_values)
+        self.error_messages["invalid_choice"] = f"Unknown value {{input!r}}. Accepted values: {accepted}."
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("type")
+        return super().to_internal_value(data)
+
+
+def contract_fields(model: type[BaseModel], *, output: bool = False) -> dict[str, serializers.Field]:
+    """A serializer field per field of ``model``, with its type, default, description and ``Limits``.
+
+    For input a field with a default may be left out. For output every field is always present and
+    only its type (and choices) describe it: a stored value may predate a change of limits."""
+    fields: dict[str, serializers.Field] = {}
+    for name, info in model.model_fields.items():
+        limits = next((m for m in info.metadata if isinstance(m, Limits)), Limits())
+        options: dict[str, Any] = {"help_text": info.description} if info.description else {}
+        if output:
+            limits = Limits(choices=limits.choices)
+            options["read_only"] = True
+        elif info.default_factory is not None:
+            options["default"] = info.default_factory
+        elif not info.is_required():
+            options["default"] = info.default
+        field: serializers.Field
+        if limits.choices:
+            field = StrictChoiceField(choices=list(limits.choices), **options)
+        elif info.annotation is str:
+            field = StrictCharField(
+                min_length=limits.min_length,
+                max_length=limits.max_length,
+                allow_blank=output or limits.min_length == 0,
+                **options,
+            )
+        elif info.annotation is int:
+            field = StrictIntegerField(min_value=limits.ge, max_value=limits.le, **options)
+        else:
+            raise TypeError(f"{model.__name__}.{name}: no serializer field for {info.annotation!r}")
+        fields[name] = field
+    return fields
+
+
+# The fields of a pydantic ``contract``, followed by any declared on the subclass. (A comment, not a
+# docstring: drf-spectacular would describe every subclass without a docstring of its own with it.)
+class ContractSerializer(serializers.Serializer):
+    contract: ClassVar[type[BaseModel]]
+    # An output serializer: every field of the contract always present, none taken as input.
+    contract_output: ClassVar[bool] = False
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {**contract_fields(self.contract, output=self.contract_output), **super().get_fields()}
