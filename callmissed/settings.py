@@ -218,6 +218,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Paths whose operations are separate view classes (callmissed.routing) documented per class.
+    "DEFAULT_GENERATOR_CLASS": "callmissed.openapi.SchemaGenerator",
     # drf-spectacular's default enum hook, then the error responses every operation can give.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

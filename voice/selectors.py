@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -95,20 +96,47 @@ def _metadata_equals(key: str, raw: str) -> Q:
     return condition
 
 
-def voice_session_latency(*, session: VoiceSession) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SessionLatency:
     """Per-turn latency figures as the worker reported them, with p50/p95 of time to first audio."""
+
+    turns: int
+    first_audio_p50_ms: float | None
+    first_audio_p95_ms: float | None
+    per_turn: list[dict[str, Any]]
+
+
+def voice_session_latency(*, session: VoiceSession) -> SessionLatency:
     turns = list(session.turn_latencies or [])
     first_audio = sorted(
         float(t["end_of_speech_to_first_audio_ms"])
         for t in turns
         if isinstance(t, dict) and t.get("end_of_speech_to_first_audio_ms") is not None
     )
-    return {
-        "turns": len(turns),
-        "first_audio_p50_ms": _percentile(first_audio, 50),
-        "first_audio_p95_ms": _percentile(first_audio, 95),
-        "per_turn": turns,
-    }
+    return SessionLatency(
+        turns=len(turns),
+        first_audio_p50_ms=_percentile(first_audio, 50),
+        first_audio_p95_ms=_percentile(first_audio, 95),
+        per_turn=turns,
+    )
+
+
+@dataclass(frozen=True)
+class VoiceSessionDetail:
+    """One session with the figures read beside it."""
+
+    session: VoiceSession
+    latency: SessionLatency
+    usage: billing_selectors.SessionUsage
+
+
+def voice_session_detail(*, organization: Organization, session_id: str | uuid.UUID) -> VoiceSessionDetail:
+    session = voice_session_get(organization=organization, session_id=session_id)
+    return VoiceSessionDetail(
+        session=session,
+        latency=voice_session_latency(session=session),
+        usage=billing_selectors.session_usage(organization=organization, session_id=session.id),
+    )
 
 
 def _percentile(sorted_values: list[float], pct: int) -> float | None:
@@ -121,6 +149,17 @@ def _percentile(sorted_values: list[float], pct: int) -> float | None:
 
 def transcript_list(*, session: VoiceSession) -> QuerySet[TranscriptSegment]:
     return TranscriptSegment.objects.filter(session=session).order_by("start_offset_ms", "end_offset_ms", "id")
+
+
+@dataclass(frozen=True)
+class VoiceSessionTranscript:
+    session: VoiceSession
+    segments: QuerySet[TranscriptSegment]
+
+
+def voice_session_transcript(*, organization: Organization, session_id: str | uuid.UUID) -> VoiceSessionTranscript:
+    session = voice_session_get(organization=organization, session_id=session_id)
+    return VoiceSessionTranscript(session=session, segments=transcript_list(session=session))
 
 
 def catalog_voices() -> list[dict[str, Any]]:

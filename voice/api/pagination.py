@@ -2,6 +2,8 @@ from datetime import UTC
 from typing import Any
 
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import inline_serializer
+from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import Cursor, CursorPagination
 
@@ -43,3 +45,15 @@ class NewestFirstCursorPagination(CursorPagination):
             raise _invalid_cursor() from None
         # The stubs type the position as int; DRF keeps the decoded text.
         return Cursor(offset=cursor.offset, reverse=cursor.reverse, position=normalized)  # type: ignore[arg-type]
+
+
+def paginated(item: type[serializers.Serializer], name: str) -> serializers.Serializer:
+    """The schema of one page of ``item``s."""
+    return inline_serializer(
+        name,
+        {
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item(many=True),
+        },
+    )

@@ -5,6 +5,8 @@ comments."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
@@ -41,6 +43,16 @@ class SessionSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = VoiceSession
         fields = SUMMARY_FIELDS
+
+
+# Reads a service's or selector's result: the session's own fields from its ``session``, the rest
+# (declared by subclasses) from the result itself.
+class SessionInResultSerializer(SessionSummarySerializer):
+    config = SessionConfigOutputSerializer(source="session.config", read_only=True)
+
+    def build_field(self, field_name: str, info: Any, model_class: Any, nested_depth: int) -> tuple[Any, Any]:
+        field_class, kwargs = super().build_field(field_name, info, model_class, nested_depth)
+        return field_class, {**kwargs, "source": f"session.{field_name}"}
 
 
 class TranscriptSegmentSerializer(serializers.ModelSerializer):

@@ -1,13 +1,22 @@
 from django.urls import path
 
+from callmissed.routing import Operations
 from voice.api import catalog_views, limits_views, views
 
 urlpatterns = [
-    path("voice/sessions", views.VoiceSessionsApi.as_view(), name="voice-sessions"),
-    path("voice/sessions/<str:session_id>", views.VoiceSessionDetailApi.as_view(), name="voice-session-detail"),
+    path(
+        "voice/sessions",
+        Operations(post=views.VoiceSessionCreateApi, get=views.VoiceSessionListApi),
+        name="voice-sessions",
+    ),
+    path(
+        "voice/sessions/<str:session_id>",
+        Operations(get=views.VoiceSessionRetrieveApi, delete=views.VoiceSessionDeleteApi),
+        name="voice-session-detail",
+    ),
     path(
         "voice/sessions/<str:session_id>/transcripts",
-        views.VoiceSessionTranscriptsApi.as_view(),
+        views.VoiceSessionTranscriptApi.as_view(),
         name="voice-session-transcripts",
     ),
     path("catalog/voices", catalog_views.VoiceListApi.as_view(), name="catalog-voices"),

@@ -1,19 +1,12 @@
-"""Thin adapters: parse input, call one service or selector, serialize."""
+"""Thin adapters, one class per operation: parse input, call one service or selector, serialize."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from django.db.models import QuerySet
 from django.http import HttpResponse
-from drf_spectacular.utils import (
-    OpenApiParameter,
-    extend_schema,
-    extend_schema_field,
-    extend_schema_serializer,
-    inline_serializer,
-)
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -21,12 +14,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_api_key
-from billing import selectors as billing_selectors
 from billing.api.serializers import SessionUsageSerializer
 from callmissed.errors import ValidationFailed
+from callmissed.serializers import StrictSerializer
 from voice import lifecycle, selectors, services
-from voice.api.pagination import NewestFirstCursorPagination
-from voice.api.serializers import SessionSummarySerializer, TranscriptSegmentSerializer
+from voice.api.pagination import NewestFirstCursorPagination, paginated
+from voice.api.serializers import (
+    SUMMARY_FIELDS,
+    SessionInResultSerializer,
+    SessionSummarySerializer,
+    TranscriptSegmentSerializer,
+)
 from voice.config import SessionConfigSerializer
 from voice.models import TRANSPORT_CHOICES, VoiceSession
 
@@ -35,77 +33,27 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 _METADATA_FILTER_KEY = re.compile(r"^metadata\.([A-Za-z0-9_-]{1,64})$")
 
 
+class VoiceSessionCreateApi(APIView):
+    InputSerializer = SessionConfigSerializer
 
-class VoiceSessionCreateOutputSerializer(SessionSummarySerializer):
-    ws_url = serializers.CharField()
-    token = serializers.CharField()
-    join_deadline = serializers.DateTimeField()
+    # Reads ``services.CreatedSession``.
+    @extend_schema_serializer(component_name="VoiceSessionCreateOutput")
+    class OutputSerializer(SessionInResultSerializer):
+        ws_url = serializers.CharField()
+        token = serializers.CharField()
 
-    class Meta(SessionSummarySerializer.Meta):
-        fields = ["id", "ws_url", "token", "join_deadline", *SessionSummarySerializer.Meta.fields[1:]]
+        class Meta(SessionInResultSerializer.Meta):
+            fields = ["id", "ws_url", "token", "join_deadline", *SUMMARY_FIELDS[1:]]
 
-
-def _created_data(created: services.CreatedSession) -> Any:
-    session = created.session
-    session.ws_url = created.ws_url  # type: ignore[attr-defined]
-    session.token = created.token  # type: ignore[attr-defined]
-    return VoiceSessionCreateOutputSerializer(session).data
-
-
-def _render_created(created: services.CreatedSession) -> bytes:
-    return JSONRenderer().render(_created_data(created))
-
-
-class VoiceSessionFilterSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=VoiceSession.Status.choices, required=False)
-    transport = serializers.ChoiceField(choices=TRANSPORT_CHOICES, required=False)
-    created_after = serializers.DateTimeField(required=False)
-    created_before = serializers.DateTimeField(required=False)
-    # Read by the paginator, declared here so the schema documents them and a bad one is a 400.
-    cursor = serializers.CharField(required=False, help_text="A page's next or previous cursor, unchanged.")
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=100, help_text="Page size (default 20).")
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        return {name: value for name, value in attrs.items() if name not in ("cursor", "limit")}
-
-
-def paginated(item: type[serializers.Serializer], name: str) -> serializers.Serializer:
-    return inline_serializer(
-        name,
-        {
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": item(many=True),
-        },
-    )
-
-
-def _metadata_filters(params: Any) -> dict[str, str]:
-    """``metadata.KEY=VALUE`` query parameters."""
-    filters: dict[str, str] = {}
-    for name in params:
-        if not name.startswith("metadata"):
-            continue
-        match = _METADATA_FILTER_KEY.match(name)
-        if match is None or "__" in match.group(1):
-            raise ValidationFailed(
-                "Metadata filters look like metadata.KEY=VALUE.",
-                fields={name: ["Use metadata.KEY=VALUE with KEY made of letters, digits, '-' and '_'."]},
-            )
-        filters[match.group(1)] = params.get(name)
-    return filters
-
-
-class VoiceSessionsApi(APIView):
-    """``POST`` creates a session; ``GET`` lists the caller's sessions, newest first."""
-
-    class InputSerializer(SessionConfigSerializer):
-        pass
+    @classmethod
+    def render(cls, created: services.CreatedSession) -> bytes:
+        """The 201 body, which the service stores with an Idempotency-Key to answer its replays."""
+        return JSONRenderer().render(cls.OutputSerializer(created).data)
 
     @extend_schema(
         operation_id="voice_sessions_create",
         request=InputSerializer,
-        responses={201: VoiceSessionCreateOutputSerializer},
+        responses={201: OutputSerializer},
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
@@ -138,7 +86,7 @@ class VoiceSessionsApi(APIView):
             api_key=key,
             config=dict(body.validated_data),
             idempotency_key=idempotency_key,
-            render=_render_created,
+            render=self.render,
         )
         if created.body:
             # The stored bytes of the first answer: a replay is byte-identical, token included.
@@ -146,12 +94,47 @@ class VoiceSessionsApi(APIView):
             return HttpResponse(
                 created.body, status=status.HTTP_201_CREATED, content_type="application/json", headers=headers
             )
-        return Response(_created_data(created), status=status.HTTP_201_CREATED)
+        return Response(self.OutputSerializer(created).data, status=status.HTTP_201_CREATED)
+
+
+def _metadata_filters(params: Any) -> dict[str, str]:
+    """``metadata.KEY=VALUE`` query parameters: every parameter whose name starts with ``metadata``."""
+    filters: dict[str, str] = {}
+    for name in params:
+        if not name.startswith("metadata"):
+            continue
+        match = _METADATA_FILTER_KEY.match(name)
+        if match is None or "__" in match.group(1):
+            raise ValidationFailed(
+                "Metadata filters look like metadata.KEY=VALUE.",
+                fields={name: ["Use metadata.KEY=VALUE with KEY made of letters, digits, '-' and '_'."]},
+            )
+        filters[match.group(1)] = params.get(name)
+    return filters
+
+
+class VoiceSessionListApi(APIView):
+    """The caller's sessions, newest first."""
+
+    # The query string but its metadata.KEY filters (read by ``_metadata_filters``).
+    class FilterSerializer(StrictSerializer):
+        status = serializers.ChoiceField(choices=VoiceSession.Status.choices, required=False)
+        transport = serializers.ChoiceField(choices=TRANSPORT_CHOICES, required=False)
+        created_after = serializers.DateTimeField(required=False)
+        created_before = serializers.DateTimeField(required=False)
+        # Read by the paginator, declared here so the schema documents them and a bad one is a 400.
+        cursor = serializers.CharField(required=False, help_text="A page's next or previous cursor, unchanged.")
+        limit = serializers.IntegerField(
+            required=False, min_value=1, max_value=100, help_text="Page size (default 20)."
+        )
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            return {name: value for name, value in attrs.items() if name not in ("cursor", "limit")}
 
     @extend_schema(
         operation_id="voice_sessions_list",
         parameters=[
-            VoiceSessionFilterSerializer,
+            FilterSerializer,
             OpenApiParameter(
                 "metadata.KEY",
                 str,
@@ -161,57 +144,51 @@ class VoiceSessionsApi(APIView):
         responses={200: paginated(SessionSummarySerializer, "VoiceSessionPage")},
     )
     def get(self, request: Request) -> Response:
-        key = request_api_key(request)
-        filters = VoiceSessionFilterSerializer(data=request.query_params)
+        organization = request_api_key(request).organization
+        query = {name: value for name, value in request.query_params.items() if not name.startswith("metadata")}
+        filters = self.FilterSerializer(data=query)
         filters.is_valid(raise_exception=True)
-        lifecycle.voice_sessions_expire_unjoined(organization=key.organization)
-        qs: QuerySet[VoiceSession] = selectors.voice_session_list(
-            organization=key.organization, metadata=_metadata_filters(request.query_params), **filters.validated_data
+        lifecycle.voice_sessions_expire_unjoined(organization=organization)
+        sessions = selectors.voice_session_list(
+            organization=organization, metadata=_metadata_filters(request.query_params), **filters.validated_data
         )
         paginator = NewestFirstCursorPagination()
-        page = paginator.paginate_queryset(qs, request, view=self)
+        page = paginator.paginate_queryset(sessions, request, view=self)
         return paginator.get_paginated_response(SessionSummarySerializer(page, many=True).data)
 
 
-class VoiceSessionDetailOutputSerializer(SessionSummarySerializer):
-    providers = serializers.CharField()
-    error = serializers.CharField(source="error_message")
-    join_deadline = serializers.DateTimeField()
-    latency = serializers.SerializerMethodField()
-    usage = serializers.SerializerMethodField()
-
-    class Meta(SessionSummarySerializer.Meta):
-        fields = [*SessionSummarySerializer.Meta.fields, "join_deadline", "providers", "error", "latency", "usage"]
-
-    @extend_schema_field(SessionUsageSerializer)
-    def get_usage(self, obj: VoiceSession) -> dict[str, Any]:
-        usage = billing_selectors.session_usage(organization=obj.organization, session_id=obj.id)
-        return SessionUsageSerializer(usage).data
-
-    @extend_schema_field(
-        inline_serializer(
-            "SessionLatency",
-            {
-                "turns": serializers.IntegerField(),
-                "first_audio_p50_ms": serializers.FloatField(allow_null=True),
-                "first_audio_p95_ms": serializers.FloatField(allow_null=True),
-                "per_turn": serializers.ListField(child=serializers.DictField()),
-            },
-        )
-    )
-    def get_latency(self, obj: VoiceSession) -> dict[str, Any]:
-        return selectors.voice_session_latency(session=obj)
+@extend_schema_serializer(component_name="SessionLatency")
+class SessionLatencySerializer(serializers.Serializer):
+    turns = serializers.IntegerField()
+    first_audio_p50_ms = serializers.FloatField(allow_null=True)
+    first_audio_p95_ms = serializers.FloatField(allow_null=True)
+    per_turn = serializers.ListField(child=serializers.DictField())
 
 
-class VoiceSessionDetailApi(APIView):
-    """``GET`` one session with its lifecycle and figures; ``DELETE`` ends it and drops its content."""
+class VoiceSessionRetrieveApi(APIView):
+    """One session with its lifecycle and figures."""
 
-    @extend_schema(operation_id="voice_sessions_retrieve", responses={200: VoiceSessionDetailOutputSerializer})
+    # Reads ``selectors.VoiceSessionDetail``.
+    @extend_schema_serializer(component_name="VoiceSessionDetailOutput")
+    class OutputSerializer(SessionInResultSerializer):
+        providers = serializers.CharField(source="session.providers")
+        error = serializers.CharField(source="session.error_message")
+        latency = SessionLatencySerializer(read_only=True)
+        usage = SessionUsageSerializer(read_only=True)
+
+        class Meta(SessionInResultSerializer.Meta):
+            fields = [*SUMMARY_FIELDS, "join_deadline", "providers", "error", "latency", "usage"]
+
+    @extend_schema(operation_id="voice_sessions_retrieve", responses={200: OutputSerializer})
     def get(self, request: Request, session_id: str) -> Response:
         organization = request_api_key(request).organization
         lifecycle.voice_sessions_expire_unjoined(organization=organization)
-        session = selectors.voice_session_get(organization=organization, session_id=session_id)
-        return Response(VoiceSessionDetailOutputSerializer(session).data)
+        detail = selectors.voice_session_detail(organization=organization, session_id=session_id)
+        return Response(self.OutputSerializer(detail).data)
+
+
+class VoiceSessionDeleteApi(APIView):
+    """Ends the session if it is live and drops its content."""
 
     @extend_schema(operation_id="voice_sessions_destroy", responses={204: None})
     def delete(self, request: Request, session_id: str) -> Response:
@@ -221,16 +198,16 @@ class VoiceSessionDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class VoiceSessionTranscriptsApi(APIView):
+class VoiceSessionTranscriptApi(APIView):
+    # Reads ``selectors.VoiceSessionTranscript``.
     @extend_schema_serializer(component_name="VoiceSessionTranscripts")
     class OutputSerializer(serializers.Serializer):
-        session_id = serializers.UUIDField()
-        status = serializers.CharField()
+        session_id = serializers.UUIDField(source="session.id")
+        status = serializers.CharField(source="session.status")
         segments = TranscriptSegmentSerializer(many=True)
 
     @extend_schema(operation_id="voice_sessions_transcripts", responses={200: OutputSerializer})
     def get(self, request: Request, session_id: str) -> Response:
-        session = selectors.voice_session_get(organization=request_api_key(request).organization, session_id=session_id)
-        segments = selectors.transcript_list(session=session)
-        data = {"session_id": session.id, "status": session.status, "segments": segments}
-        return Response(self.OutputSerializer(data).data)
+        organization = request_api_key(request).organization
+        transcript = selectors.voice_session_transcript(organization=organization, session_id=session_id)
+        return Response(self.OutputSerializer(transcript).data)

@@ -74,7 +74,13 @@ def test_list_filters_by_status_time_and_metadata(api: Any) -> None:
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("status=paused", "status"), ("created_after=yesterday", "created_after"), ("metadata.a__b=1", "metadata.a__b")],
+    [
+        ("status=paused", "status"),
+        ("created_after=yesterday", "created_after"),
+        ("metadata.a__b=1", "metadata.a__b"),
+        # A misspelt filter would otherwise list every session as if it had matched.
+        ("stauts=ended", "stauts"),
+    ],
 )
 def test_bad_list_filters_are_400(api: Any, query: str, field: str) -> None:
     response = api.get(f"{SESSIONS}?{query}")
