@@ -74,6 +74,11 @@ class AuditLog(models.Model):
         BALANCE_CREDITED = "balance.credited"
         LIMITS_CHANGED = "limits.changed"
         SESSION_DELETED = "session.deleted"
+        WEBHOOK_CREATED = "webhook.created"
+        WEBHOOK_UPDATED = "webhook.updated"
+        WEBHOOK_DELETED = "webhook.deleted"
+        WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated"
+        WEBHOOK_DISABLED = "webhook.disabled"
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="audit_log")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

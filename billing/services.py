@@ -233,13 +233,21 @@ def usage_event_apply(*, event: contracts.UsageReported, organization: Organizat
                 reference=f"usage:{event.event_id}",
                 description=f"Session {event.session_id}",
             )
+            balance_before = account.balance
             account.balance -= total
             account.save(update_fields=["balance"])
+            _signal_low_balance(account=account, before=balance_before, reference=event.event_id)
             _queue_meter_events(account=account, records=records)
         exhausted = funds_problem(account=account)
     if exhausted:
         signals.balance_exhausted.send(sender=BillingAccount, organization=organization, reason=exhausted)
     return UsageApplied(records=records, exhausted=exhausted)
+
+
+def _signal_low_balance(*, account: BillingAccount, before: Decimal, reference: str) -> None:
+    threshold = Decimal(settings.BILLING_LOW_BALANCE_USD)
+    if account.prepaid and before >= threshold > account.balance:
+        signals.low_balance.send(sender=BillingAccount, account=account, threshold=threshold, reference=reference)
 
 
 def _record(

@@ -17,6 +17,7 @@ from pydantic_settings import NoDecode
 
 from agent_worker.settings import SettingsError, SharedSettings, load
 from callmissed.rates import parse_rate
+from outbound.ssrf import parse_networks
 
 DEV_SECRET_KEY = "dev-insecure-callmissed-secret-key-change-me-in-production-0123456789"
 
@@ -64,6 +65,16 @@ class PlatformSettings(SharedSettings):
     billing_signup_credit_usd: Decimal = Decimal("5.00")
     billing_max_concurrent_sessions: int = 10
     billing_concurrency_retry_after_seconds: int = 30
+    # A prepaid balance falling below this (USD) sends the billing.low_balance webhook.
+    billing_low_balance_usd: Decimal = Decimal("1.00")
+
+    # Customer URLs (webhooks, tool calls) may resolve only to public addresses, except inside
+    # these CIDRs (e.g. 127.0.0.1/32 for a developer's local receiver; the tests' loopback
+    # receivers). Each one opens the SSRF guard (outbound/ssrf.py) to that network.
+    outbound_allowed_networks: CommaList = []
+    webhook_timeout_seconds: int = 10  # per delivery attempt
+    # Encrypts endpoints' signing secrets at rest; empty: derived from DJANGO_SECRET_KEY.
+    webhook_secrets_key: str = Field("", repr=False)
 
     # Dashboard throttles, per client address and per username (atomic counters in the cache).
     login_rate_limit: str = "10/min"  # login attempts per client address
@@ -90,6 +101,15 @@ class PlatformSettings(SharedSettings):
     # How often a call reads its own row, so one ended elsewhere stops even if the control
     # message to its socket was lost.
     legacy_ws_session_check_seconds: float = 2.0
+
+    @field_validator("outbound_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        try:
+            parse_networks(value)
+        except ValueError as error:
+            raise ValueError(f"OUTBOUND_ALLOWED_NETWORKS must be CIDRs: {error}") from None
+        return value
 
     @field_validator(
         "api_rate_limit",

@@ -67,6 +67,7 @@ _RETRY_AFTER = {429, 503}
 _OPERATION_ERRORS: dict[str, set[int]] = {
     "voice_sessions_create": {402, 409},
     "billing_checkout": {409, 502},
+    "webhooks_redeliver": {409},
     # Its body is read raw (request=None in its schema), still bounded.
     "billing_stripe_webhook": {413},
 }

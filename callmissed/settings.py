@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "accounts",
     "voice",
     "billing",
+    "webhooks",
     "dashboard",
 ]
 
@@ -192,6 +193,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     "billing-flush-meter-events": {"task": "billing.flush_meter_events", "schedule": timedelta(minutes=5)},
     "billing-reconcile-stripe": {"task": "billing.reconcile_stripe", "schedule": timedelta(hours=1)},
+    "webhooks-deliver-due": {"task": "webhooks.deliver_due", "schedule": timedelta(seconds=30)},
 }
 
 # --- API -----------------------------------------------------------------------------------
@@ -263,6 +265,12 @@ STRIPE_METER_EVENT_NAME = _env.stripe_meter_event_name
 BILLING_SIGNUP_CREDIT_USD = _env.billing_signup_credit_usd
 BILLING_MAX_CONCURRENT_SESSIONS = _env.billing_max_concurrent_sessions
 BILLING_CONCURRENCY_RETRY_AFTER_SECONDS = _env.billing_concurrency_retry_after_seconds
+BILLING_LOW_BALANCE_USD = _env.billing_low_balance_usd
+
+# --- Outbound calls to customer URLs (outbound/: webhooks, tool calls) ------------------------
+OUTBOUND_ALLOWED_NETWORKS = _env.outbound_allowed_networks
+WEBHOOK_TIMEOUT_SECONDS = _env.webhook_timeout_seconds
+WEBHOOK_SECRETS_KEY = _env.webhook_secrets_key
 
 # --- Security ------------------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

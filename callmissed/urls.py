@@ -16,6 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("voice.api.urls")),
     path("v1/", include("billing.api.urls")),
+    path("v1/", include("webhooks.api.urls")),
     path(
         "v1/schema",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),

@@ -15,7 +15,7 @@ from accounts.models import Organization
 from agent_worker import contracts
 from billing import services as billing_services
 from callmissed import queueing
-from voice import livekit, ws_control
+from voice import events, livekit, ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def voice_session_mark_active(
             # A replay of its Idempotency-Key is refused from now on: its stored token goes.
             session.idempotency_response = ""
             session.save(update_fields=["status", "started_at", "providers", "idempotency_response"])
+            events.session_started.send(sender=VoiceSession, session=session)
         elif (
             session.started_at is None
             and session.ended_at is not None
@@ -160,6 +161,8 @@ def voice_session_end(
             fields.append("room_delete_queued_at")
         if fields:
             session.save(update_fields=fields)
+        if ended_now:
+            events.session_ended.send(sender=VoiceSession, session=session)
         room_name = session.room_name
     if "room_delete_queued_at" in fields:
         transaction.on_commit(lambda: _queue_room_delete(room_name))
