@@ -222,6 +222,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Paths whose operations are separate view classes (callmissed.routing) documented per class.
     "DEFAULT_GENERATOR_CLASS": "callmissed.openapi.SchemaGenerator",
+    # Sessions and webhook deliveries both have a "status": each keeps a name of its own.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "voice.models.VoiceSession.Status",
+        "WebhookEventTypeEnum": "webhooks.models.EventType",
+        "WebhookDeliveryStatusEnum": "webhooks.models.DeliveryStatus",
+    },
     # drf-spectacular's default enum hook, then the error responses every operation can give.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -35,10 +35,14 @@ from schemathesis.specs.openapi.checks import (
 
 from accounts.tests.factories import make_key, make_org
 from voice.tests.factories import TranscriptSegmentFactory, VoiceSessionFactory
+from webhooks import services as webhook_services
+from webhooks.models import EventType, WebhookEndpoint
 
 MAX_EXAMPLES = int(os.environ.get("API_PROPERTY_MAX_EXAMPLES", "50"))
 # A session the fixture creates, so reads and deletes by id reach more than the 404 branch.
 KNOWN_SESSION_ID = "5e55e55e-0000-4000-8000-000000000001"
+# A webhook endpoint with one delivery, for the same reason.
+KNOWN_ENDPOINT_ID = "0e0e0e0e-0000-4000-8000-000000000002"
 
 
 def _cursor(**tokens: str) -> str:
@@ -73,8 +77,12 @@ CONFIG = schemathesis.Config.from_dict(
             "strings": {"values": HOSTILE_STRINGS},
             "numbers": {"values": HOSTILE_NUMBERS},
             "sessions": {"values": [KNOWN_SESSION_ID]},
+            "endpoints": {"values": [KNOWN_ENDPOINT_ID]},
         },
-        "parameters": {"path.session_id": {"dictionary": "sessions", "probability": 0.5}},
+        "parameters": {
+            "path.session_id": {"dictionary": "sessions", "probability": 0.5},
+            "path.endpoint_id": {"dictionary": "endpoints", "probability": 0.5},
+        },
         "generation": {
             "mode": "all",
             "max-examples": MAX_EXAMPLES,
@@ -113,6 +121,16 @@ def api_key(db: None, livekit_server: Any, settings: Any) -> Iterator[str]:
         created = make_key(make_org())
         session = VoiceSessionFactory.create(id=KNOWN_SESSION_ID, organization=created.api_key.organization)
         TranscriptSegmentFactory.create(session=session)
+        endpoint = webhook_services.webhook_endpoint_create(
+            organization=session.organization, url="https://hooks.example.com/", event_types=["session.started"]
+        ).endpoint
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(id=KNOWN_ENDPOINT_ID)
+        webhook_services.webhook_event_emit(
+            organization_id=session.organization_id,
+            event_type=EventType.SESSION_STARTED,
+            source=KNOWN_SESSION_ID,
+            data=lambda: {"id": KNOWN_SESSION_ID},
+        )
         yield created.plaintext
     finally:
         request_started.connect(close_old_connections)

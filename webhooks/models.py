@@ -14,6 +14,12 @@ class EventType(models.TextChoices):
     BILLING_LOW_BALANCE = "billing.low_balance"
 
 
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class WebhookEndpoint(models.Model):
     """A customer URL and the events it wants. Its signing secret is stored encrypted and shown
     once; after a rotation the previous one keeps signing too until ``previous_secret_expires_at``."""
@@ -44,10 +50,7 @@ class WebhookDelivery(models.Model):
     """One event for one endpoint: at most one row per (endpoint, event id), retried until it
     succeeds or its retry window closes."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
+    Status = DeliveryStatus
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")

@@ -1,0 +1,151 @@
+"""/v1/webhooks: the secret is shown once, writes are audited, another organization's endpoints
+are not found, and every refusal is the error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import AuditLog
+from testsupport.envelope import assert_envelope
+from testsupport.fakes.webhook_receiver import WebhookReceiver
+from webhooks import services
+from webhooks.models import WebhookDelivery
+from webhooks.tests.support import emit
+
+pytestmark = pytest.mark.django_db
+
+
+def _create(api: Any, url: str, events: list[str] | None = None) -> Any:
+    body = {"url": url, "event_types": events or ["session.ended", "session.failed"], "description": "CRM"}
+    return api.post("/v1/webhooks", body, format="json")
+
+
+def test_the_secret_is_in_the_create_answer_only(api: Any) -> None:
+    created = _create(api, "https://hooks.example.com/callmissed")
+    assert created.status_code == 201, created.content
+    secret = created.json()["secret"]
+    assert secret.startswith("whsec_")
+    endpoint_id = created.json()["id"]
+    listed = api.get("/v1/webhooks")
+    one = api.get(f"/v1/webhooks/{endpoint_id}")
+    assert [e["id"] for e in listed.json()] == [endpoint_id]
+    for response in (listed, one):
+        assert response.status_code == 200
+        assert secret not in response.content.decode() and "secret" not in str(response.json()).replace(
+            "previous_secret_expires_at", ""
+        )
+    assert AuditLog.objects.filter(action="webhook.created", target=endpoint_id).exists()
+
+
+def test_rotation_answers_a_new_secret_and_the_overlap(api: Any) -> None:
+    created = _create(api, "https://hooks.example.com/a").json()
+    rotated = api.post(f"/v1/webhooks/{created['id']}/rotate-secret", {"overlap_seconds": 3600}, format="json")
+    assert rotated.status_code == 201, rotated.content
+    assert rotated.json()["secret"] not in (created["secret"], "")
+    assert rotated.json()["previous_secret_expires_at"] is not None
+    assert AuditLog.objects.filter(action="webhook.secret_rotated", target=created["id"]).exists()
+    too_long = api.post(f"/v1/webhooks/{created['id']}/rotate-secret", {"overlap_seconds": 10**7}, format="json")
+    assert_envelope(too_long, 400, "validation_error")
+    assert "overlap_seconds" in too_long.json()["error"]["fields"]
+
+
+def test_update_changes_url_events_and_enabled_and_delete_removes_it(api: Any) -> None:
+    endpoint_id = _create(api, "https://hooks.example.com/a").json()["id"]
+    changed = api.patch(
+        f"/v1/webhooks/{endpoint_id}",
+        {"url": "https://hooks.example.com/b", "event_types": ["billing.low_balance"], "enabled": False},
+        format="json",
+    )
+    assert changed.status_code == 200, changed.content
+    body = changed.json()
+    assert (body["url"], body["event_types"], body["enabled"]) == (
+        "https://hooks.example.com/b",
+        ["billing.low_balance"],
+        False,
+    )
+    assert api.delete(f"/v1/webhooks/{endpoint_id}").status_code == 204
+    assert_envelope(api.get(f"/v1/webhooks/{endpoint_id}"), 404, "not_found")
+    assert list(AuditLog.objects.filter(target=endpoint_id).values_list("action", flat=True).order_by("id")) == [
+        "webhook.created",
+        "webhook.updated",
+        "webhook.deleted",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "https://hooks.example.com/", "event_types": ["session.exploded"]}, "event_types"),
+        ({"url": "https://hooks.example.com/", "event_types": []}, "event_types"),
+        ({"url": "ftp://hooks.example.com/", "event_types": ["session.ended"]}, "url"),
+        ({"url": "http://169.254.169.254/latest/", "event_types": ["session.ended"]}, "url"),
+        ({"url": "http://10.0.0.7/hook", "event_types": ["session.ended"]}, "url"),
+        ({"url": "http://[::ffff:127.0.0.1]/hook", "event_types": ["session.ended"]}, "url"),
+        ({"url": "http://localhost:8000/hook", "event_types": ["session.ended"]}, "url"),
+        ({"url": "https://hooks.example.com/", "event_types": ["session.ended"], "secret": "whsec_x"}, "secret"),
+    ],
+)
+def test_bad_input_names_the_field(api: Any, body: dict[str, Any], field: str) -> None:
+    response = api.post("/v1/webhooks", body, format="json")
+    assert_envelope(response, 400, "validation_error")
+    assert field in response.json()["error"]["fields"]
+
+
+def test_another_organizations_endpoint_and_deliveries_are_not_found(api: Any, make_client: Any) -> None:
+    other = make_client()
+    endpoint = services.webhook_endpoint_create(
+        organization=other.org, url="https://hooks.other.example/", event_types=["session.started"]
+    ).endpoint
+    delivery = emit(other.org)
+    base = f"/v1/webhooks/{endpoint.pk}"
+    for response in (
+        api.get(base),
+        api.patch(base, {"enabled": False}, format="json"),
+        api.delete(base),
+        api.post(f"{base}/rotate-secret", {}, format="json"),
+        api.get(f"{base}/deliveries"),
+        api.post(f"{base}/deliveries/{delivery.pk}/redeliver"),
+        api.get("/v1/webhooks/not-a-uuid"),
+    ):
+        assert_envelope(response, 404, "not_found")
+    assert api.get("/v1/webhooks").json() == []
+    endpoint.refresh_from_db()
+    assert endpoint.enabled
+    # And a delivery of another endpoint, through one's own endpoint id, is not found either.
+    own = _create(api, "https://hooks.example.com/mine").json()["id"]
+    assert_envelope(api.post(f"/v1/webhooks/{own}/deliveries/{delivery.pk}/redeliver"), 404, "not_found")
+
+
+def test_deliveries_list_attempts_and_redeliver_sends_again(
+    api: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    with WebhookReceiver(script=[500]) as receiver:
+        endpoint_id = _create(api, receiver.url(), events=["session.started"]).json()["id"]
+        delivery = emit(api.org)
+        services.webhook_delivery_attempt(delivery_id=delivery.pk, now=timezone.now())
+        listed = api.get(f"/v1/webhooks/{endpoint_id}/deliveries")
+        assert listed.status_code == 200
+        (row,) = listed.json()["results"]
+        assert (row["event_id"], row["status"], row["attempt_count"]) == (delivery.event_id, "pending", 1)
+        (attempt,) = row["attempts"]
+        assert (attempt["status_code"], attempt["succeeded"]) == (500, False)
+        assert attempt["response_excerpt"] == "receiver failing on purpose"
+        with django_capture_on_commit_callbacks(execute=True):
+            redelivered = api.post(f"/v1/webhooks/{endpoint_id}/deliveries/{delivery.pk}/redeliver")
+        assert redelivered.status_code == 202, redelivered.content
+        assert len(receiver.received) == 2
+    delivery.refresh_from_db()
+    assert delivery.status == WebhookDelivery.Status.SUCCEEDED
+    failed_only = api.get(f"/v1/webhooks/{endpoint_id}/deliveries?status=failed")
+    assert failed_only.json()["results"] == []
+
+
+def test_redelivering_to_a_disabled_endpoint_is_a_conflict(api: Any) -> None:
+    endpoint_id = _create(api, "https://hooks.example.com/a", events=["session.started"]).json()["id"]
+    delivery = emit(api.org)
+    api.patch(f"/v1/webhooks/{endpoint_id}", {"enabled": False}, format="json")
+    assert_envelope(api.post(f"/v1/webhooks/{endpoint_id}/deliveries/{delivery.pk}/redeliver"), 409, "conflict")
