@@ -8,6 +8,7 @@ from django.contrib.auth.models import User
 
 from accounts.models import ApiKey, Organization
 from billing.services import MAX_TOP_UP, MIN_TOP_UP
+from webhooks.models import EventType
 
 KEY_LIFETIME_CHOICES = [("", "Never expires"), ("30", "30 days"), ("90", "90 days"), ("365", "1 year")]
 
@@ -64,3 +65,15 @@ class TopUpForm(forms.Form):
     amount_usd = forms.DecimalField(
         label="Amount (USD)", min_value=MIN_TOP_UP, max_value=MAX_TOP_UP, decimal_places=2, initial=20
     )
+
+
+class WebhookEndpointForm(forms.Form):
+    url = forms.URLField(max_length=2000, label="URL", assume_scheme="https")
+    event_types = forms.MultipleChoiceField(
+        choices=EventType.choices, widget=forms.CheckboxSelectMultiple, initial=EventType.values, label="Events"
+    )
+    description = forms.CharField(max_length=200, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["url"].widget.attrs["placeholder"] = "https://example.com/callmissed/webhooks"

@@ -17,4 +17,14 @@ urlpatterns = [
     path("dashboard/sessions/", views.sessions, name="sessions"),
     path("dashboard/sessions/<uuid:session_id>/", views.session_detail, name="session_detail"),
     path("dashboard/billing/", views.billing, name="billing"),
+    path("dashboard/webhooks/", views.webhooks, name="webhooks"),
+    path("dashboard/webhooks/<uuid:endpoint_id>/", views.webhook_detail, name="webhook_detail"),
+    path("dashboard/webhooks/<uuid:endpoint_id>/rotate/", views.webhook_rotate, name="webhook_rotate"),
+    path("dashboard/webhooks/<uuid:endpoint_id>/toggle/", views.webhook_toggle, name="webhook_toggle"),
+    path("dashboard/webhooks/<uuid:endpoint_id>/delete/", views.webhook_delete, name="webhook_delete"),
+    path(
+        "dashboard/webhooks/<uuid:endpoint_id>/deliveries/<uuid:delivery_id>/redeliver/",
+        views.webhook_redeliver,
+        name="webhook_redeliver",
+    ),
 ]

@@ -19,6 +19,7 @@ from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.models import User
 from django.core import signing
 from django.core.paginator import Paginator
 from django.db.models import Count
@@ -36,11 +37,13 @@ from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing import stripe_gateway
 from callmissed import ratelimit
-from callmissed.errors import ApplicationError, NotFound
-from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm, TopUpForm
+from callmissed.errors import ApplicationError, NotFound, ValidationFailed
+from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm, TopUpForm, WebhookEndpointForm
 from voice import lifecycle as voice_lifecycle
 from voice import selectors as voice_selectors
 from voice.models import VoiceSession
+from webhooks import selectors as webhook_selectors
+from webhooks import services as webhook_services
 
 SESSIONS_PER_PAGE = 25
 
@@ -218,6 +221,7 @@ def overview(request: HttpRequest, organization: Organization) -> HttpResponse:
         "active_keys": active_keys.count(),
         "limits": billing_selectors.billing_limits(organization=organization),
         "live_sessions": voice_selectors.live_session_count(organization=organization),
+        "disabled_webhooks": webhook_selectors.webhook_endpoints_disabled(organization=organization),
     }
     return render(request, "dashboard/overview.html", context)
 
@@ -308,3 +312,95 @@ def billing(request: HttpRequest, organization: Organization) -> HttpResponse:
         "paid": request.GET.get("paid") == "1",
     }
     return render(request, "dashboard/billing.html", context)
+
+
+DELIVERIES_SHOWN = 50
+
+
+def _actor(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
+
+
+@never_cache  # the page that shows a new signing secret must never be cached
+@require_http_methods(["GET", "POST"])
+@organization_required
+def webhooks(request: HttpRequest, organization: Organization) -> HttpResponse:
+    form = WebhookEndpointForm(request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            created = webhook_services.webhook_endpoint_create(
+                organization=organization, actor=_actor(request), **form.cleaned_data
+            )
+        except ValidationFailed as refused:
+            for field, problems in refused.fields.items():
+                for problem in problems:
+                    form.add_error(field if field in form.fields else None, problem)
+        else:
+            form = WebhookEndpointForm()
+    context = {
+        "form": form,
+        "created": created,
+        "endpoints": webhook_selectors.webhook_endpoint_list(organization=organization),
+        "disabled": webhook_selectors.webhook_endpoints_disabled(organization=organization),
+    }
+    return render(request, "dashboard/webhooks.html", context)
+
+
+def _webhook_page(request: HttpRequest, organization: Organization, endpoint_id: str, secret: str = "") -> HttpResponse:
+    endpoint = webhook_selectors.webhook_endpoint_get(organization=organization, endpoint_id=endpoint_id)
+    deliveries = webhook_selectors.webhook_delivery_list(endpoint=endpoint)[:DELIVERIES_SHOWN]
+    context = {"endpoint": endpoint, "deliveries": deliveries, "secret": secret}
+    return render(request, "dashboard/webhook_detail.html", context)
+
+
+@never_cache
+@organization_required
+def webhook_detail(request: HttpRequest, organization: Organization, endpoint_id: str) -> HttpResponse:
+    return _webhook_page(request, organization, endpoint_id)
+
+
+@never_cache
+@require_POST
+@organization_required
+def webhook_rotate(request: HttpRequest, organization: Organization, endpoint_id: str) -> HttpResponse:
+    """Answers the page itself, not a redirect: the new secret is on it once and nowhere else."""
+    endpoint = webhook_selectors.webhook_endpoint_get(organization=organization, endpoint_id=endpoint_id)
+    rotated = webhook_services.webhook_endpoint_rotate_secret(endpoint=endpoint, actor=_actor(request))
+    return _webhook_page(request, organization, endpoint_id, secret=rotated.secret)
+
+
+@require_POST
+@organization_required
+def webhook_toggle(request: HttpRequest, organization: Organization, endpoint_id: str) -> HttpResponse:
+    endpoint = webhook_selectors.webhook_endpoint_get(organization=organization, endpoint_id=endpoint_id)
+    endpoint = webhook_services.webhook_endpoint_update(
+        endpoint=endpoint, enabled=not endpoint.enabled, actor=_actor(request)
+    )
+    messages.success(request, f"{endpoint.url} {'enabled' if endpoint.enabled else 'disabled'}.")
+    return redirect("dashboard:webhook_detail", endpoint_id=endpoint.pk)
+
+
+@require_POST
+@organization_required
+def webhook_delete(request: HttpRequest, organization: Organization, endpoint_id: str) -> HttpResponse:
+    endpoint = webhook_selectors.webhook_endpoint_get(organization=organization, endpoint_id=endpoint_id)
+    webhook_services.webhook_endpoint_delete(endpoint=endpoint, actor=_actor(request))
+    messages.success(request, f"{endpoint.url} deleted.")
+    return redirect("dashboard:webhooks")
+
+
+@require_POST
+@organization_required
+def webhook_redeliver(
+    request: HttpRequest, organization: Organization, endpoint_id: str, delivery_id: str
+) -> HttpResponse:
+    endpoint = webhook_selectors.webhook_endpoint_get(organization=organization, endpoint_id=endpoint_id)
+    delivery = webhook_selectors.webhook_delivery_get(endpoint=endpoint, delivery_id=delivery_id)
+    try:
+        webhook_services.webhook_delivery_redeliver(delivery=delivery)
+    except ApplicationError as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, f"{delivery.event_type} {delivery.event_id} queued for delivery.")
+    return redirect("dashboard:webhook_detail", endpoint_id=endpoint.pk)

@@ -115,6 +115,15 @@ def test_the_dashboard_pages_render_under_the_policy(browser: Browser, live_serv
     for path in ("/dashboard/", "/dashboard/sessions/", "/dashboard/billing/"):
         browser.visit(base + path)
     browser.visit(f"{base}/dashboard/sessions/{uuid.uuid4()}/", status=404)  # the error page
+
+    browser.visit(f"{base}/dashboard/webhooks/")
+    page.fill("#id_url", "https://hooks.example.com/csp")
+    page.click("text=Add endpoint")
+    assert page.inner_text("[data-testid=webhook-secret]").startswith("whsec_")
+    page.click("text=hooks.example.com/csp")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Rotate secret')")
+    assert page.inner_text("[data-testid=webhook-secret]").startswith("whsec_")
     browser.assert_clean()
 
 
