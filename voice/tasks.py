@@ -14,11 +14,11 @@ import uuid
 from typing import Any, TypeVar
 
 from celery import Task, shared_task
-from django.db import InterfaceError, OperationalError
 from pydantic import ValidationError
 
 from agent_worker import contracts
 from billing.pricing import PriceMissing
+from callmissed.celery import DB_RETRY
 from callmissed.errors import UpstreamError
 from voice import lifecycle, reaper, services
 
@@ -28,15 +28,8 @@ TASK_REAP_SESSIONS = "voice.reap_sessions"
 TASK_DELETE_ROOM = "voice.delete_room"
 TASK_CLEAR_IDEMPOTENCY_RESPONSES = "voice.clear_idempotency_responses"
 
-# A database blip must not lose an event: retry with backoff, every countdown far below the
-# broker's visibility timeout (1 h) so Redis never redelivers a message that is still waiting.
-_DB_RETRY: dict[str, Any] = {
-    "autoretry_for": (OperationalError, InterfaceError),
-    "retry_backoff": 2,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": 10,
-}
+# A database blip must not lose an event.
+_DB_RETRY = DB_RETRY
 
 EventT = TypeVar("EventT", bound=contracts.WorkerEvent)
 

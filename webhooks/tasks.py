@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
 
+from callmissed.celery import DB_RETRY
 from webhooks import services
 
 TASK_DELIVER = "webhooks.deliver"
@@ -14,21 +12,14 @@ TASK_DELIVER_DUE = "webhooks.deliver_due"
 
 # Retries here are for our database only; the customer's failures are retried through the row's
 # next_attempt_at (hours apart, longer than the broker's visibility timeout allows a countdown).
-_DB_RETRY: dict[str, Any] = {
-    "autoretry_for": (OperationalError, InterfaceError),
-    "retry_backoff": 2,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": 10,
-}
 
 
-@shared_task(name=TASK_DELIVER, **_DB_RETRY)
+@shared_task(name=TASK_DELIVER, **DB_RETRY)
 def deliver(*, delivery_id: str) -> bool:
     """One attempt if due; a duplicate or early task does nothing (the row's claim decides)."""
     return services.webhook_delivery_attempt(delivery_id=delivery_id) is not None
 
 
-@shared_task(name=TASK_DELIVER_DUE, **_DB_RETRY)
+@shared_task(name=TASK_DELIVER_DUE, **DB_RETRY)
 def deliver_due() -> int:
     return services.webhook_deliveries_queue_due()

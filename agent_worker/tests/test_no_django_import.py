@@ -1,4 +1,5 @@
-"""The agent worker runs without Django: importing any of its modules must not load it."""
+"""The agent worker runs without Django: importing any of its modules, or of outbound/ (the signing
+and SSRF-guarded client it shares with webhooks), must not load it."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ REPO_ROOT = Path(agent_worker.__file__).resolve().parent.parent
 
 PROBE = """
 import importlib, json, pkgutil, sys
-import agent_worker
+import agent_worker, outbound
 names = sorted(
-    m.name for m in pkgutil.walk_packages(agent_worker.__path__, prefix="agent_worker.")
-    if not m.name.startswith("agent_worker.tests") and m.name != "agent_worker.__main__"
+    m.name
+    for package in (agent_worker, outbound)
+    for m in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + ".")
+    if ".tests" not in m.name and m.name != "agent_worker.__main__"
 )
 for name in names:
     importlib.import_module(name)
@@ -38,4 +41,5 @@ def test_no_agent_worker_module_imports_django() -> None:
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # The probe really imported the pipeline, not an empty list.
     assert {"agent_worker.conversation", "agent_worker.audio_io", "agent_worker.providers"} <= set(report["modules"])
+    assert {"outbound.client", "outbound.signing", "outbound.ssrf"} <= set(report["modules"])
     assert report["django"] == []
