@@ -419,15 +419,15 @@ def webhook_deliveries_queue_due(*, now: datetime | None = None, limit: int = 50
 
 @transaction.atomic
 def webhook_delivery_redeliver(*, delivery: WebhookDelivery, now: datetime | None = None) -> WebhookDelivery:
-    """Send a delivery again now, with the same ``webhook-id`` (receivers dedupe on it): one
-    attempt, whatever its earlier outcome."""
+    """Send a delivery again now, with the same ``webhook-id`` (receivers dedupe on it): one more
+    attempt whatever its earlier outcome; one still inside its retry window keeps its retries."""
     now = now or timezone.now()
     locked = WebhookDelivery.objects.select_for_update(of=("self",)).select_related("endpoint").get(pk=delivery.pk)
     if not locked.endpoint.enabled:
         raise Conflict("The endpoint is disabled; enable it before redelivering.")
     locked.status = WebhookDelivery.Status.PENDING
     locked.next_attempt_at = now
-    locked.retry_until = now
+    locked.retry_until = max(locked.retry_until, now)
     locked.save(update_fields=["status", "next_attempt_at", "retry_until"])
     _queue(locked)
     return locked

@@ -289,3 +289,25 @@ def test_no_secret_is_logged_audited_or_stored_in_the_clear(
         assert text not in audit
         assert text not in stored
         assert text not in notices
+
+
+def test_a_redelivery_after_the_retry_window_is_one_attempt_and_inside_it_keeps_the_retries(
+    receiver: WebhookReceiver,
+) -> None:
+    org = make_org()
+    receiver.default_status = 500
+    endpoint_for(org, receiver.url())
+    t0 = timezone.now() - timedelta(hours=30)
+    over = emit(org, source="over", now=t0)
+    WebhookDelivery.objects.filter(pk=over.pk).update(status=WebhookDelivery.Status.FAILED, next_attempt_at=None)
+    services.webhook_delivery_redeliver(delivery=over)
+    services.webhook_delivery_attempt(delivery_id=over.pk)
+    over.refresh_from_db()
+    assert over.status == WebhookDelivery.Status.FAILED and over.next_attempt_at is None
+
+    recent = emit(org, source="recent")
+    services.webhook_delivery_redeliver(delivery=recent)
+    services.webhook_delivery_attempt(delivery_id=recent.pk)
+    recent.refresh_from_db()
+    assert recent.status == WebhookDelivery.Status.PENDING and recent.next_attempt_at is not None
+    assert len(receiver.received) == 2
