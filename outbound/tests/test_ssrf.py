@@ -4,9 +4,16 @@ and connects to the address it checked."""
 from __future__ import annotations
 
 import socket
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from outbound import client, ssrf
 from testsupport.fakes.webhook_receiver import WebhookReceiver
@@ -170,3 +177,64 @@ def test_a_closed_port_is_a_failed_request_not_an_exception_of_another_kind() ->
         url = receiver.url()
     with pytest.raises(client.RequestFailed):
         client.post(url, body=b"{}", headers={}, allowed_networks=LOOPBACK_ONLY, timeout=2)
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name``, written as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_https_goes_to_the_checked_address_with_sni_and_the_certificate_checked_for_the_name(tmp_path: Path) -> None:
+    cert_file, key_file = _certificate(tmp_path, "hooks.customer.test")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert_file, key_file)
+    names_asked: list[str | None] = []
+
+    def remember_sni(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        names_asked.append(name)
+
+    server_tls.sni_callback = remember_sni  # type: ignore[assignment]
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+    with WebhookReceiver(tls=server_tls) as receiver:
+        response = client.post(
+            receiver.url(host="hooks.customer.test"),
+            body=b"{}",
+            headers={},
+            allowed_networks=LOOPBACK_ONLY,
+            resolver=resolving_to("127.0.0.1"),
+            tls_context=trusting,
+        )
+        assert response.status == 200
+        assert names_asked == ["hooks.customer.test"]
+        assert receiver.received[0].headers["host"] == f"hooks.customer.test:{receiver.port}"
+        # The same server under another name: the certificate does not match, nothing is sent.
+        with pytest.raises(client.RequestFailed, match="SSLCertVerificationError"):
+            client.post(
+                receiver.url(host="other.customer.test"),
+                body=b"{}",
+                headers={},
+                allowed_networks=LOOPBACK_ONLY,
+                resolver=resolving_to("127.0.0.1"),
+                tls_context=trusting,
+            )
+    assert len(receiver.received) == 1

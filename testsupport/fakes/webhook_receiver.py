@@ -4,6 +4,7 @@ verify signatures itself the way a customer's code would (401 when they do not v
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class WebhookReceiver:
     verifier: Verifier | None = None
     received: list[Received] = field(default_factory=list)
     verified: list[Any] = field(default_factory=list)
+    # Serve HTTPS with this server context (its certificate names the host clients will ask for).
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         receiver = self
@@ -69,11 +72,14 @@ class WebhookReceiver:
 
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
 
     def url(self, path: str = "/hook", host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
 
     def __enter__(self) -> WebhookReceiver:
         self._thread.start()

@@ -12,7 +12,7 @@ from accounts.models import AuditLog
 from testsupport.envelope import assert_envelope
 from testsupport.fakes.webhook_receiver import WebhookReceiver
 from webhooks import services
-from webhooks.models import WebhookDelivery
+from webhooks.models import WebhookAttempt, WebhookDelivery
 from webhooks.tests.support import emit
 
 pytestmark = pytest.mark.django_db
@@ -149,3 +149,27 @@ def test_redelivering_to_a_disabled_endpoint_is_a_conflict(api: Any) -> None:
     delivery = emit(api.org)
     api.patch(f"/v1/webhooks/{endpoint_id}", {"enabled": False}, format="json")
     assert_envelope(api.post(f"/v1/webhooks/{endpoint_id}/deliveries/{delivery.pk}/redeliver"), 409, "conflict")
+
+
+def test_the_deliveries_list_costs_the_same_queries_for_one_delivery_or_twenty(
+    api: Any, django_assert_max_num_queries: Any
+) -> None:
+    endpoint = services.webhook_endpoint_create(
+        organization=api.org, url="https://hooks.example.com/", event_types=["session.started"]
+    ).endpoint
+    for n in range(20):
+        delivery = emit(api.org, source=f"s{n}")
+        for number in (1, 2):
+            WebhookAttempt.objects.create(
+                delivery=delivery,
+                number=number,
+                attempted_at=timezone.now(),
+                status_code=500,
+                succeeded=False,
+                latency_ms=3.0,
+            )
+    # Key lookup and touch, the endpoint, the page, its attempts (one query for all).
+    with django_assert_max_num_queries(5):
+        response = api.get(f"/v1/webhooks/{endpoint.pk}/deliveries?limit=20")
+    assert response.status_code == 200
+    assert [len(row["attempts"]) for row in response.json()["results"]] == [2] * 20
