@@ -75,6 +75,8 @@ class PlatformSettings(SharedSettings):
     webhook_timeout_seconds: int = 10  # per delivery attempt
     # Encrypts endpoints' signing secrets at rest; empty: derived from DJANGO_SECRET_KEY.
     webhook_secrets_key: str = Field("", repr=False)
+    # Settled deliveries and their attempts are kept this long (dashboard, API, redelivery).
+    webhook_delivery_retention_days: int = 30
 
     # Dashboard throttles, per client address and per username (atomic counters in the cache).
     login_rate_limit: str = "10/min"  # login attempts per client address

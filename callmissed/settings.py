@@ -194,6 +194,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "billing-flush-meter-events": {"task": "billing.flush_meter_events", "schedule": timedelta(minutes=5)},
     "billing-reconcile-stripe": {"task": "billing.reconcile_stripe", "schedule": timedelta(hours=1)},
     "webhooks-deliver-due": {"task": "webhooks.deliver_due", "schedule": timedelta(seconds=30)},
+    "webhooks-prune-deliveries": {"task": "webhooks.prune_deliveries", "schedule": timedelta(hours=6)},
 }
 
 # --- API -----------------------------------------------------------------------------------
@@ -277,6 +278,7 @@ BILLING_LOW_BALANCE_USD = _env.billing_low_balance_usd
 OUTBOUND_ALLOWED_NETWORKS = _env.outbound_allowed_networks
 WEBHOOK_TIMEOUT_SECONDS = _env.webhook_timeout_seconds
 WEBHOOK_SECRETS_KEY = _env.webhook_secrets_key
+WEBHOOK_DELIVERY_RETENTION_DAYS = _env.webhook_delivery_retention_days
 
 # --- Security ------------------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

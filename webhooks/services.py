@@ -431,3 +431,18 @@ def webhook_delivery_redeliver(*, delivery: WebhookDelivery, now: datetime | Non
     locked.save(update_fields=["status", "next_attempt_at", "retry_until"])
     _queue(locked)
     return locked
+
+
+def webhook_deliveries_prune(*, now: datetime | None = None, batch_size: int = 1000) -> int:
+    """Delete settled deliveries (and their attempts) older than WEBHOOK_DELIVERY_RETENTION_DAYS,
+    in batches so no single statement holds many rows. Returns how many went."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.WEBHOOK_DELIVERY_RETENTION_DAYS)
+    old = WebhookDelivery.objects.filter(created_at__lt=cutoff).exclude(status=WebhookDelivery.Status.PENDING)
+    pruned = 0
+    while True:
+        ids = list(old.order_by("created_at").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            return pruned
+        WebhookDelivery.objects.filter(pk__in=ids).delete()
+        pruned += len(ids)

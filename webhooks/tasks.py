@@ -9,6 +9,7 @@ from webhooks import services
 
 TASK_DELIVER = "webhooks.deliver"
 TASK_DELIVER_DUE = "webhooks.deliver_due"
+TASK_PRUNE_DELIVERIES = "webhooks.prune_deliveries"
 
 # Retries here are for our database only; the customer's failures are retried through the row's
 # next_attempt_at (hours apart, longer than the broker's visibility timeout allows a countdown).
@@ -23,3 +24,8 @@ def deliver(*, delivery_id: str) -> bool:
 @shared_task(name=TASK_DELIVER_DUE, **DB_RETRY)
 def deliver_due() -> int:
     return services.webhook_deliveries_queue_due()
+
+
+@shared_task(name=TASK_PRUNE_DELIVERIES, **DB_RETRY)
+def prune_deliveries() -> int:
+    return services.webhook_deliveries_prune()

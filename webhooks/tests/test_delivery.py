@@ -311,3 +311,18 @@ def test_a_redelivery_after_the_retry_window_is_one_attempt_and_inside_it_keeps_
     recent.refresh_from_db()
     assert recent.status == WebhookDelivery.Status.PENDING and recent.next_attempt_at is not None
     assert len(receiver.received) == 2
+
+
+def test_settled_deliveries_past_the_retention_are_pruned_pending_ones_never(
+    receiver: WebhookReceiver, settings: Any
+) -> None:
+    settings.WEBHOOK_DELIVERY_RETENTION_DAYS = 30
+    org = make_org()
+    endpoint_for(org, receiver.url())
+    old_done, old_pending, recent_done = emit(org, source="a"), emit(org, source="b"), emit(org, source="c")
+    for delivery in (old_done, recent_done):
+        services.webhook_delivery_attempt(delivery_id=delivery.pk)
+    long_ago = timezone.now() - timedelta(days=31)
+    WebhookDelivery.objects.filter(pk__in=[old_done.pk, old_pending.pk]).update(created_at=long_ago)
+    assert services.webhook_deliveries_prune(batch_size=1) == 1
+    assert set(WebhookDelivery.objects.values_list("pk", flat=True)) == {old_pending.pk, recent_done.pk}
