@@ -111,7 +111,7 @@ def test_production_may_serve_the_offline_voices_when_asked_by_name() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-_PLATFORM_CODE = ("accounts", "billing", "callmissed", "dashboard", "voice", "templates")
+_PLATFORM_CODE = ("accounts", "billing", "callmissed", "dashboard", "voice", "webhooks", "templates")
 _SETTINGS_FILES = {ROOT / "callmissed" / "settings.py", ROOT / "callmissed" / "settings_test.py"}
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing import selectors as billing_selectors
+from billing.api.serializers import SessionUsageSerializer
 from billing.models import BillingAccount
 from billing.pricing import display
 from voice import selectors as voice_selectors
@@ -23,7 +24,8 @@ def session_ended(session: VoiceSession) -> dict[str, Any]:
     data = dict(SessionSummarySerializer(session).data)
     data["error"] = session.error_message
     data["transcript"] = TranscriptSegmentSerializer(voice_selectors.transcript_list(session=session), many=True).data
-    data["usage"] = billing_selectors.session_usage(session=session)
+    usage = billing_selectors.session_usage(organization=session.organization, session_id=session.pk)
+    data["usage"] = SessionUsageSerializer(usage).data
     data["latency"] = voice_selectors.voice_session_latency(session=session)
     return data
 

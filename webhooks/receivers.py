@@ -12,7 +12,7 @@ from typing import Any
 from django.db import transaction
 from django.dispatch import receiver
 
-from billing import events as billing_events
+from billing import signals as billing_signals
 from billing.models import BillingAccount
 from voice import events as voice_events
 from voice.models import VoiceSession
@@ -57,7 +57,7 @@ def on_session_ended(sender: Any, session: VoiceSession, **kwargs: Any) -> None:
     )
 
 
-@receiver(billing_events.low_balance, dispatch_uid="webhooks.low_balance")
+@receiver(billing_signals.low_balance, dispatch_uid="webhooks.low_balance")
 def on_low_balance(sender: Any, account: BillingAccount, threshold: Decimal, reference: str, **kwargs: Any) -> None:
     _emit(
         lambda: services.webhook_event_emit(

@@ -19,8 +19,8 @@ from standardwebhooks.webhooks import Webhook
 from accounts.models import AuditLog, Membership
 from accounts.tests.factories import UserFactory, make_org
 from agent_worker import contracts
-from billing import services as billing_services
-from billing.tests.support import KIMI_TURN, usage_event
+from billing import selectors as billing_selectors
+from billing.tests.support import KIMI_TURN, apply_usage, usage_event
 from outbound import signing
 from testsupport.fakes.webhook_receiver import WebhookReceiver
 from voice import lifecycle
@@ -104,12 +104,12 @@ def test_a_low_prepaid_balance_is_reported_once_when_it_crosses_the_threshold(
 ) -> None:
     org = make_org()
     endpoint_for(org, receiver.url(), events=["billing.low_balance"])
-    account = billing_services.billing_account_get_or_create(organization=org)
+    account = billing_selectors.billing_account_get(organization=org)
     settings.BILLING_LOW_BALANCE_USD = str(account.balance - Decimal("0.000001"))
     session = VoiceSessionFactory.create(organization=org)
     with django_capture_on_commit_callbacks(execute=True):
-        billing_services.usage_event_apply(event=usage_event(session, *KIMI_TURN))
-        billing_services.usage_event_apply(event=usage_event(session, *KIMI_TURN))  # already below: no second
+        apply_usage(usage_event(session, *KIMI_TURN))
+        apply_usage(usage_event(session, *KIMI_TURN))  # already below: no second
     (request,) = receiver.received
     event = Webhook(endpoint_secret(org)).verify(request.body, request.headers)
     assert event["type"] == "billing.low_balance"
