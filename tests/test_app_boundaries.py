@@ -1,4 +1,4 @@
-"""Apps depend one way (voice -> billing -> accounts), and each audited action has one writer."""
+"""Apps depend one way (webhooks -> voice -> billing -> accounts), and each audited action has one writer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from accounts.models import AuditLog
 
 ROOT = Path(__file__).resolve().parent.parent
 # Lowest first: an app may import the apps before it, never one after it.
-LAYERS = ["accounts", "billing", "voice", "dashboard"]
+LAYERS = ["accounts", "billing", "voice", "webhooks", "dashboard"]
 
 
 def _modules(app: str) -> Iterator[Path]:
