@@ -3,6 +3,7 @@ so a webhook and ``GET /v1/voice/sessions/{id}`` describe a session alike."""
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +27,7 @@ def session_ended(session: VoiceSession) -> dict[str, Any]:
     data["transcript"] = TranscriptSegmentSerializer(voice_selectors.transcript_list(session=session), many=True).data
     usage = billing_selectors.session_usage(organization=session.organization, session_id=session.pk)
     data["usage"] = SessionUsageSerializer(usage).data
-    data["latency"] = voice_selectors.voice_session_latency(session=session)
+    data["latency"] = dataclasses.asdict(voice_selectors.voice_session_latency(session=session))
     return data
 
 
