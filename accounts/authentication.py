@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from accounts.models import ApiKey
 from accounts.selectors import InvalidApiKey, api_key_authenticate
 from accounts.services import api_key_touch
+from agent_worker import logs
 
 
 class ApiKeyPrincipal:
@@ -59,6 +60,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         except InvalidApiKey as error:
             raise KeyAuthFailed(error) from None
         api_key_touch(api_key=key)
+        logs.bind(organization_id=str(key.organization_id))  # every later line of this request
         return ApiKeyPrincipal(key), key
 
     def authenticate_header(self, request: Request) -> str:

@@ -101,6 +101,8 @@ class DispatchMetadata(_Payload):
 
     session_id: str
     config: SessionConfig = Field(default_factory=SessionConfig)
+    # Only for the worker's log lines (agent_worker/logs.py); never a secret.
+    organization_id: str = ""
 
 
 def new_event_id() -> str:
@@ -156,6 +158,10 @@ class SessionEnded(WorkerEvent):
     turn_latencies: list[TurnLatency] = Field(default_factory=list)
     error: str = ""
 
+
+# The Celery message header every publisher stamps with the time it sent the task (seconds since
+# the epoch): the Django worker measures queue lag from it.
+PUBLISHED_AT_HEADER = "callmissed_published_at"
 
 # Celery task names: the worker's send_task and Django's @shared_task(name=...) both use these.
 TASK_SESSION_STARTED = "voice.session_started"

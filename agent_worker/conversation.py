@@ -37,7 +37,8 @@ from livekit.agents.voice.events import (
 )
 from livekit.agents.voice.turn import TurnHandlingOptions
 
-from agent_worker import contracts
+from agent_worker import contracts, drain
+from agent_worker import metrics as pipeline_metrics
 from agent_worker.provider_settings import ProviderSettings
 from agent_worker.providers import BilledAs, Providers, build_providers, providers_label
 
@@ -275,6 +276,7 @@ class Conversation:
             raise ValueError("start() needs a room, or both audio_input and audio_output")
         self._start_began = True
         self._ensure_dispatcher()
+        drain.LIVE.add(self)
         self._started_wall = time.time()
         self._started_mono = time.monotonic()
         try:
@@ -391,6 +393,7 @@ class Conversation:
         if self._end_reason is contracts.EndReason.MAX_DURATION:
             # The limit is what the caller was promised and billed for; a few ms of closing are not theirs.
             duration = min(duration, float(self.config.max_duration_seconds))
+        drain.LIVE.discard(self)
         self.ended = ConversationEnded(
             reason=self._end_reason,
             duration_seconds=round(duration, 3),
@@ -491,9 +494,13 @@ class Conversation:
 
     def _on_item_added(self, ev: ConversationItemAddedEvent) -> None:
         item = ev.item
-        if not isinstance(item, llm.ChatMessage) or item.role != "assistant":
+        if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
             return
         metrics: dict[str, Any] = dict(item.metrics or {})
+        # The caller's line carries the STT stage, the agent's reply the LLM, TTS and overall ones.
+        pipeline_metrics.observe_turn(metrics)
+        if item.role != "assistant":
+            return
         if item.interrupted and not self._interrupt_reported:
             self._interrupt_reported = True
             self._deliver(self._observer.on_interrupted)
@@ -561,6 +568,7 @@ class Conversation:
         error = ev.error
         recoverable = bool(getattr(error, "recoverable", False))
         message = _describe_error(error)
+        pipeline_metrics.observe_provider_error(error)
         if not recoverable:
             self._session_error = message
         self._deliver(lambda: self._observer.on_error(message, recoverable=recoverable))

@@ -125,6 +125,8 @@ class EventReporter:
                     name,
                     kwargs={"payload": payload},
                     task_id=event.event_id,
+                    # Django's workers measure queue lag from it (callmissed/metrics.py).
+                    headers={contracts.PUBLISHED_AT_HEADER: time.time()},
                     retry=True,
                     retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
                 )

@@ -11,6 +11,8 @@ empty variable counts as unset, and a bad value raises ``SettingsError`` naming 
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
@@ -45,17 +47,27 @@ class SharedSettings(BaseSettings):
     # A conversation nobody speaks in ends after this; the goodbye starts this long before the maximum.
     agent_idle_timeout_seconds: float = 120.0
     agent_goodbye_lead_seconds: float = 5.0
+    # On SIGTERM: no new calls; live ones go on this long, then end with a spoken goodbye
+    # (agent_worker/drain.py), instead of the hour the longest session may last.
+    drain_wait_seconds: float = Field(30.0, ge=0)
     providers: ProviderSettings = Field(default_factory=lambda: load(ProviderSettings))
 
 
 class WorkerSettings(SharedSettings):
-    # SIGTERM waits this long for live conversations (the longest allowed session is 1 h).
-    agent_drain_timeout_seconds: int = 3700
     # The worker's health/status HTTP port (livekit-agents serves it in production mode).
     agent_http_port: int = 8081
+    # Prometheus metrics of the worker and its job processes (pipeline latency, provider errors,
+    # livekit-agents' own); the job processes write to this directory, which the worker's metrics
+    # server adds up (it is wiped at start). Unset: a directory under the system's temp dir.
+    agent_metrics_port: int = 9100
+    prometheus_multiproc_dir: str = ""
     # Where the worker's events go: Django's Celery broker.
     celery_broker_url: str = ""
     redis_url: str = ""
+
+    @property
+    def metrics_dir(self) -> str:
+        return self.prometheus_multiproc_dir or os.path.join(tempfile.gettempdir(), "callmissed-agent-metrics")
 
     @property
     def broker_url(self) -> str:

@@ -6,7 +6,8 @@ job carries a ``contracts.DispatchMetadata`` (session id and config) put into th
 by Django. The job runs the ``Conversation`` in the room, reports what happens to Django through
 Celery, and reports the end — user left, room deleted (REST DELETE), idle, error, or
 ``max_duration_seconds`` (with a spoken goodbye just before); the platform then deletes the room. SIGTERM drains:
-the worker stops taking jobs and lets live conversations finish (up to the drain timeout).
+the worker stops taking jobs, lets live conversations go on for ``DRAIN_WAIT_SECONDS``, then
+ends the rest with a spoken goodbye (agent_worker/drain.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from livekit.agents import AgentServer, JobContext, JobProcess, cli
 from livekit.agents.voice import io
 from pydantic import ValidationError
 
-from agent_worker import contracts, heap
+from agent_worker import contracts, drain, heap, logs
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
 from agent_worker.provider_settings import ProviderSettings
 from agent_worker.reporting import EventReporter, Reporter
@@ -129,6 +130,7 @@ async def run_job(
         return None
 
     session_id = dispatch.session_id
+    logs.bind(session_id=session_id, organization_id=dispatch.organization_id)
     conversation = Conversation(
         session_id=session_id,
         config=dispatch.config,
@@ -139,8 +141,9 @@ async def run_job(
     )
 
     async def on_shutdown(reason: str) -> None:
-        # A forced job shutdown (drain timeout, worker exit) still closes and reports the session.
-        await conversation.end(contracts.EndReason.ERROR, error=f"The agent worker shut down ({reason}).")
+        # The worker's drain wait is over (or it is exiting): a call still live ends with a
+        # goodbye, and is closed and reported. After a normal end this is a no-op.
+        await drain.end_with_goodbye([conversation])
 
     ctx.add_shutdown_callback(on_shutdown)
     await ctx.connect()
@@ -190,6 +193,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
 def prepare_job_process(proc: JobProcess) -> None:
     """Run once in each job process before it takes a job (module-level: it is pickled too)."""
+    logs.install_on_root_handlers()
     heap.settle_after_startup()
 
 
@@ -198,8 +202,13 @@ def build_server(settings: WorkerSettings) -> AgentServer:
         ws_url=settings.livekit_url,
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret,
-        drain_timeout=settings.agent_drain_timeout_seconds,
+        # SIGTERM: no new jobs; live calls get this long, then each job's shutdown says goodbye.
+        drain_timeout=max(1, round(settings.drain_wait_seconds)),  # 0 would mean wait forever
+        # The goodbye (bounded by the goodbye lead) and the final report fit in this.
+        shutdown_process_timeout=settings.agent_goodbye_lead_seconds + 10.0,
         port=settings.agent_http_port,
+        prometheus_port=settings.agent_metrics_port,
+        prometheus_multiproc_dir=settings.metrics_dir,
         setup_fnc=prepare_job_process,
     )
     # A named agent is dispatched only to rooms whose token (or a dispatch request) asks for it.

@@ -7,6 +7,7 @@ there is no ambient credential for a cross-site page to abuse, and non-browser c
 CLI, phone gateways) send no ``Origin``. A browser's ``Origin`` must still be an allowed host.
 """
 
+import logging
 import os
 
 from django.core.asgi import get_asgi_application
@@ -76,6 +77,40 @@ def _abort_if_still_open(transport: Any) -> None:
 
 
 _fail_websockets_with_a_close_frame()
+
+
+def _drain_before_daphne_stops() -> None:
+    """On SIGTERM, let live legacy-socket calls end properly before Daphne cancels them.
+
+    Daphne's shutdown cancels every connection's application at once: a caller mid-sentence
+    hears nothing and the session is left for the reaper. Before that, this process refuses new
+    calls, waits up to ``DRAIN_WAIT_SECONDS`` for live ones and ends the rest with a spoken
+    goodbye (agent_worker/drain.py); Twisted waits for the returned Deferred."""
+    import asyncio
+
+    from daphne.server import Server
+    from django.conf import settings
+    from twisted.internet import defer
+
+    from agent_worker import drain
+
+    kill = Server.kill_all_applications
+    if getattr(kill, "drains_first", False):
+        return
+
+    def drain_then_kill(self: Server) -> defer.Deferred[Any]:
+        drained = defer.Deferred.fromFuture(
+            asyncio.ensure_future(drain.LIVE.drain(wait_seconds=settings.DRAIN_WAIT_SECONDS))
+        )
+        drained.addErrback(lambda failure: logging.getLogger(__name__).error("Drain failed: %s", failure))
+        drained.addBoth(lambda _: kill(self))
+        return drained
+
+    drain_then_kill.drains_first = True  # type: ignore[attr-defined]
+    Server.kill_all_applications = drain_then_kill  # type: ignore[method-assign]
+
+
+_drain_before_daphne_stops()
 
 
 class _OriginValidatorAllowingNone(OriginValidator):

@@ -1,7 +1,7 @@
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from django.db import InterfaceError, OperationalError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callmissed.settings")
@@ -20,3 +20,24 @@ DB_RETRY: dict[str, Any] = {
     "retry_jitter": True,
     "max_retries": 10,
 }
+
+def _connect_metrics() -> None:
+    """Queue lag and task failures (callmissed/metrics.py); the worker serves them itself."""
+    from callmissed import metrics
+
+    signals.before_task_publish.connect(metrics.stamp_published_at, weak=False)
+    signals.task_prerun.connect(metrics.observe_task_start, weak=False)
+    signals.task_failure.connect(metrics.count_task_failure, weak=False)
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_: object) -> None:
+    from django.conf import settings
+
+    if settings.CELERY_METRICS_PORT:
+        from callmissed import metrics
+
+        metrics.serve_worker_metrics(settings.CELERY_METRICS_PORT)
+
+
+_connect_metrics()

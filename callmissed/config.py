@@ -9,7 +9,7 @@ values (production, Redis), which settings.py resolves.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 from django.core.exceptions import ImproperlyConfigured
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
@@ -104,13 +104,26 @@ class PlatformSettings(SharedSettings):
     # message to its socket was lost.
     legacy_ws_session_check_seconds: float = 2.0
 
-    @field_validator("outbound_allowed_networks")
+    # Operations (callmissed/health.py, callmissed/metrics.py, agent_worker/logs.py).
+    # Each /readyz dependency check (database, cache, channel layer, broker) gives up after this.
+    readyz_check_timeout_seconds: float = Field(2.0, gt=0)
+    # /metrics answers a scraper that sends "Authorization: Bearer <this>" or calls from these networks.
+    metrics_bearer_token: str = Field("", repr=False)
+    metrics_allowed_ips: CommaList = ["127.0.0.1/32", "::1/128"]
+    # The Celery worker's own /metrics port (its task children aggregate through
+    # PROMETHEUS_MULTIPROC_DIR); 0 = off.
+    celery_metrics_port: int = 0
+    # "json": one JSON object per line with request, organization and session ids; "plain" to read
+    # in a terminal. Secrets are redacted either way.
+    log_format: Literal["json", "plain"] = "json"
+
+    @field_validator("outbound_allowed_networks", "metrics_allowed_ips")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
+    def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         try:
             parse_networks(value)
         except ValueError as error:
-            raise ValueError(f"OUTBOUND_ALLOWED_NETWORKS must be CIDRs: {error}") from None
+            raise ValueError(f"{str(info.field_name).upper()} must be CIDRs: {error}") from None
         return value
 
     @field_validator(

@@ -15,6 +15,7 @@ from contextvars import ContextVar
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from agent_worker import logs
 from callmissed import jsonsafe
 
 _request_id: ContextVar[str] = ContextVar("request_id", default="")
@@ -76,6 +77,8 @@ class RequestIdMiddleware:
         request_id = incoming if _SAFE_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
         token = _request_id.set(request_id)
         request.request_id = request_id  # type: ignore[attr-defined]
+        # Not reset on the way out: Django logs 4xx/5xx responses after the middleware returned.
+        logs.start_request(request_id)
         try:
             if request.path.startswith(API_PREFIX):
                 from callmissed.errors import ensure_envelope

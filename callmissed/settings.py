@@ -14,6 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from agent_worker import logs
 from agent_worker.provider_settings import SpeechMode
 from callmissed.config import DEV_SECRET_KEY, platform_settings
 
@@ -61,6 +62,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "callmissed.middleware.RequestIdMiddleware",
+    "callmissed.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "callmissed.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -293,14 +295,6 @@ SECURE_HSTS_PRELOAD = _PRODUCTION
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": _env.log_level},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
 
 # --- Dashboard throttles (per client address and per username; atomic counters in the cache) -----
 LOGIN_RATE_LIMIT = _env.login_rate_limit
@@ -311,6 +305,14 @@ CLIENT_IP_HEADER = _env.client_ip_header
 
 # --- Content-Security-Policy (callmissed/csp.py) ----------------------------------------------------
 CSP_FORM_ACTION_ORIGINS = _env.csp_form_action_origins
+
+# --- Operations: health, metrics, logs, drain (callmissed/health.py, callmissed/metrics.py) --------
+READYZ_CHECK_TIMEOUT_SECONDS = _env.readyz_check_timeout_seconds
+METRICS_BEARER_TOKEN = _env.metrics_bearer_token
+METRICS_ALLOWED_IPS = _env.metrics_allowed_ips
+CELERY_METRICS_PORT = _env.celery_metrics_port
+DRAIN_WAIT_SECONDS = _env.drain_wait_seconds
+LOGGING = logs.dict_config(level=_env.log_level, json_lines=_env.log_format == "json")
 
 # --- Production refuses development parts ---------------------------------------------------------
 # The embedded defaults serve one developer's process; in production each would fail quietly:

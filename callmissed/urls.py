@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from callmissed import health
 from callmissed.csp import csp_override
 from callmissed.errors import handler404 as api_not_found
 from dashboard import views as dashboard_views
@@ -12,6 +13,9 @@ handler404 = "callmissed.errors.handler404"
 handler500 = "callmissed.errors.handler500"
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics_view, name="metrics"),
     path("admin/login/", dashboard_views.admin_login),  # the admin's login behind the dashboard's throttles
     path("admin/", admin.site.urls),
     path("v1/", include("voice.api.urls")),
@@ -39,5 +43,5 @@ urlpatterns = [
     ),
     path("", include("dashboard.urls")),
     # Unknown API paths answer with the error envelope even when DEBUG shows HTML 404 pages elsewhere.
-    re_path(r"^v1/", api_not_found),
+    re_path(r"^v1/", api_not_found, name="api-not-found"),
 ]

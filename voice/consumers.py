@@ -37,7 +37,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from accounts.ws_auth import SCOPE_KEY, WsKeyAuth
-from agent_worker import contracts
+from agent_worker import contracts, drain, logs
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
 
@@ -271,6 +271,15 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             message = auth.message if auth is not None else "Authentication is not configured for this socket."
             await self._refuse(AUTH_CLOSE.get(code, CloseCode.KEY_INVALID), str(code), message)
             return
+        if drain.LIVE.draining:
+            await self._refuse(
+                CloseCode.SERVICE_UNAVAILABLE,
+                str(ErrorCode.SERVICE_UNAVAILABLE),
+                "This server is shutting down and takes no new calls: connect again.",
+                retry_after=1,
+            )
+            return
+        logs.bind(organization_id=str(auth.api_key.organization_id) if auth.api_key else None)
         loop = asyncio.get_running_loop()
         self._config_timer = loop.call_later(self.limits.config_timeout_seconds, self._on_config_timeout)
 
@@ -410,6 +419,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
 
     async def _start_session(self, session_id: str, config: contracts.SessionConfig, rate: int) -> None:
         self.session_id = session_id
+        logs.bind(session_id=session_id)
         if not await self._join_control_group():
             await self._refuse_uncontrollable()
             return

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from accounts.models import Organization
 from agent_worker import catalog, contracts
@@ -180,3 +180,16 @@ def catalog_models() -> list[dict[str, Any]]:
         }
         for m in catalog.llm_models()
     ]
+
+
+def live_session_counts() -> dict[tuple[str, str], int]:
+    """Live sessions of every organization by (transport, status), zeros included (for metrics)."""
+    counts = {
+        (str(transport), str(status)): 0
+        for transport in contracts.Transport
+        for status in (VoiceSession.Status.CREATED, VoiceSession.Status.ACTIVE)
+    }
+    rows = VoiceSession.objects.live().values_list("transport", "status").annotate(n=Count("id")).order_by()
+    for transport, status, n in rows:
+        counts[(transport, status)] = n
+    return counts

@@ -49,7 +49,9 @@ def _fingerprint(config: dict[str, Any]) -> str:
 
 
 def _token_for(session: VoiceSession) -> str:
-    dispatch = contracts.DispatchMetadata(session_id=str(session.id), config=session.config())
+    dispatch = contracts.DispatchMetadata(
+        session_id=str(session.id), config=session.config(), organization_id=str(session.organization_id)
+    )
     return livekit.participant_token(room_name=session.room_name, identity=f"user-{session.id}", dispatch=dispatch)
 
 

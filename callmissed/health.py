@@ -1,0 +1,174 @@
+"""Operator endpoints: ``/healthz`` (alive), ``/readyz`` (dependencies), ``/metrics`` (Prometheus).
+
+Plain Django views outside ``/v1``: no API key, no rate limit, not in the public OpenAPI
+document. ``/readyz`` never answers 500: each dependency is checked with a short timeout, in
+parallel, and a failure names the dependency (503) without the URL or credentials it used.
+``/metrics`` answers only a scraper with ``METRICS_BEARER_TOKEN`` or an address in
+``METRICS_ALLOWED_IPS`` (scrape each process directly, not through the public balancer).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import load_backend
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from kombu import Connection
+
+from agent_worker import logs
+from callmissed import metrics
+
+logger = logging.getLogger(__name__)
+
+# Checks run on their own threads so one hung dependency cannot hold up the others; a check
+# past the timeout is reported failed and its thread finishes on its own socket timeout.
+_CHECKS = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
+
+
+@require_GET
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process answers HTTP: nothing else is checked (a liveness probe must not restart a
+    healthy process because the database is down)."""
+    return JsonResponse({"status": "ok"})
+
+
+def check_database(timeout: float) -> str:
+    """A fresh connection (not the request's), so a database that went away is noticed."""
+    params = dict(connections.settings[DEFAULT_DB_ALIAS])
+    if params["ENGINE"].endswith("postgresql"):
+        # libpq's smallest connect timeout is 2 s; the statement gets the check's own budget.
+        params["OPTIONS"] = {
+            **params.get("OPTIONS", {}),
+            "connect_timeout": max(2, round(timeout)),
+            "options": f"-c statement_timeout={int(timeout * 1000)}",
+        }
+    wrapper = load_backend(params["ENGINE"]).DatabaseWrapper(params, DEFAULT_DB_ALIAS)
+    try:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        wrapper.close()
+    return "ok"
+
+
+def _ping_redis(url: str, timeout: float) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def check_cache(timeout: float) -> str:
+    """The cache holds rate-limit counters; locmem (development) is always there."""
+    cache: dict[str, Any] = settings.CACHES["default"]
+    backend = str(cache["BACKEND"])
+    if not backend.endswith("RedisCache"):
+        return "in-process"
+    _ping_redis(str(cache["LOCATION"]), timeout)
+    return "ok"
+
+
+def check_channel_layer(timeout: float) -> str:
+    """The layer DELETE, billing and key revocation reach live legacy calls through."""
+    layer: dict[str, Any] = settings.CHANNEL_LAYERS["default"]
+    if "InMemory" in str(layer["BACKEND"]):
+        return "in-process"
+    for host in layer.get("CONFIG", {}).get("hosts", []):
+        _ping_redis(host["address"] if isinstance(host, dict) else str(host), timeout)
+    return "ok"
+
+
+def check_broker(timeout: float) -> str:
+    """The Celery broker: sessions' events and every queued side effect go through it."""
+    url = settings.CELERY_BROKER_URL
+    if url.startswith("memory://"):
+        return "in-process"
+    options = {
+        **settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+    }
+    with Connection(url, connect_timeout=timeout, transport_options=options) as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+        connection.default_channel.client.ping()
+    return "ok"
+
+
+READINESS_CHECKS: dict[str, Callable[[float], str]] = {
+    "database": check_database,
+    "cache": check_cache,
+    "channel_layer": check_channel_layer,
+    "broker": check_broker,
+}
+
+
+def _run(check: Callable[[float], str], timeout: float) -> tuple[str, float]:
+    started = time.perf_counter()
+    state = check(timeout)
+    return state, round((time.perf_counter() - started) * 1000, 1)
+
+
+def readiness(timeout: float) -> tuple[bool, dict[str, dict[str, Any]]]:
+    futures = {name: _CHECKS.submit(_run, check, timeout) for name, check in READINESS_CHECKS.items()}
+    deadline = time.monotonic() + timeout + 0.5
+    results: dict[str, dict[str, Any]] = {}
+    for name, future in futures.items():
+        try:
+            state, ms = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            results[name] = {"ok": True, "state": state, "ms": ms}
+        except FutureTimeout:
+            results[name] = {"ok": False, "error": f"no answer within {timeout:g} s"}
+        except Exception as error:
+            # The class and a redacted message: enough to act on, no connection string.
+            detail = logs.redact(str(error).splitlines()[0] if str(error) else "")[:200]
+            results[name] = {"ok": False, "error": f"{type(error).__name__}: {detail}".rstrip(": ")}
+    return all(r["ok"] for r in results.values()), results
+
+
+@require_GET
+@never_cache
+def readyz(request: HttpRequest) -> JsonResponse:
+    ok, checks = readiness(settings.READYZ_CHECK_TIMEOUT_SECONDS)
+    if ok:
+        return JsonResponse({"status": "ok", "checks": checks})
+    failed = [name for name, result in checks.items() if not result["ok"]]
+    logger.warning("Not ready: %s", ", ".join(f"{n} ({checks[n]['error']})" for n in failed))
+    return JsonResponse({"status": "unavailable", "failed": failed, "checks": checks}, status=503)
+
+
+def _scraper_allowed(request: HttpRequest) -> bool:
+    token = settings.METRICS_BEARER_TOKEN
+    presented = request.headers.get("Authorization", "")
+    if token and presented.startswith("Bearer "):
+        return secrets.compare_digest(presented.removeprefix("Bearer ").strip().encode(), token.encode())
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in settings.METRICS_ALLOWED_IPS)
+
+
+@require_GET
+@never_cache
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not _scraper_allowed(request):
+        # The same answer for a wrong token and a stranger: nothing to learn about the setup.
+        return JsonResponse({"error": "forbidden"}, status=403)
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

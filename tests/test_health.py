@@ -1,0 +1,110 @@
+"""/healthz, /readyz and the /metrics gate: what an orchestrator and a scraper see."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.test import Client
+
+from testsupport.processes import free_port
+from testsupport.redis_server import RedisServer, redis_server_available
+
+pytestmark = pytest.mark.django_db
+
+
+def _point_redis_at(settings: Any, url: str) -> None:
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": url,
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [{"address": url}]}}
+    }
+    settings.CELERY_BROKER_URL = url
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, settings: Any) -> Iterator[RedisServer]:
+    if not redis_server_available():
+        pytest.skip("redis-server is not installed")
+    with RedisServer(directory=tmp_path / "redis") as server:
+        _point_redis_at(settings, server.url(0))
+        yield server
+
+
+def test_healthz_answers_without_a_key_or_any_dependency() -> None:
+    response = Client().get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_is_200_with_every_check_when_everything_is_up(private_redis: RedisServer) -> None:
+    response = Client().get("/readyz")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"database", "cache", "channel_layer", "broker"}
+    assert all(check["ok"] and check["state"] == "ok" for check in body["checks"].values())
+
+
+def test_readyz_is_503_naming_redis_when_redis_is_down(private_redis: RedisServer) -> None:
+    private_redis.stop()
+    response = Client().get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert set(body["failed"]) == {"cache", "channel_layer", "broker"}
+    assert body["checks"]["database"]["ok"] is True
+    assert "ConnectionError" in body["checks"]["cache"]["error"]
+
+
+def test_readyz_is_503_naming_the_database_when_it_is_unreachable(
+    private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unreachable = {**connections.settings[DEFAULT_DB_ALIAS], "HOST": "127.0.0.1", "PORT": str(free_port())}
+    if unreachable["ENGINE"].endswith("sqlite3"):
+        unreachable["NAME"] = "/nonexistent-directory/db.sqlite3"
+    monkeypatch.setitem(connections.settings, DEFAULT_DB_ALIAS, unreachable)
+    response = Client().get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["failed"] == ["database"]
+    assert body["checks"]["database"]["error"].startswith("OperationalError")
+    assert body["checks"]["broker"]["ok"] is True
+
+
+def test_a_readyz_failure_shows_no_credentials(private_redis: RedisServer, settings: Any) -> None:
+    url = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
+    _point_redis_at(settings, url)
+    body = Client().get("/readyz").content.decode()
+    assert "hunter2-password" not in body
+
+
+def test_operator_endpoints_need_no_api_key_and_are_not_in_the_public_schema() -> None:
+    schema = Client().get("/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    assert not {"/healthz", "/readyz", "/metrics"} & set(schema["paths"])
+
+
+def test_metrics_refuse_a_stranger_and_a_wrong_token(settings: Any) -> None:
+    settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
+    settings.METRICS_BEARER_TOKEN = "scrape-token-0123456789"
+    assert Client().get("/metrics").status_code == 403
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong-token-0123456789").status_code == 403
+
+
+def test_metrics_answer_the_bearer_token_or_an_allowed_address(settings: Any) -> None:
+    settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
+    settings.METRICS_BEARER_TOKEN = "scrape-token-0123456789"
+    with_token = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-0123456789")
+    assert with_token.status_code == 200
+    assert with_token["Content-Type"].startswith("text/plain")
+    assert b"callmissed_live_sessions" in with_token.content
+    from_allowed = Client(REMOTE_ADDR="10.1.2.3").get("/metrics")
+    assert from_allowed.status_code == 200
