@@ -63,10 +63,14 @@ class LiveConversations:
 
 async def end_with_goodbye(conversations: list[Conversation]) -> None:
     """End each call with a goodbye; each goodbye is bounded by the conversation's goodbye lead."""
-    await asyncio.gather(
-        *(c.end(contracts.EndReason.ERROR, error=SHUTDOWN_MESSAGE, say_goodbye=True) for c in conversations),
-        return_exceptions=True,
-    )
+
+
+    async def end(conversation: Conversation) -> None:
+        await conversation.end(contracts.EndReason.ERROR, error=SHUTDOWN_MESSAGE, say_goodbye=True)
+        # Until every observer has it: the session row is closed and the caller told why.
+        await conversation.wait_ended()
+
+    await asyncio.gather(*(end(c) for c in conversations), return_exceptions=True)
 
 
 # One per process: conversations add themselves when they start and leave when they end.

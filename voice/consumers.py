@@ -672,10 +672,16 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 await self._flush_usage()
             event = ended.event(self.session_id)
             await _record(lambda: lifecycle.voice_session_ended_apply(event=event), event)
-            close = self._close_code or END_CLOSE.get(ended.reason, CloseCode.NORMAL)
+            # Ended by this server's shutdown (agent_worker/drain.py): the caller may call again at once.
+            shutdown = ended.error == drain.SHUTDOWN_MESSAGE
+            close = self._close_code or (
+                CloseCode.SERVICE_UNAVAILABLE if shutdown else END_CLOSE.get(ended.reason, CloseCode.NORMAL)
+            )
             if close is not CloseCode.NORMAL and not self._fatal_error_sent:
                 await self.send_error(
-                    END_ERROR.get(ended.reason, str(ErrorCode.INTERNAL_ERROR)),
+                    str(ErrorCode.SERVICE_UNAVAILABLE)
+                    if shutdown
+                    else END_ERROR.get(ended.reason, str(ErrorCode.INTERNAL_ERROR)),
                     ended.error or f"The session ended: {ended.reason}.",
                     fatal=True,
                 )
