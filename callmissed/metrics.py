@@ -163,9 +163,16 @@ def serve_worker_metrics(port: int) -> None:
     """The Celery worker's own ``/metrics`` (its task children in multiprocess mode)."""
     from prometheus_client import start_http_server
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         from prometheus_client import multiprocess
 
+        # A previous run's files would be added to this one's (prometheus_client: wipe per run).
+        # No task has run yet, and every metric here has labels, so no file of ours is open.
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(directory, name))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         start_http_server(port, registry=registry)

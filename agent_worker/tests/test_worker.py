@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from livekit import rtc
 from livekit.agents.testing import fake_job_context
 
-from agent_worker import contracts
+from agent_worker import contracts, drain
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import ConversationEnded
 from agent_worker.provider_settings import ProviderSettings, SpeechMode
@@ -75,6 +76,7 @@ class Harness:
     agent_audio: bytearray
     task: asyncio.Task[ConversationEnded | None]
     room: rtc.Room
+    ctx: Any = None
 
 
 @pytest.fixture
@@ -126,7 +128,7 @@ async def start_job(lk_server: FakeLiveKitServer, providers: ProviderSettings) -
                     session_io=session_io,
                 )
             )
-        harness = Harness(reporter, audio_in, agent_audio, task, room)
+        harness = Harness(reporter, audio_in, agent_audio, task, room, ctx)
         harnesses.append(harness)
         return harness
 
@@ -229,6 +231,21 @@ async def test_max_duration_says_goodbye_then_ends_on_time(
     assert goodbye.start_offset_ms <= 4000
 
 
+async def test_a_worker_shutdown_ends_a_live_call_with_a_goodbye_and_reports_it(start_job: Any) -> None:
+    harness = await start_job(_metadata(), agent_goodbye_lead_seconds=5.0)
+    reporter = harness.reporter
+    await _wait_until(lambda: any(e.role == "agent" for e in reporter.of(contracts.TranscriptSegment)), "a greeting")
+    # What the job process runs once livekit-agents' drain timeout is over and it closes the job.
+    await asyncio.gather(*(callback("drain timed out") for callback in harness.ctx._shutdown_callbacks))
+    ended = await asyncio.wait_for(harness.task, 30)
+
+    assert ended is not None and ended.reason == contracts.EndReason.ERROR
+    (report,) = reporter.of(contracts.SessionEnded)
+    assert (report.reason, report.error) == (contracts.EndReason.ERROR, drain.SHUTDOWN_MESSAGE)
+    agent_lines = [e for e in reporter.of(contracts.TranscriptSegment) if e.role == "agent"]
+    assert len(agent_lines) == 2, "the greeting and the goodbye"
+
+
 async def test_a_deleted_room_ends_the_session_as_deleted(start_job: Any, lk_server: FakeLiveKitServer) -> None:
     harness = await start_job(_metadata())
     await _wait_until(lambda: harness.reporter.of(contracts.SessionStarted), "the session to start")
@@ -303,6 +320,8 @@ def test_the_start_command_runs_job_processes_and_drains_on_sigterm(tmp_path: Pa
         # No LiveKit server can run here: the worker keeps retrying its registration meanwhile.
         "LIVEKIT_URL": f"ws://127.0.0.1:{_free_port()}",
         "AGENT_HTTP_PORT": str(_free_port()),
+        "AGENT_METRICS_PORT": str(metrics_port := _free_port()),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
@@ -314,6 +333,10 @@ def test_the_start_command_runs_job_processes_and_drains_on_sigterm(tmp_path: Pa
         while b"process initialized" not in log.read_bytes():
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
+        # The worker's metrics, job processes included (they write to PROMETHEUS_MULTIPROC_DIR).
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            # Observed in the job process that just initialized, served by the main process.
+            assert b"lk_agents_proc_initialize_duration_seconds_count" in response.read()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
     finally:
