@@ -1,10 +1,11 @@
 """Operator endpoints: ``/healthz`` (alive), ``/readyz`` (dependencies), ``/metrics`` (Prometheus).
 
 Plain Django views outside ``/v1``: no API key, no rate limit, not in the public OpenAPI
-document. ``/readyz`` never answers 500: each dependency is checked with a short timeout, in
-parallel, and a failure names the dependency (503) without the URL or credentials it used.
-``/metrics`` answers only a scraper with ``METRICS_BEARER_TOKEN`` or an address in
-``METRICS_ALLOWED_IPS`` (scrape each process directly, not through the public balancer).
+document, and answered before host validation and the HTTPS redirect
+(``OperatorEndpointsMiddleware``). ``/readyz`` never answers 500: each dependency is checked with
+a short timeout, in parallel, and a failure names the dependency (503) without the URL or
+credentials it used. ``/metrics`` answers only a scraper with ``METRICS_BEARER_TOKEN`` or an
+address in ``METRICS_ALLOWED_IPS`` (scrape each process directly, not through the balancer).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import load_backend
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import resolve
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from kombu import Connection
@@ -172,3 +174,21 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     from prometheus_client import CONTENT_TYPE_LATEST
 
     return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+# Answered before host validation and the HTTPS redirect: probes and scrapers call a process by
+# its address (127.0.0.1, a pod IP), which is no public host name, over plain HTTP inside the network.
+OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class OperatorEndpointsMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info not in OPERATOR_PATHS:
+            return self.get_response(request)
+        match = resolve(request.path_info)
+        request.resolver_match = match
+        response: HttpResponse = match.func(request, *match.args, **match.kwargs)
+        return response

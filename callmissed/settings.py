@@ -63,6 +63,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "callmissed.middleware.RequestIdMiddleware",
     "callmissed.metrics.RequestMetricsMiddleware",
+    "callmissed.health.OperatorEndpointsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "callmissed.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -108,3 +108,14 @@ def test_metrics_answer_the_bearer_token_or_an_allowed_address(settings: Any) ->
     assert b"callmissed_live_sessions" in with_token.content
     from_allowed = Client(REMOTE_ADDR="10.1.2.3").get("/metrics")
     assert from_allowed.status_code == 200
+
+
+def test_probes_by_address_are_answered_in_production_mode(settings: Any) -> None:
+    """A load balancer calls http://10.0.3.7:8000/readyz: no public host name, no HTTPS."""
+    settings.ALLOWED_HOSTS = ["api.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
+    client = Client(HTTP_HOST="10.0.3.7:8000", REMOTE_ADDR="10.0.0.2")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/v1/catalog/voices").status_code == 400  # everything else still checks the host
