@@ -82,9 +82,3 @@ def test_a_failing_task_is_counted_and_its_queue_lag_observed() -> None:
     assert _value("callmissed_celery_task_failures_total", task=task.name) == failures_before + 1
     assert _value("callmissed_celery_queue_lag_seconds_count", task=task.name) == count_before + 1
     assert _value("callmissed_celery_queue_lag_seconds_sum", task=task.name) - lag_before >= 42.0
-
-
-def test_webhook_delivery_outcomes_are_exposed() -> None:
-    metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
-    scraped = _scrape()
-    assert scraped[("callmissed_webhook_deliveries_total", (("outcome", "delivered"),))] >= 1

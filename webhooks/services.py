@@ -25,7 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import AuditLog, Membership, Organization
-from callmissed import queueing
+from callmissed import metrics, queueing
 from callmissed.errors import Conflict, ValidationFailed
 from outbound import client, signing, ssrf
 from webhooks import crypto
@@ -307,8 +307,12 @@ def webhook_delivery_attempt(
         excerpt = response.body.decode("utf-8", "replace")[:RESPONSE_EXCERPT_CHARS]
     except (ssrf.DestinationRefused, client.RequestFailed) as failure:
         error = str(failure)[:300]
+        refused = isinstance(failure, ssrf.DestinationRefused)
+    else:
+        refused = False
     succeeded = status_code is not None and 200 <= status_code < 300
     attempt = _record(delivery.pk, number, now, status_code, succeeded, latency_ms, excerpt, error, rng)
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=_outcome(attempt, refused=refused)).inc()
     logger.info(
         "Webhook %s (%s) attempt %d to endpoint %s: %s",
         delivery.event_id,
@@ -366,6 +370,18 @@ def _record(
                 delivery.next_attempt_at = None
         delivery.save(update_fields=["status", "delivered_at", "next_attempt_at"])
     return attempt
+
+
+def _outcome(attempt: WebhookAttempt, *, refused: bool) -> str:
+    """The attempt as callmissed_webhook_deliveries_total counts it."""
+    delivery = attempt.delivery
+    if attempt.succeeded:
+        return "delivered"
+    if not delivery.endpoint.enabled:
+        return "disabled"
+    if refused:
+        return "refused"
+    return "exhausted" if delivery.status == WebhookDelivery.Status.FAILED else "failed"
 
 
 def _disable(endpoint: WebhookEndpoint) -> None:

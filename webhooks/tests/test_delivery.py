@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from django.core import mail
 from django.utils import timezone
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
 
 from accounts.models import AuditLog, Membership
@@ -29,6 +30,17 @@ from webhooks import services
 from webhooks.models import EventType, WebhookDelivery, WebhookEndpoint
 from webhooks.tests.conftest import documented_verifier
 from webhooks.tests.support import emit, endpoint_for
+
+
+def outcomes() -> dict[str, float]:
+    """callmissed_webhook_deliveries_total as /metrics shows it, per outcome."""
+    names = ("delivered", "failed", "exhausted", "refused", "disabled")
+    return {o: REGISTRY.get_sample_value("callmissed_webhook_deliveries_total", {"outcome": o}) or 0.0 for o in names}
+
+
+def counted_since(before: dict[str, float]) -> dict[str, float]:
+    return {o: n - before[o] for o, n in outcomes().items() if n != before[o]}
+
 
 pytestmark = pytest.mark.django_db
 
@@ -127,9 +139,13 @@ def test_a_failing_receiver_is_retried_with_backoff_and_jitter_for_a_day_then_di
     endpoint = endpoint_for(org, receiver.url()).endpoint
     t0 = timezone.now()
     delivery = emit(org, now=t0)
+    before = outcomes()
 
     with django_capture_on_commit_callbacks(execute=True):
         attempts = _run_until_settled(delivery, rng=random.Random(16).random)
+
+    # The last attempt is the one that switched the endpoint off.
+    assert counted_since(before) == {"failed": len(attempts) - 1, "disabled": 1}
 
     assert len(receiver.received) == len(attempts)
     assert {r.headers["webhook-id"] for r in receiver.received} == {delivery.event_id}
@@ -164,8 +180,10 @@ def test_a_receiver_that_recovers_gets_the_message_and_its_failure_run_ends(rece
     receiver.script = [500, 503]
     endpoint = endpoint_for(org, receiver.url()).endpoint
     delivery = emit(org, now=timezone.now())
+    before = outcomes()
     attempts = _run_until_settled(delivery)
     assert [a.status_code for a in attempts] == [500, 503, 200]
+    assert counted_since(before) == {"failed": 2, "delivered": 1}
     endpoint.refresh_from_db()
     assert endpoint.enabled and endpoint.failing_since is None
     delivery.refresh_from_db()
@@ -227,8 +245,10 @@ def test_a_private_target_is_never_called_when_the_setting_does_not_allow_it(
     endpoint_for(org, receiver.url())
     settings.OUTBOUND_ALLOWED_NETWORKS = []
     delivery = emit(org, now=timezone.now())
+    before = outcomes()
     attempt = services.webhook_delivery_attempt(delivery_id=delivery.pk, now=delivery.next_attempt_at)
     assert attempt is not None
+    assert counted_since(before) == {"refused": 1}
     assert attempt.status_code is None and "non-public" in attempt.error
     assert receiver.received == []
     delivery.refresh_from_db()
