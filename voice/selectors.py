@@ -15,7 +15,7 @@ from accounts.models import Organization
 from agent_worker import catalog, contracts
 from billing import selectors as billing_selectors
 from callmissed import jsonsafe
-from callmissed.errors import NotFound
+from callmissed.selectors import get_or_not_found
 from voice.models import TranscriptSegment, VoiceSession
 
 
@@ -24,14 +24,7 @@ def _visible(organization: Organization) -> QuerySet[VoiceSession]:
 
 
 def voice_session_get(*, organization: Organization, session_id: str | uuid.UUID) -> VoiceSession:
-    try:
-        pk = uuid.UUID(str(session_id))
-    except ValueError:
-        raise NotFound("Voice session not found.") from None
-    session = _visible(organization).filter(pk=pk).first()
-    if session is None:
-        raise NotFound("Voice session not found.")
-    return session
+    return get_or_not_found(_visible(organization), session_id, "Voice session not found.")
 
 
 def live_session_count(*, organization: Organization) -> int:

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django.db.models import QuerySet
 
 from accounts.models import Organization
-from callmissed.errors import NotFound
+from callmissed.selectors import get_or_not_found
 from webhooks.models import WebhookDelivery, WebhookEndpoint
-
-
-def _uuid(value: Any, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise NotFound(f"{what} not found.") from None
 
 
 def webhook_endpoint_list(*, organization: Organization) -> QuerySet[WebhookEndpoint]:
@@ -24,12 +16,8 @@ def webhook_endpoint_list(*, organization: Organization) -> QuerySet[WebhookEndp
 
 
 def webhook_endpoint_get(*, organization: Organization, endpoint_id: Any) -> WebhookEndpoint:
-    endpoint = WebhookEndpoint.objects.filter(
-        organization=organization, pk=_uuid(endpoint_id, "Webhook endpoint")
-    ).first()
-    if endpoint is None:
-        raise NotFound("Webhook endpoint not found.")
-    return endpoint
+    rows = WebhookEndpoint.objects.filter(organization=organization)
+    return get_or_not_found(rows, endpoint_id, "Webhook endpoint not found.")
 
 
 def webhook_delivery_list(*, endpoint: WebhookEndpoint, status: str | None = None) -> QuerySet[WebhookDelivery]:
@@ -40,10 +28,8 @@ def webhook_delivery_list(*, endpoint: WebhookEndpoint, status: str | None = Non
 
 
 def webhook_delivery_get(*, endpoint: WebhookEndpoint, delivery_id: Any) -> WebhookDelivery:
-    delivery = WebhookDelivery.objects.filter(endpoint=endpoint, pk=_uuid(delivery_id, "Webhook delivery")).first()
-    if delivery is None:
-        raise NotFound("Webhook delivery not found.")
-    return delivery
+    rows = WebhookDelivery.objects.filter(endpoint=endpoint)
+    return get_or_not_found(rows, delivery_id, "Webhook delivery not found.")
 
 
 def webhook_endpoints_disabled(*, organization: Organization) -> QuerySet[WebhookEndpoint]:
