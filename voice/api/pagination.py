@@ -1,13 +1,16 @@
 from datetime import UTC
 from typing import Any
 
+from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import Cursor, CursorPagination
+from rest_framework.response import Response
 
 from callmissed.errors import ValidationFailed
+from callmissed.serializers import StrictSerializer
 
 INVALID_CURSOR = "Invalid cursor: use the next or previous link of a page as it is."
 
@@ -57,3 +60,24 @@ def paginated(item: type[serializers.Serializer], name: str) -> serializers.Seri
             "results": item(many=True),
         },
     )
+
+
+class PageQuerySerializer(StrictSerializer):
+    """A list's query string: its filters (a subclass's fields) and the paginator's parameters,
+    declared here so the schema documents them and a bad one is a 400. ``validated_data`` holds
+    the filters only; the paginator reads its parameters from the request."""
+
+    cursor = serializers.CharField(required=False, help_text="A page's next or previous cursor, unchanged.")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=100, help_text="Page size (default 20).")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {name: value for name, value in attrs.items() if name not in ("cursor", "limit")}
+
+
+def page_response(
+    items: QuerySet[Any], *, request: Any, view: Any, serializer: type[serializers.Serializer]
+) -> Response:
+    """One page of ``items``, newest first, in the shape ``paginated`` documents."""
+    paginator = NewestFirstCursorPagination()
+    page = paginator.paginate_queryset(items, request, view=view)
+    return paginator.get_paginated_response(serializer(page, many=True).data)

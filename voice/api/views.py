@@ -16,9 +16,8 @@ from rest_framework.views import APIView
 from accounts.authentication import request_api_key
 from billing.api.serializers import SessionUsageSerializer
 from callmissed.errors import ValidationFailed
-from callmissed.serializers import StrictSerializer
 from voice import lifecycle, selectors, services
-from voice.api.pagination import NewestFirstCursorPagination, paginated
+from voice.api.pagination import PageQuerySerializer, page_response, paginated
 from voice.api.serializers import (
     SUMMARY_FIELDS,
     SessionInResultSerializer,
@@ -117,19 +116,11 @@ class VoiceSessionListApi(APIView):
     """The caller's sessions, newest first."""
 
     # The query string but its metadata.KEY filters (read by ``_metadata_filters``).
-    class FilterSerializer(StrictSerializer):
+    class FilterSerializer(PageQuerySerializer):
         status = serializers.ChoiceField(choices=VoiceSession.Status.choices, required=False)
         transport = serializers.ChoiceField(choices=TRANSPORT_CHOICES, required=False)
         created_after = serializers.DateTimeField(required=False)
         created_before = serializers.DateTimeField(required=False)
-        # Read by the paginator, declared here so the schema documents them and a bad one is a 400.
-        cursor = serializers.CharField(required=False, help_text="A page's next or previous cursor, unchanged.")
-        limit = serializers.IntegerField(
-            required=False, min_value=1, max_value=100, help_text="Page size (default 20)."
-        )
-
-        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            return {name: value for name, value in attrs.items() if name not in ("cursor", "limit")}
 
     @extend_schema(
         operation_id="voice_sessions_list",
@@ -152,9 +143,7 @@ class VoiceSessionListApi(APIView):
         sessions = selectors.voice_session_list(
             organization=organization, metadata=_metadata_filters(request.query_params), **filters.validated_data
         )
-        paginator = NewestFirstCursorPagination()
-        page = paginator.paginate_queryset(sessions, request, view=self)
-        return paginator.get_paginated_response(SessionSummarySerializer(page, many=True).data)
+        return page_response(sessions, request=request, view=self, serializer=SessionSummarySerializer)
 
 
 @extend_schema_serializer(component_name="SessionLatency")

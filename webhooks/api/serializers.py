@@ -1,46 +1,21 @@
-"""Input and output shapes of the webhooks API."""
+"""Shapes more than one webhooks operation answers with; each operation's own input is its view's."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
-from billing.api.serializers import StrictSerializer
 from webhooks.models import EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from webhooks.services import MAX_ROTATION_OVERLAP
-
-_EVENT_TYPES = serializers.ListField(
-    child=serializers.ChoiceField(choices=EventType.choices),
-    allow_empty=False,
-    max_length=len(EventType.choices),
-    help_text="Events this endpoint receives.",
-)
 
 
-class EndpointCreateInputSerializer(StrictSerializer):
-    url = serializers.URLField(max_length=2000, help_text="http(s) URL on the public internet.")
-    event_types = _EVENT_TYPES
-    description = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-
-
-class EndpointUpdateInputSerializer(StrictSerializer):
-    url = serializers.URLField(max_length=2000, required=False)
-    event_types = serializers.ListField(
+def event_types_field(**options: Any) -> serializers.ListField:
+    """The event types an endpoint receives: at least one, at most as many as there are."""
+    return serializers.ListField(
         child=serializers.ChoiceField(choices=EventType.choices),
         allow_empty=False,
         max_length=len(EventType.choices),
-        required=False,
-    )
-    description = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    enabled = serializers.BooleanField(required=False, help_text="true re-enables an endpoint that was disabled.")
-
-
-class RotateSecretInputSerializer(StrictSerializer):
-    overlap_seconds = serializers.IntegerField(
-        min_value=0,
-        max_value=int(MAX_ROTATION_OVERLAP.total_seconds()),
-        required=False,
-        default=86400,
-        help_text="How long the previous secret keeps signing beside the new one (default 24 h).",
+        **options,
     )
 
 
@@ -94,9 +69,3 @@ class DeliveryOutputSerializer(serializers.ModelSerializer):
             "payload",
             "attempts",
         ]
-
-
-class DeliveryFilterSerializer(StrictSerializer):
-    status = serializers.ChoiceField(choices=WebhookDelivery.Status.choices, required=False)
-    cursor = serializers.CharField(required=False, help_text="A page's next or previous cursor, unchanged.")
-    limit = serializers.IntegerField(required=False, min_value=1, max_value=100, help_text="Page size (default 20).")

@@ -1,21 +1,27 @@
-"""Thin adapters: parse input, call one service or selector, serialize."""
+"""Thin adapters, one class per operation: parse input, call one service or selector, serialize."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_api_key
-from voice.api.pagination import NewestFirstCursorPagination
-from voice.api.views import paginated
+from callmissed.serializers import StrictSerializer
+from voice.api.pagination import PageQuerySerializer, page_response, paginated
 from webhooks import selectors, services
-from webhooks.api import serializers as s
-from webhooks.models import WebhookEndpoint
+from webhooks.api.serializers import (
+    DeliveryOutputSerializer,
+    EndpointOutputSerializer,
+    EndpointWithSecretOutputSerializer,
+    event_types_field,
+)
+from webhooks.models import WebhookDelivery, WebhookEndpoint
+from webhooks.services import MAX_ROTATION_OVERLAP
 
 
 def _endpoint(request: Request, endpoint_id: str) -> WebhookEndpoint:
@@ -24,46 +30,71 @@ def _endpoint(request: Request, endpoint_id: str) -> WebhookEndpoint:
 
 def _with_secret(created: services.EndpointWithSecret) -> Response:
     created.endpoint.secret = created.secret  # type: ignore[attr-defined]
-    return Response(s.EndpointWithSecretOutputSerializer(created.endpoint).data, status=status.HTTP_201_CREATED)
+    return Response(EndpointWithSecretOutputSerializer(created.endpoint).data, status=status.HTTP_201_CREATED)
 
 
-class WebhookEndpointsApi(APIView):
-    """``POST`` registers an endpoint (its secret is in this answer only); ``GET`` lists them."""
+class WebhookEndpointCreateApi(APIView):
+    """Registers an endpoint; its signing secret is in this answer only."""
 
-    @extend_schema(
-        operation_id="webhooks_create",
-        request=s.EndpointCreateInputSerializer,
-        responses={201: s.EndpointWithSecretOutputSerializer},
-    )
+    @extend_schema_serializer(component_name="EndpointCreateInput")
+    class InputSerializer(StrictSerializer):
+        event_types = event_types_field(help_text="Events this endpoint receives.")
+        url = serializers.URLField(max_length=2000, help_text="http(s) URL on the public internet.")
+        description = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+    OutputSerializer = EndpointWithSecretOutputSerializer
+
+    @extend_schema(operation_id="webhooks_create", request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request: Request) -> Response:
-        body = s.EndpointCreateInputSerializer(data=request.data)
+        body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         organization = request_api_key(request).organization
         return _with_secret(services.webhook_endpoint_create(organization=organization, **body.validated_data))
 
-    @extend_schema(operation_id="webhooks_list", responses={200: s.EndpointOutputSerializer(many=True)})
+
+class WebhookEndpointListApi(APIView):
+    """The caller's endpoints, newest first."""
+
+    OutputSerializer = EndpointOutputSerializer
+
+    @extend_schema(operation_id="webhooks_list", responses={200: OutputSerializer(many=True)})
     def get(self, request: Request) -> Response:
         endpoints = selectors.webhook_endpoint_list(organization=request_api_key(request).organization)
-        return Response(s.EndpointOutputSerializer(endpoints, many=True).data)
+        return Response(self.OutputSerializer(endpoints, many=True).data)
 
 
-class WebhookEndpointDetailApi(APIView):
-    @extend_schema(operation_id="webhooks_retrieve", responses={200: s.EndpointOutputSerializer})
+class WebhookEndpointRetrieveApi(APIView):
+    OutputSerializer = EndpointOutputSerializer
+
+    @extend_schema(operation_id="webhooks_retrieve", responses={200: OutputSerializer})
     def get(self, request: Request, endpoint_id: str) -> Response:
         endpoint = _endpoint(request, endpoint_id)
-        return Response(s.EndpointOutputSerializer(endpoint).data)
+        return Response(self.OutputSerializer(endpoint).data)
 
-    @extend_schema(
-        operation_id="webhooks_update",
-        request=s.EndpointUpdateInputSerializer,
-        responses={200: s.EndpointOutputSerializer},
-    )
+
+class WebhookEndpointUpdateApi(APIView):
+    """Changes only the fields sent."""
+
+    @extend_schema_serializer(component_name="EndpointUpdateInput")
+    class InputSerializer(StrictSerializer):
+        url = serializers.URLField(max_length=2000, required=False)
+        event_types = event_types_field(required=False)
+        description = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        enabled = serializers.BooleanField(required=False, help_text="true re-enables an endpoint that was disabled.")
+
+    OutputSerializer = EndpointOutputSerializer
+
+    @extend_schema(operation_id="webhooks_update", request=InputSerializer, responses={200: OutputSerializer})
     def patch(self, request: Request, endpoint_id: str) -> Response:
         endpoint = _endpoint(request, endpoint_id)
-        body = s.EndpointUpdateInputSerializer(data=request.data)
+        body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         endpoint = services.webhook_endpoint_update(endpoint=endpoint, **body.validated_data)
-        return Response(s.EndpointOutputSerializer(endpoint).data)
+        return Response(self.OutputSerializer(endpoint).data)
+
+
+class WebhookEndpointDeleteApi(APIView):
+    """Removes the endpoint with its deliveries."""
 
     @extend_schema(operation_id="webhooks_destroy", responses={204: None})
     def delete(self, request: Request, endpoint_id: str) -> Response:
@@ -73,39 +104,52 @@ class WebhookEndpointDetailApi(APIView):
 
 
 class WebhookSecretRotateApi(APIView):
-    @extend_schema(
-        operation_id="webhooks_rotate_secret",
-        request=s.RotateSecretInputSerializer,
-        responses={201: s.EndpointWithSecretOutputSerializer},
-    )
+    @extend_schema_serializer(component_name="RotateSecretInput")
+    class InputSerializer(StrictSerializer):
+        overlap_seconds = serializers.IntegerField(
+            min_value=0,
+            max_value=int(MAX_ROTATION_OVERLAP.total_seconds()),
+            required=False,
+            default=86400,
+            help_text="How long the previous secret keeps signing beside the new one (default 24 h).",
+        )
+
+    OutputSerializer = EndpointWithSecretOutputSerializer
+
+    @extend_schema(operation_id="webhooks_rotate_secret", request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request: Request, endpoint_id: str) -> Response:
         endpoint = _endpoint(request, endpoint_id)
-        body = s.RotateSecretInputSerializer(data=request.data)
+        body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         overlap = timedelta(seconds=body.validated_data["overlap_seconds"])
         return _with_secret(services.webhook_endpoint_rotate_secret(endpoint=endpoint, overlap=overlap))
 
 
-class WebhookDeliveriesApi(APIView):
+class WebhookDeliveryListApi(APIView):
+    class FilterSerializer(PageQuerySerializer):
+        status = serializers.ChoiceField(choices=WebhookDelivery.Status.choices, required=False)
+
+    OutputSerializer = DeliveryOutputSerializer
+
     @extend_schema(
         operation_id="webhooks_deliveries_list",
-        parameters=[s.DeliveryFilterSerializer],
-        responses={200: paginated(s.DeliveryOutputSerializer, "WebhookDeliveryPage")},
+        parameters=[FilterSerializer],
+        responses={200: paginated(OutputSerializer, "WebhookDeliveryPage")},
     )
     def get(self, request: Request, endpoint_id: str) -> Response:
         endpoint = _endpoint(request, endpoint_id)
-        filters = s.DeliveryFilterSerializer(data=request.query_params.dict())
+        filters = self.FilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
-        deliveries = selectors.webhook_delivery_list(endpoint=endpoint, status=filters.validated_data.get("status"))
-        paginator = NewestFirstCursorPagination()
-        page = paginator.paginate_queryset(deliveries, request, view=self)
-        return paginator.get_paginated_response(s.DeliveryOutputSerializer(page, many=True).data)
+        deliveries = selectors.webhook_delivery_list(endpoint=endpoint, **filters.validated_data)
+        return page_response(deliveries, request=request, view=self, serializer=self.OutputSerializer)
 
 
 class WebhookRedeliverApi(APIView):
-    @extend_schema(operation_id="webhooks_redeliver", request=None, responses={202: s.DeliveryOutputSerializer})
+    OutputSerializer = DeliveryOutputSerializer
+
+    @extend_schema(operation_id="webhooks_redeliver", request=None, responses={202: OutputSerializer})
     def post(self, request: Request, endpoint_id: str, delivery_id: str) -> Response:
         endpoint = _endpoint(request, endpoint_id)
         delivery = selectors.webhook_delivery_get(endpoint=endpoint, delivery_id=delivery_id)
         delivery = services.webhook_delivery_redeliver(delivery=delivery)
-        return Response(s.DeliveryOutputSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+        return Response(self.OutputSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
