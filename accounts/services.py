@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts import signals
@@ -141,5 +142,7 @@ def api_key_touch(*, api_key: ApiKey) -> None:
     now = timezone.now()
     last = api_key.last_used_at
     if last is None or (now - last).total_seconds() >= LAST_USED_RESOLUTION_SECONDS:
-        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        # Conditional, so of the requests that all saw a stale value only the first one writes.
+        stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS))
+        ApiKey.objects.filter(stale, pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now

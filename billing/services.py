@@ -182,10 +182,9 @@ def funds_problem(*, account: BillingAccount) -> str | None:
     return None
 
 
-def session_admission_check(*, organization: Organization, live_sessions: int) -> None:
-    """Raise PaymentRequired (402) or ConcurrencyLimit (429) when the org may not start one more
-    session beside its ``live_sessions``."""
-    account = billing_account_get(organization=organization)
+def session_admission_check(*, account: BillingAccount, live_sessions: int) -> None:
+    """Raise PaymentRequired (402) or ConcurrencyLimit (429) when the account's organization may
+    not start one more session beside its ``live_sessions``."""
     problem = funds_problem(account=account)
     if problem:
         raise PaymentRequired(problem)

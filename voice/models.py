@@ -20,10 +20,14 @@ class VoiceSessionQuerySet(models.QuerySet["VoiceSession"]):
     def holding_capacity(self, *, now: datetime) -> VoiceSessionQuerySet:
         """Live sessions that really hold a provider stream: a ``created`` one past its join
         deadline is as good as ended (the next expiry closes it), so it blocks no one."""
-        return self.filter(
-            models.Q(status=VoiceSession.Status.ACTIVE)
-            | models.Q(status=VoiceSession.Status.CREATED, join_deadline__gte=now)
-        )
+        return self.filter(holding_capacity_condition(now=now))
+
+
+def holding_capacity_condition(*, now: datetime) -> models.Q:
+    """The condition of ``holding_capacity``, for counts that filter an aggregate on it."""
+    return models.Q(status=VoiceSession.Status.ACTIVE) | models.Q(
+        status=VoiceSession.Status.CREATED, join_deadline__gte=now
+    )
 
 
 class VoiceSession(models.Model):
@@ -84,7 +88,12 @@ class VoiceSession(models.Model):
             )
         ]
         indexes = [
+            # The list's filters: status and created_at have their own indexes (db_index above); the
+            # others in the list's order (newest first) within the organization.
             models.Index(fields=["organization", "-created_at", "-id"], name="session_org_created"),
+            models.Index(fields=["organization", "transport", "-created_at", "-id"], name="session_org_transport"),
+            # metadata.KEY=VALUE filters are containment (@>) on PostgreSQL, served by the GIN index
+            # "session_metadata" that migration 0004 creates there only (SQLite has no GIN).
             models.Index(
                 fields=["room_delete_queued_at"],
                 condition=models.Q(room_delete_queued_at__isnull=False),

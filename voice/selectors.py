@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, Q, QuerySet
 
 from accounts.models import Organization
@@ -24,7 +25,9 @@ def _visible(organization: Organization) -> QuerySet[VoiceSession]:
 
 
 def voice_session_get(*, organization: Organization, session_id: str | uuid.UUID) -> VoiceSession:
-    return get_or_not_found(_visible(organization), session_id, "Voice session not found.")
+    session = get_or_not_found(_visible(organization), session_id, "Voice session not found.")
+    session.organization = organization  # the caller's, already loaded: no read per use
+    return session
 
 
 def live_session_count(*, organization: Organization) -> int:
@@ -36,11 +39,7 @@ def voice_session_stop_reason(*, session_id: str) -> contracts.EndReason | None:
     """Why a running call must stop: the row's end reason once it is no longer live, or
     ``key_revoked`` once the key it was opened with is revoked (``None`` while neither). One
     primary-key read, for a legacy socket to check its own row now and then."""
-    row = (
-        VoiceSession.objects.filter(pk=session_id)
-        .values_list("status", "end_reason", "api_key__revoked_at")
-        .first()
-    )
+    row = VoiceSession.objects.filter(pk=session_id).values_list("status", "end_reason", "api_key__revoked_at").first()
     if row is None:
         return contracts.EndReason.ERROR
     status, end_reason, key_revoked_at = row
@@ -78,15 +77,24 @@ def voice_session_list(
 
 def _metadata_equals(key: str, raw: str) -> Q:
     """Query strings are text; ``?metadata.plan=2`` should still match ``{"plan": 2}``."""
-    condition = Q(**{f"metadata__{key}": raw})
+    condition = _metadata_has(key, raw)
     try:
         # Strict: 1e400 or NaN would reach jsonb as Infinity/NaN, which PostgreSQL refuses.
         typed = jsonsafe.loads(raw)
     except jsonsafe.UnsafeJson:
         return condition
     if typed != raw and (typed is None or isinstance(typed, bool | int | float)):
-        condition |= Q(**{f"metadata__{key}": typed})
+        condition |= _metadata_has(key, typed)
     return condition
+
+
+def _metadata_has(key: str, value: str | bool | int | float | None) -> Q:
+    # For a scalar, containment is equality of the key's value; on PostgreSQL it is what the
+    # GIN index on metadata serves (a key lookup would read every session of the organization).
+    # SQLite has no containment lookup.
+    if connection.vendor == "postgresql":
+        return Q(metadata__contains={key: value})
+    return Q(**{f"metadata__{key}": value})
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Count, Q, Subquery
 from django.utils import timezone
 
 from accounts.models import ApiKey, AuditLog, Organization
@@ -21,8 +21,8 @@ from agent_worker import contracts
 from billing import selectors as billing_selectors
 from billing import services as billing_services
 from callmissed.errors import CapacityExhausted, Conflict, IdempotencyConflict, PaymentRequired
-from voice import lifecycle, livekit, selectors
-from voice.models import TranscriptSegment, VoiceSession
+from voice import lifecycle, livekit
+from voice.models import TranscriptSegment, VoiceSession, holding_capacity_condition
 
 logger = logging.getLogger(__name__)
 
@@ -60,23 +60,53 @@ def _token_for(session: VoiceSession) -> str:
 _PROVIDER_CAPACITY_LOCK = 0x63616C6C  # any constant no other advisory lock uses ("call")
 
 
-def _check_provider_capacity() -> None:
+def _lock_organization(*, organization: Organization, api_key: ApiKey | None) -> Organization:
+    """Lock the organization's row (serialising its admissions) and read, in the same statement,
+    its billing account and the state of the key the request came with."""
+    locked = Organization.objects.select_for_update(of=("self",)).select_related("billing_account")
+    if api_key is not None:
+        key_row = ApiKey.objects.filter(pk=api_key.pk)
+        locked = locked.annotate(
+            key_revoked_at=Subquery(key_row.values("revoked_at")),
+            key_expires_at=Subquery(key_row.values("expires_at")),
+        )
+    return locked.get(pk=organization.pk)
+
+
+def _check_key_still_valid(*, locked: Organization, now: datetime) -> None:
+    # The key was checked when the request (or the socket) arrived; a revocation since then
+    # must not admit one more session, on a socket left open for exactly that.
+    if locked.key_revoked_at is not None:  # type: ignore[attr-defined]
+        raise RevokedApiKey()
+    expires_at = locked.key_expires_at  # type: ignore[attr-defined]
+    if expires_at is not None and expires_at <= now:
+        raise ExpiredApiKey()
+
+
+@dataclass(frozen=True)
+class _LiveCounts:
+    organization: int  # the organization's sessions holding capacity (its concurrency limit)
+    provider: int  # every organization's (the provider account's cap)
+    overdue: int  # the organization's created sessions past their join deadline
+
+
+def _live_counts(*, organization: Organization, now: datetime) -> _LiveCounts:
+    """Everything admission counts, in one statement. On PostgreSQL it runs under the provider
+    advisory lock, taken in a statement of its own first: a statement's snapshot is taken when it
+    starts, so a count in the locking statement would miss a create that committed while it waited."""
     if connection.vendor == "postgresql":
         # Held to the end of the create's transaction, taken after the organization's row lock by
         # every create alike. (SQLite, the development default, serialises writers by itself.)
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PROVIDER_CAPACITY_LOCK])
-    live = VoiceSession.objects.holding_capacity(now=timezone.now()).count()
-    if live >= settings.PROVIDER_MAX_LIVE_SESSIONS:
-        raise CapacityExhausted(retry_after=CAPACITY_RETRY_AFTER_SECONDS)
-
-
-def _check_key_still_valid(*, api_key: ApiKey, now: datetime) -> None:
-    revoked_at, expires_at = ApiKey.objects.filter(pk=api_key.pk).values_list("revoked_at", "expires_at").get()
-    if revoked_at is not None:
-        raise RevokedApiKey()
-    if expires_at is not None and expires_at <= now:
-        raise ExpiredApiKey()
+    holding = holding_capacity_condition(now=now)
+    mine = Q(organization=organization)
+    counts = VoiceSession.objects.live().aggregate(
+        org_live=Count("pk", filter=mine & holding),
+        provider_live=Count("pk", filter=holding),
+        org_overdue=Count("pk", filter=mine & Q(status=VoiceSession.Status.CREATED, join_deadline__lt=now)),
+    )
+    return _LiveCounts(organization=counts["org_live"], provider=counts["provider_live"], overdue=counts["org_overdue"])
 
 
 def voice_session_create(
@@ -99,21 +129,21 @@ def voice_session_create(
     with transaction.atomic():
         # Serialise admission per organization so two racing creates cannot both pass the caps;
         # every create of the org takes this lock first, so the key lookup below sees any winner.
-        Organization.objects.select_for_update().filter(pk=organization.pk).first()
-        lifecycle.voice_sessions_expire_unjoined(organization=organization, now=now)
+        locked = _lock_organization(organization=organization, api_key=api_key)
         if api_key is not None:
-            # The key was checked when the request (or the socket) arrived; a revocation since then
-            # must not admit one more session, on a socket left open for exactly that.
-            _check_key_still_valid(api_key=api_key, now=now)
+            _check_key_still_valid(locked=locked, now=now)
         if idempotency_key:
             earlier = _bound_session(organization=organization, idempotency_key=idempotency_key, now=now)
             if earlier is not None:
                 return _replay(earlier, fingerprint, now=now)
-        billing_services.session_admission_check(
-            organization=organization,
-            live_sessions=selectors.live_session_count(organization=organization),
-        )
-        _check_provider_capacity()
+        counts = _live_counts(organization=organization, now=now)
+        if counts.overdue:
+            # Sessions nobody joined stop counting at once (the counts above leave them out);
+            # ending them here too means no deployment needs beat to close them.
+            lifecycle.voice_sessions_expire_unjoined(organization=organization, now=now)
+        billing_services.session_admission_check(account=locked.billing_account, live_sessions=counts.organization)
+        if counts.provider >= settings.PROVIDER_MAX_LIVE_SESSIONS:
+            raise CapacityExhausted(retry_after=CAPACITY_RETRY_AFTER_SECONDS)
         session = VoiceSession(
             organization=organization,
             api_key=api_key,
@@ -131,26 +161,32 @@ def voice_session_create(
             request_fingerprint=fingerprint,
             join_deadline=now + timedelta(seconds=settings.SESSION_JOIN_TIMEOUT_SECONDS),
         )
-        # The key's uniqueness is the database's to enforce (below), not a pre-read that races.
-        session.full_clean(validate_constraints=False)
+        # Uniqueness (id, room, idempotency key) and the foreign keys are the database's to
+        # enforce on the insert, not pre-reads that cost a statement each and still race.
+        session.full_clean(exclude=["organization", "api_key"], validate_unique=False, validate_constraints=False)
+        if not idempotency_key:
+            session.save()
+            return _created(session, transport=transport)
         try:
             with transaction.atomic():
                 session.save()
         except IntegrityError:
-            if not idempotency_key:
-                raise
             # A writer that skipped the org lock won the key: answer with its session.
             earlier = VoiceSession.objects.get(organization=organization, idempotency_key=idempotency_key)
             return _replay(earlier, fingerprint, now=now)
 
-        token = _token_for(session) if transport == contracts.Transport.LIVEKIT else ""
-        created = CreatedSession(session=session, token=token, ws_url=settings.LIVEKIT_URL, replayed=False)
-        if idempotency_key and render is not None:
+        created = _created(session, transport=transport)
+        if render is not None:
             body = render(created)
             session.idempotency_response = body.decode()
             session.save(update_fields=["idempotency_response"])
             created = replace(created, body=body)
     return created
+
+
+def _created(session: VoiceSession, *, transport: contracts.Transport) -> CreatedSession:
+    token = _token_for(session) if transport == contracts.Transport.LIVEKIT else ""
+    return CreatedSession(session=session, token=token, ws_url=settings.LIVEKIT_URL, replayed=False)
 
 
 def _bound_session(*, organization: Organization, idempotency_key: str, now: datetime) -> VoiceSession | None:
