@@ -41,7 +41,15 @@ class PlatformSettings(SharedSettings):
     log_level: str = "INFO"
 
     database_url: str = ""  # unset: SQLite in the checkout
+    # Persistent connections; 0 with pooling (Django's pool requires it). Under ASGI each request
+    # runs in a thread of its own, so persistence without a pool holds one connection per thread.
     database_conn_max_age: int = 0
+    # PostgreSQL connections per process, pooled by psycopg_pool and shared by its threads: the
+    # most the process ever opens (a request waits for a free one). 0 turns pooling off.
+    database_pool_max_size: int = 8
+    database_pool_min_size: int = 1
+    # How long a request waits for a pooled connection before answering 503 (never a 500).
+    database_pool_timeout_seconds: float = 10.0
     redis_url: str = ""  # unset: in-process channel layer, cache and eager Celery
     celery_broker_url: str = ""  # unset: REDIS_URL
     celery_task_always_eager: bool | None = None  # unset: on without Redis

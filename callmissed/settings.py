@@ -100,6 +100,17 @@ DATABASES = {
         conn_max_age=_env.database_conn_max_age,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and _env.database_pool_max_size > 0:
+    if _env.database_conn_max_age:
+        raise ImproperlyConfigured(
+            "DATABASE_CONN_MAX_AGE must be 0 while DATABASE_POOL_MAX_SIZE pools connections "
+            "(set DATABASE_POOL_MAX_SIZE=0 to keep connections per thread instead)"
+        )
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(_env.database_pool_min_size, _env.database_pool_max_size),
+        "max_size": _env.database_pool_max_size,
+        "timeout": _env.database_pool_timeout_seconds,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
