@@ -163,7 +163,18 @@ class SessionEnded(WorkerEvent):
 # the epoch): the Django worker measures queue lag from it.
 PUBLISHED_AT_HEADER = "callmissed_published_at"
 
+
+class EventBatch(_Payload):
+    """Transcript segments and usage one session reported within the reporter's window, sent as
+    one task; Django applies each event id in it once, as if it had come alone."""
+
+    session_id: str
+    segments: list[TranscriptSegment] = Field(default_factory=list)
+    usage: list[UsageReported] = Field(default_factory=list)
+
+
 # Celery task names: the worker's send_task and Django's @shared_task(name=...) both use these.
+TASK_EVENT_BATCH = "voice.event_batch"
 TASK_SESSION_STARTED = "voice.session_started"
 TASK_TRANSCRIPT_SEGMENT = "voice.transcript_segment"
 TASK_USAGE_REPORTED = "voice.usage_reported"

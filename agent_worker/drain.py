@@ -64,7 +64,6 @@ class LiveConversations:
 async def end_with_goodbye(conversations: list[Conversation]) -> None:
     """End each call with a goodbye; each goodbye is bounded by the conversation's goodbye lead."""
 
-
     async def end(conversation: Conversation) -> None:
         await conversation.end(contracts.EndReason.ERROR, error=SHUTDOWN_MESSAGE, say_goodbye=True)
         # Until every observer has it: the session row is closed and the caller told why.

@@ -3,8 +3,11 @@
 ``EventReporter.report(event)`` returns at once: a single publisher thread sends the events in
 the order they were reported, with ``send_task`` to the task name ``contracts`` gives their type
 and ``{"payload": event}`` as the body, so the asyncio loop running the conversation never waits
-on Redis. A broker that is briefly away is retried with bounded backoff; an event that still
-cannot be sent is logged with its id and dropped, and the conversation goes on.
+on Redis. Transcript segments and usage a session reports within ``batch_window`` seconds leave
+as one ``EventBatch`` task (a lone one as its own task); any other event of the session first
+sends what is waiting, so a session's events still arrive in the order they happened. A broker
+that is briefly away is retried with bounded backoff; an event that still cannot be sent is
+logged with its id and dropped, and the conversation goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -53,6 +57,7 @@ with _django_unimportable():
     from celery import Celery
 
 TASK_NAMES: dict[type[contracts.WorkerEvent], str] = {model: name for name, model in contracts.TASK_PAYLOADS.items()}
+_BATCHED = (contracts.TranscriptSegment, contracts.UsageReported)
 
 
 class Reporter(Protocol):
@@ -72,6 +77,8 @@ class EventReporter:
         first_retry_delay: float = 0.5,
         connect_timeout: float = 4.0,
         queue: str = "celery",
+        batch_window: float = 0.05,
+        max_batch: int = 200,
     ) -> None:
         self.broker_url = broker_url
         self._attempts = max(1, attempts)
@@ -90,18 +97,50 @@ class EventReporter:
         # One thread: events leave in the order they happened (started before transcripts before ended).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-reporter")
         self._pending: set[asyncio.Future[bool]] = set()
+        self._batch_window = batch_window
+        self._max_batch = max(1, max_batch)
+        # Per session: the segments and usage waiting for the window to close, and its timer.
+        self._waiting: dict[str, list[contracts.WorkerEvent]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._closed = threading.Event()
         self.sent = 0
         self.dropped = 0
 
     def report(self, event: contracts.WorkerEvent) -> None:
         """Queue one event for sending; never blocks. Call from the event loop."""
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._publish, event)
+        if self._batch_window > 0 and isinstance(event, _BATCHED):
+            waiting = self._waiting.setdefault(event.session_id, [])
+            waiting.append(event)
+            if len(waiting) >= self._max_batch:
+                self._send_waiting(event.session_id)
+            elif len(waiting) == 1:
+                loop = asyncio.get_running_loop()
+                self._timers[event.session_id] = loop.call_later(
+                    self._batch_window, self._send_waiting, event.session_id
+                )
+            return
+        self._send_waiting(event.session_id)
+        self._submit(self._publish, event)
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
+    def _send_waiting(self, session_id: str) -> None:
+        timer = self._timers.pop(session_id, None)
+        if timer is not None:
+            timer.cancel()
+        events = self._waiting.pop(session_id, [])
+        if len(events) == 1:
+            self._submit(self._publish, events[0])
+        elif events:
+            self._submit(self._publish_batch, session_id, events)
+
     async def flush(self, within: float = 30.0) -> bool:
         """Wait until everything reported so far was sent or given up; False on timeout."""
+        for session_id in list(self._waiting):
+            self._send_waiting(session_id)
         if not self._pending:
             return True
         _, not_done = await asyncio.wait(set(self._pending), timeout=within)
@@ -114,17 +153,37 @@ class EventReporter:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _publish(self, event: contracts.WorkerEvent) -> bool:
-        name = TASK_NAMES[type(event)]
-        payload = event.model_dump(mode="json")
+        # The task id is the event id: a resend after an ambiguous failure is the same task,
+        # and Django's tasks apply an event id once anyway.
+        sent = self._send(TASK_NAMES[type(event)], event.model_dump(mode="json"), event.event_id, event.session_id)
+        return self._count(sent, 1)
+
+    def _publish_batch(self, session_id: str, events: list[contracts.WorkerEvent]) -> bool:
+        batch = contracts.EventBatch(
+            session_id=session_id,
+            segments=[e for e in events if isinstance(e, contracts.TranscriptSegment)],
+            usage=[e for e in events if isinstance(e, contracts.UsageReported)],
+        )
+        # Named by its events, so a resend is the same task.
+        task_id = uuid.uuid5(uuid.NAMESPACE_OID, ",".join(e.event_id for e in events)).hex
+        sent = self._send(contracts.TASK_EVENT_BATCH, batch.model_dump(mode="json"), task_id, session_id)
+        return self._count(sent, len(events))
+
+    def _count(self, sent: bool, events: int) -> bool:
+        if sent:
+            self.sent += events
+        else:
+            self.dropped += events
+        return sent
+
+    def _send(self, name: str, payload: dict[str, Any], task_id: str, session_id: str) -> bool:
         delay = self._first_retry_delay
         for attempt in range(1, self._attempts + 1):
             try:
-                # The task id is the event id: a resend after an ambiguous failure is the same task,
-                # and Django's tasks apply an event id once anyway.
                 self._app.send_task(
                     name,
                     kwargs={"payload": payload},
-                    task_id=event.event_id,
+                    task_id=task_id,
                     # Django's workers measure queue lag from it (callmissed/metrics.py).
                     headers={contracts.PUBLISHED_AT_HEADER: time.time()},
                     retry=True,
@@ -136,7 +195,7 @@ class EventReporter:
                 logger.warning(
                     "Broker unavailable sending %s %s (attempt %d/%d): %s",
                     name,
-                    event.event_id,
+                    task_id,
                     attempt,
                     self._attempts,
                     error,
@@ -144,8 +203,6 @@ class EventReporter:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
             else:
-                self.sent += 1
                 return True
-        self.dropped += 1
-        logger.error("Gave up sending %s %s for session %s", name, event.event_id, event.session_id)
+        logger.error("Gave up sending %s %s for session %s", name, task_id, session_id)
         return False

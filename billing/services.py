@@ -249,12 +249,71 @@ def _signal_low_balance(*, account: BillingAccount, before: Decimal, reference: 
         signals.low_balance.send(sender=BillingAccount, account=account, threshold=threshold, reference=reference)
 
 
+def usage_events_apply(*, events: list[contracts.UsageReported], organization: Organization) -> UsageApplied:
+    """``usage_event_apply`` for several events of one organization at once: one account lock,
+    one read of which event ids are already recorded, the new records inserted together and one
+    ledger debit for their total. Each event id is still recorded once, whether it repeats in
+    the batch, was applied alone or came in an earlier batch. ``exhausted`` is signalled once the
+    transaction commits (this may run inside a caller's)."""
+    account = billing_account_get(organization=organization)
+    with transaction.atomic():
+        account = BillingAccount.objects.select_for_update().get(pk=account.pk)
+        seen = set(
+            UsageRecord.objects.filter(event_id__in={e.event_id for e in events})
+            .values_list("event_id", flat=True)
+            .distinct()
+        )
+        records: list[UsageRecord] = []
+        for event in events:
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+            records += [
+                _record_build(organization=organization, event=event, index=index, item=item)
+                for index, item in enumerate(event.items)
+                if item.quantity > 0
+            ]
+        if not records:
+            return UsageApplied(duplicate=True)
+        UsageRecord.objects.bulk_create(records)
+        total = sum((r.cost for r in records), Decimal(0))
+        LedgerEntry.objects.create(
+            account=account,
+            kind=LedgerEntry.Kind.USAGE,
+            amount=-total,
+            # The first new event names the post: no other batch or event records that id again.
+            reference=f"usage:{records[0].event_id}",
+            description=f"Session {records[0].session_id}",
+        )
+        balance_before = account.balance
+        account.balance -= total
+        account.save(update_fields=["balance"])
+        _signal_low_balance(account=account, before=balance_before, reference=records[0].event_id)
+        _queue_meter_events(account=account, records=records)
+        exhausted = funds_problem(account=account)
+        if exhausted:
+            transaction.on_commit(
+                lambda: signals.balance_exhausted.send(
+                    sender=BillingAccount, organization=organization, reason=exhausted
+                )
+            )
+    return UsageApplied(records=records, exhausted=exhausted)
+
+
 def _record(
+    *, organization: Organization, event: contracts.UsageReported, index: int, item: contracts.UsageItem
+) -> UsageRecord:
+    record = _record_build(organization=organization, event=event, index=index, item=item)
+    record.save(force_insert=True)
+    return record
+
+
+def _record_build(
     *, organization: Organization, event: contracts.UsageReported, index: int, item: contracts.UsageItem
 ) -> UsageRecord:
     quantity = Decimal(str(item.quantity)).quantize(Decimal("0.000001"))
     priced = price_usage(component=item.component, model=item.model, quantity=quantity, at=event.occurred_at)
-    return UsageRecord.objects.create(
+    return UsageRecord(
         event_id=event.event_id,
         index=index,
         organization=organization,

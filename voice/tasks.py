@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from celery import Task, shared_task
 from pydantic import ValidationError
@@ -31,12 +31,12 @@ TASK_CLEAR_IDEMPOTENCY_RESPONSES = "voice.clear_idempotency_responses"
 # A database blip must not lose an event.
 _DB_RETRY = DB_RETRY
 
-EventT = TypeVar("EventT", bound=contracts.WorkerEvent)
+EventT = TypeVar("EventT", bound=contracts.WorkerEvent | contracts.EventBatch)
 
 
 def _parse(model: type[EventT], payload: Any) -> EventT | None:
     try:
-        event = model.model_validate(payload)
+        event = cast(EventT, model.model_validate(payload))
         uuid.UUID(event.session_id)
     except (ValidationError, ValueError, AttributeError) as error:
         # The error names fields and types only; transcript text stays out of the logs.
@@ -73,6 +73,17 @@ def usage_reported(payload: dict[str, Any]) -> None:
     event = _parse(contracts.UsageReported, payload)
     if event is not None:
         lifecycle.usage_add(usage=event)
+
+
+@shared_task(
+    name=contracts.TASK_EVENT_BATCH,
+    **{**_DB_RETRY, "autoretry_for": (*_DB_RETRY["autoretry_for"], PriceMissing), "retry_backoff_max": 600},
+)
+def event_batch(payload: dict[str, Any]) -> None:
+    """A missing price retries the whole batch (its segments too: each applies once anyway)."""
+    batch = _parse(contracts.EventBatch, payload)
+    if batch is not None:
+        lifecycle.worker_events_apply(batch=batch)
 
 
 @shared_task(name=contracts.TASK_SESSION_ENDED, **_DB_RETRY)

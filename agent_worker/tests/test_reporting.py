@@ -50,7 +50,7 @@ def _dead_broker_url() -> str:
 
 @needs_redis
 async def test_events_reach_the_broker_in_order_as_celery_tasks(queue: str) -> None:
-    reporter = EventReporter(broker_url=REDIS_URL, queue=queue)
+    reporter = EventReporter(broker_url=REDIS_URL, queue=queue, batch_window=0)  # one task per event
     sid = str(uuid.uuid4())
     events: list[contracts.WorkerEvent] = [
         contracts.SessionStarted(session_id=sid, providers="offline"),
@@ -81,6 +81,51 @@ async def test_events_reach_the_broker_in_order_as_celery_tasks(queue: str) -> N
         assert args == []
         assert type(event).model_validate(kwargs["payload"]) == event
     assert (reporter.sent, reporter.dropped) == (4, 0)
+
+
+@needs_redis
+async def test_a_sessions_segments_and_usage_within_the_window_leave_as_one_batch_in_order(queue: str) -> None:
+    reporter = EventReporter(broker_url=REDIS_URL, queue=queue, batch_window=30, max_batch=3)
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def segment(sid: str, i: int) -> contracts.TranscriptSegment:
+        return contracts.TranscriptSegment(
+            session_id=sid, role="user", text=f"line {i}", start_offset_ms=i * 1000, end_offset_ms=i * 1000 + 500
+        )
+
+    usage = contracts.UsageReported(
+        session_id=a,
+        items=[contracts.UsageItem(component="tts_characters", model="bulbul:v3", provider="sarvam", quantity=8)],
+    )
+    started = contracts.SessionStarted(session_id=a)
+    a1, a2, b1, a3, a4, a5 = segment(a, 1), segment(a, 2), segment(b, 1), segment(a, 3), segment(a, 4), segment(a, 5)
+    ended = contracts.SessionEnded(session_id=a, reason="user_left", duration_seconds=3)
+    # a's third waiting event fills the batch; a's end sends what is waiting before itself; b's
+    # lone segment leaves as its own task when the reporter flushes.
+    for event in (started, a1, b1, a2, usage, a3, a4, ended):
+        reporter.report(event)
+    reporter.report(a5)
+    assert await reporter.flush(within=30)
+    await reporter.aclose()
+
+    messages = _messages(queue)
+    sent = [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[1]["payload"]) for m in messages]
+    assert [name for name, _ in sent] == [
+        contracts.TASK_SESSION_STARTED,
+        contracts.TASK_EVENT_BATCH,
+        contracts.TASK_EVENT_BATCH,
+        contracts.TASK_SESSION_ENDED,
+        contracts.TASK_TRANSCRIPT_SEGMENT,
+        contracts.TASK_TRANSCRIPT_SEGMENT,
+    ]
+    full, rest = (contracts.EventBatch.model_validate(payload) for _, payload in sent[1:3])
+    assert ([s.event_id for s in full.segments], [u.event_id for u in full.usage]) == (
+        [a1.event_id, a2.event_id],
+        [usage.event_id],
+    )
+    assert [s.event_id for s in rest.segments] == [a3.event_id, a4.event_id]
+    assert {payload["event_id"] for _, payload in sent[4:]} == {a5.event_id, b1.event_id}
+    assert (reporter.sent, reporter.dropped) == (9, 0)
 
 
 async def test_a_dead_broker_is_retried_then_logged_and_the_loop_keeps_running(
