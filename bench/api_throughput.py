@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import psycopg
 
+from testsupport.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 ENDPOINTS = ("bare", "create", "list", "get")
 
@@ -150,12 +152,7 @@ def serving(kind: str, port: int, env: dict[str, str], log: Path) -> Iterator[No
                 time.sleep(0.2)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _request(endpoint: str, base: str, session_id: str) -> tuple[str, str, bytes | None]:

@@ -47,6 +47,7 @@ def main() -> None:
     from agent_worker import contracts
     from agent_worker.reporting import EventReporter
     from billing.models import LedgerEntry, UsageRecord
+    from testsupport.processes import stop_process
     from testsupport.redis_server import RedisServer
     from voice.models import TranscriptSegment
     from voice.tests.factories import VoiceSessionFactory
@@ -148,12 +149,7 @@ def main() -> None:
                 total = expected_segments + expected_usage
                 rows.append((mode, total, len(again), published, drained, total / drained, lost, doubled))
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_process(worker, timeout=30)
     print(f"# done {time.strftime('%H:%M:%S')} load average {os.getloadavg()[0]:.2f}")
     print("| mode | events | republished | reported in s | drained in s | events/s | lost | doubled |")
     print("|---|---|---|---|---|---|---|---|")

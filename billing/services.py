@@ -223,20 +223,8 @@ def usage_event_apply(*, event: contracts.UsageReported, organization: Organizat
             for index, item in enumerate(event.items)
             if item.quantity > 0
         ]
-        total = sum((r.cost for r in records), Decimal(0))
         if records:
-            LedgerEntry.objects.create(
-                account=account,
-                kind=LedgerEntry.Kind.USAGE,
-                amount=-total,
-                reference=f"usage:{event.event_id}",
-                description=f"Session {event.session_id}",
-            )
-            balance_before = account.balance
-            account.balance -= total
-            account.save(update_fields=["balance"])
-            _signal_low_balance(account=account, before=balance_before, reference=event.event_id)
-            _queue_meter_events(account=account, records=records)
+            _debit(account=account, records=records)
         exhausted = funds_problem(account=account)
     if exhausted:
         signals.balance_exhausted.send(sender=BillingAccount, organization=organization, reason=exhausted)
@@ -276,20 +264,7 @@ def usage_events_apply(*, events: list[contracts.UsageReported], organization: O
         if not records:
             return UsageApplied(duplicate=True)
         UsageRecord.objects.bulk_create(records)
-        total = sum((r.cost for r in records), Decimal(0))
-        LedgerEntry.objects.create(
-            account=account,
-            kind=LedgerEntry.Kind.USAGE,
-            amount=-total,
-            # The first new event names the post: no other batch or event records that id again.
-            reference=f"usage:{records[0].event_id}",
-            description=f"Session {records[0].session_id}",
-        )
-        balance_before = account.balance
-        account.balance -= total
-        account.save(update_fields=["balance"])
-        _signal_low_balance(account=account, before=balance_before, reference=records[0].event_id)
-        _queue_meter_events(account=account, records=records)
+        _debit(account=account, records=records)
         exhausted = funds_problem(account=account)
         if exhausted:
             transaction.on_commit(
@@ -298,6 +273,24 @@ def usage_events_apply(*, events: list[contracts.UsageReported], organization: O
                 )
             )
     return UsageApplied(records=records, exhausted=exhausted)
+
+
+def _debit(*, account: BillingAccount, records: list[UsageRecord]) -> None:
+    """One ledger post for new usage records (of one event or a batch), under the account's lock,
+    named by the first record's event: no other post records that event id again."""
+    total = sum((r.cost for r in records), Decimal(0))
+    LedgerEntry.objects.create(
+        account=account,
+        kind=LedgerEntry.Kind.USAGE,
+        amount=-total,
+        reference=f"usage:{records[0].event_id}",
+        description=f"Session {records[0].session_id}",
+    )
+    balance_before = account.balance
+    account.balance -= total
+    account.save(update_fields=["balance"])
+    _signal_low_balance(account=account, before=balance_before, reference=records[0].event_id)
+    _queue_meter_events(account=account, records=records)
 
 
 def _record(

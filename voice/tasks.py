@@ -64,10 +64,15 @@ def transcript_segment(payload: dict[str, Any]) -> None:
         lifecycle.transcript_segment_add(segment=event)
 
 
-@shared_task(
-    name=contracts.TASK_USAGE_REPORTED,
-    **{**_DB_RETRY, "autoretry_for": (*_DB_RETRY["autoretry_for"], PriceMissing), "retry_backoff_max": 600},
-)
+# Usage also retries a missing price, for longer (an admin adds the row).
+_USAGE_RETRY: dict[str, Any] = {
+    **_DB_RETRY,
+    "autoretry_for": (*_DB_RETRY["autoretry_for"], PriceMissing),
+    "retry_backoff_max": 600,
+}
+
+
+@shared_task(name=contracts.TASK_USAGE_REPORTED, **_USAGE_RETRY)
 def usage_reported(payload: dict[str, Any]) -> None:
     """A missing price retries (an admin can add the row) rather than dropping billable usage."""
     event = _parse(contracts.UsageReported, payload)
@@ -75,10 +80,7 @@ def usage_reported(payload: dict[str, Any]) -> None:
         lifecycle.usage_add(usage=event)
 
 
-@shared_task(
-    name=contracts.TASK_EVENT_BATCH,
-    **{**_DB_RETRY, "autoretry_for": (*_DB_RETRY["autoretry_for"], PriceMissing), "retry_backoff_max": 600},
-)
+@shared_task(name=contracts.TASK_EVENT_BATCH, **_USAGE_RETRY)
 def event_batch(payload: dict[str, Any]) -> None:
     """A missing price retries the whole batch (its segments too: each applies once anyway)."""
     batch = _parse(contracts.EventBatch, payload)
