@@ -42,11 +42,15 @@ def _request(url: str, key: str, method: str, body: bytes | None) -> int:
         url, data=body, method=method, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             response.read()
             return int(response.status)
     except urllib.error.HTTPError as error:
+        errors.append(error.read().decode(errors="replace")[:300])
         return int(error.code)
+
+
+errors: list[str] = []
 
 
 def test_64_clients_get_no_5xx_and_the_database_no_more_connections_than_the_pools(
@@ -60,6 +64,9 @@ def test_64_clients_get_no_5xx_and_the_database_no_more_connections_than_the_poo
         "DJANGO_SETTINGS_MODULE": "callmissed.settings_test",
         "DATABASE_URL": database_url,
         "DATABASE_POOL_MAX_SIZE": str(POOL_MAX_SIZE),
+        # 64 clients queue for 6 connections: on a loaded CI host a request may wait long, and
+        # this test is about how many connections there are, not how fast the host is.
+        "DATABASE_POOL_TIMEOUT_SECONDS": "100",
         "PROVIDER_MAX_LIVE_SESSIONS": "100000",
         "PGAPPNAME": APP_NAME,  # libpq's: tells the servers' connections apart from the test's
     }
@@ -104,6 +111,6 @@ def test_64_clients_get_no_5xx_and_the_database_no_more_connections_than_the_poo
             watcher.join()
     finally:
         stop_process(server)
-    assert statuses.count(201) == 3 * CLIENTS, (sorted(set(statuses)), log.read_text(errors="replace")[-4000:])
+    assert statuses.count(201) == 3 * CLIENTS, (sorted(set(statuses)), errors[:3])
     assert statuses.count(200) == 3 * CLIENTS
     assert 0 < peak <= WORKERS * POOL_MAX_SIZE
