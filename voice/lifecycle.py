@@ -305,32 +305,33 @@ def usage_add(*, usage: contracts.UsageReported) -> billing_services.UsageApplie
 
 
 def worker_events_apply(*, batch: contracts.EventBatch) -> None:
-    """A session's batch of segments and usage in one transaction: segments inserted together,
-    skipping event ids already stored; usage billed in one ledger post (``usage_events_apply``).
-    Each event id takes effect once, in this batch, another or alone."""
+    """A session's batch of segments and usage: the segments in one insert that skips event ids
+    already stored, then the usage in one transaction and one ledger post
+    (``usage_events_apply``). Each event id takes effect once, in this batch, another or alone.
+    The segments are stored before the usage is priced: a missing price retries the task, and the
+    transcript must not wait for an admin (the retry inserts nothing twice)."""
     session = VoiceSession.objects.select_related("organization").filter(pk=batch.session_id).first()
     if session is None:
         logger.warning("Event batch for unknown session %s dropped", batch.session_id)
         return
-    with transaction.atomic():
-        if batch.segments and session.content_deleted_at is None:
-            TranscriptSegment.objects.bulk_create(
-                [
-                    TranscriptSegment(
-                        event_id=segment.event_id,
-                        session=session,
-                        role=segment.role,
-                        text=segment.text,
-                        language=segment.language,
-                        start_offset_ms=segment.start_offset_ms,
-                        end_offset_ms=max(segment.end_offset_ms, segment.start_offset_ms),
-                    )
-                    for segment in batch.segments
-                ],
-                ignore_conflicts=True,  # the unique event id: a repeat inserts nothing
-            )
-        if batch.usage:
-            billing_services.usage_events_apply(events=batch.usage, organization=session.organization)
+    if batch.segments and session.content_deleted_at is None:
+        TranscriptSegment.objects.bulk_create(
+            [
+                TranscriptSegment(
+                    event_id=segment.event_id,
+                    session=session,
+                    role=segment.role,
+                    text=segment.text,
+                    language=segment.language,
+                    start_offset_ms=segment.start_offset_ms,
+                    end_offset_ms=max(segment.end_offset_ms, segment.start_offset_ms),
+                )
+                for segment in batch.segments
+            ],
+            ignore_conflicts=True,  # the unique event id: a repeat inserts nothing
+        )
+    if batch.usage:
+        billing_services.usage_events_apply(events=batch.usage, organization=session.organization)
 
 
 def worker_event_queue(*, event: contracts.WorkerEvent) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent_worker import contracts
-from billing.models import BillingAccount, LedgerEntry, UsageRecord
+from billing.models import BillingAccount, LedgerEntry, ModelPrice, UsageRecord
 from billing.tests.support import KIMI_TURN, usage_event
 from voice import tasks
 from voice.models import TranscriptSegment, VoiceSession
@@ -82,3 +82,20 @@ def test_a_batch_for_a_deleted_session_bills_its_usage_but_stores_no_transcript(
     _send_batch(session, _segment(session, 0, "too late"), usage_event(session, *KIMI_TURN))
     assert not TranscriptSegment.objects.filter(session=session).exists()
     assert UsageRecord.objects.filter(session_id=session.id).count() == len(KIMI_TURN)
+
+
+def test_a_batch_whose_usage_has_no_price_still_stores_its_transcript(api: Any) -> None:
+    from billing.pricing import PriceMissing
+    from voice import lifecycle
+
+    session = VoiceSessionFactory.create(organization=api.org)
+    ModelPrice.objects.filter(model="bulbul:v3").delete()  # the admin has not priced it (yet)
+    batch = contracts.EventBatch(
+        session_id=str(session.id),
+        segments=[_segment(session, 0, "Namaste")],
+        usage=[usage_event(session, (contracts.UsageComponent.TTS_CHARACTERS, "bulbul:v3", 10))],
+    )
+    with pytest.raises(PriceMissing):  # the task retries on it
+        lifecycle.worker_events_apply(batch=batch)
+    assert [s.text for s in TranscriptSegment.objects.filter(session=session)] == ["Namaste"]
+    assert not UsageRecord.objects.filter(session_id=session.id).exists()
