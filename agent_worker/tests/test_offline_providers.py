@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import os
+import signal
+import threading
 
 import numpy as np
 import pytest
@@ -247,28 +249,31 @@ async def test_stt_replaces_a_decoder_process_that_died(spoken_sentence: bytes) 
 
 
 async def test_stt_decoding_never_stalls_the_event_loop(spoken_sentence: bytes) -> None:
-    """pocketsphinx holds the GIL while decoding; it must run outside this interpreter."""
-    gaps: list[float] = []
-
-    async def tick() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
+    """pocketsphinx holds the GIL while decoding; it must run outside this interpreter, and this
+    loop must only ever wait for it from a thread. Shown by cause, not by timing: with the decoder
+    process frozen, the loop still runs other work until we let the decoder go on."""
     client = OfflineSTT(language="en-US", sample_rate=RATE)
-    await client.recognize(frames(spoken_sentence, RATE))  # a warm decoder: loading is not decoding
-    ticker = asyncio.create_task(tick())
-    # Several seconds of speech pushed at once: the decoder works flat out meanwhile.
-    events = await listen(client, (silence(0.8, RATE) + spoken_sentence) * 3 + silence(0.8, RATE))
-    ticker.cancel()
+    await client.recognize(frames(spoken_sentence, RATE))  # a warm decoder, pooled for the stream
+    (recognizer,) = _POOL._free
+    decoder = recognizer._process.pid
+    assert decoder != os.getpid()
+    os.kill(decoder, signal.SIGSTOP)
+    # Only if the loop is stuck waiting on the decoder does this thread have to thaw it.
+    thaw = threading.Timer(60, os.kill, (decoder, signal.SIGCONT))
+    thaw.start()
+    try:
+        listening = asyncio.create_task(listen(client, (silence(0.8, RATE) + spoken_sentence) * 3 + silence(0.8, RATE)))
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        assert not listening.done()
+        assert thaw.is_alive(), "the loop ran again only once the decoder was thawed"
+    finally:
+        thaw.cancel()
+        os.kill(decoder, signal.SIGCONT)
+    events = await listening
     await client.aclose()
 
     assert len(finals(events)) == 3
-    # Decoding in this interpreter blocks it for half a second or more per utterance here.
-    assert max(gaps) < 0.25
 
 
 async def test_stt_says_it_is_offline_and_english_only(caplog: pytest.LogCaptureFixture) -> None:
@@ -368,11 +373,10 @@ async def test_llm_stops_promptly_when_cancelled() -> None:
     model.on("metrics_collected", metrics.append)
     stream = model.chat(chat_ctx=context(("user", "tell me everything")))
     received = [await anext(aiter(stream)), await anext(aiter(stream))]
-    started = time.monotonic()
     await stream.aclose()
-    elapsed = time.monotonic() - started
 
-    assert elapsed < scripted.WORD_INTERVAL_S * 5
+    # Cancelled mid-reply, not waited on to the end of it.
+    assert stream._task.cancelled()
     assert text_of(received) == "You said:"
     assert stream._task.done()  # nothing keeps streaming behind the interruption
     # An abandoned reply never reaches its usage chunk, as with a real model: nothing is billed.

@@ -205,34 +205,36 @@ def test_barge_in_stops_the_agents_audio(server, sarvam, chat, key) -> None:
     chat.inter_token_delay_s = 0.02
     sarvam.script_transcripts("tell me all your services", "wait stop")
 
-    async def scenario() -> tuple[WsCaller, float, float]:
+    async def scenario() -> WsCaller:
         caller, _ = await open_session(server, key)
         await wait_for_greeting(caller)
         await caller.say(0.6)
         await caller.wait_for(lambda: len(caller.of("agent.speaking")) >= 2)
-        reply_started = time.monotonic()
         # Interruptions are off for the first AEC_WARMUP_SECONDS after the agent first spoke.
-        barge_in_at = max(reply_started + 0.6, caller.time_of("agent.speaking") + AEC_WARMUP_SECONDS + 0.3)
+        barge_in_at = max(time.monotonic() + 0.6, caller.time_of("agent.speaking") + AEC_WARMUP_SECONDS + 0.3)
         await asyncio.sleep(barge_in_at - time.monotonic())
         barge_in = asyncio.create_task(caller.say(0.5))
         await caller.wait_for(lambda: caller.first("interrupted") is not None)
-        interrupted_at = time.monotonic()
         await barge_in
         await caller.wait_for(lambda: len(caller.transcripts("agent")) >= 3)
         await end(caller)
-        return caller, reply_started, interrupted_at
+        return caller
 
-    caller, reply_started, interrupted_at = run(scenario())
+    caller = run(scenario())
 
     kinds = [e["type"] for e in caller.events]
     assert kinds.count("interrupted") == 1
     assert kinds.index("interrupted") < len(kinds) - 1 - kinds[::-1].index("agent.stopped")
-    # Audio stops within the send-ahead window once the server decided; the reply after it is
-    # "Of course, go ahead." (20 ms per character), which starts only after the second utterance.
-    heard_of_reply = caller.audio_seconds(since=reply_started) - caller.audio_seconds(since=interrupted_at)
-    assert heard_of_reply < len(long_reply) * sarvam.tts_ms_per_char / 1000 / 3
-    between = [at for at, _ in caller.audio if interrupted_at + 0.25 < at < interrupted_at + 0.25 + 0.3]
-    assert between == []
+    # Counted in the order the socket delivered audio and events, not by arrival times: the caller
+    # heard part of the long reply before the server decided, and after it only what was already
+    # in flight (the send-ahead and one frame) plus the whole short reply to the second utterance.
+    reply_started, interrupted = caller.index_of("agent.speaking", nth=1), caller.index_of("interrupted")
+
+    def seconds_of(text: str) -> float:
+        return len(text) * sarvam.tts_ms_per_char / 1000
+
+    assert 0 < caller.audio_seconds_between(reply_started, interrupted) < seconds_of(long_reply) / 3
+    assert caller.audio_seconds_between(interrupted) <= seconds_of("Of course, go ahead.") + 0.25
     interrupted_text = caller.transcripts("agent")[1]
     assert long_reply.startswith(interrupted_text[:30]) and len(interrupted_text) < len(long_reply)
     assert caller.transcripts("user") == ["tell me all your services", "wait stop"]
@@ -261,6 +263,7 @@ def test_other_sample_rates_hear_and_speak_at_the_sockets_rate(server, sarvam, c
     assert all(len(pcm) % 2 == 0 for _, pcm in caller.audio)
 
 
+@pytest.mark.slow
 def test_max_duration_ends_the_session_with_a_goodbye(server, chat, key) -> None:
     chat.script_replies(GREETING, "Goodbye, and thank you for calling.")
 
@@ -270,13 +273,14 @@ def test_max_duration_ends_the_session_with_a_goodbye(server, chat, key) -> None
         await caller.aclose()
         return caller
 
-    started = time.monotonic()
     caller = run(scenario())
     ended = caller.first("session.ended")
     assert ended is not None and ended["reason"] == "max_duration"
     assert caller.closed is not None and caller.closed.code == CloseCode.NORMAL
-    assert 29 < time.monotonic() - started < 40
+    # The goodbye is spoken, then the session ends: order, not a wall-clock window.
     assert caller.transcripts("agent")[-1] == "Goodbye, and thank you for calling."
+    goodbye = max(i for i, e in enumerate(caller.events) if e["type"] == "transcript" and e["role"] == "agent")
+    assert goodbye < caller.index_of("session.ended")
     row = session_row(ended["session_id"])
     assert (row.status, row.end_reason) == (VoiceSession.Status.ENDED, "max_duration")
     assert row.duration_seconds == pytest.approx(30, abs=0.5)
@@ -393,7 +397,8 @@ def test_no_config_in_time_closes_the_socket(server, key) -> None:
     caller = run(scenario())
     assert caller.closed is not None and caller.closed.code == CloseCode.CONFIG_TIMEOUT
     assert caller.events[0]["code"] == "config_timeout"
-    assert 1.5 < time.monotonic() - started < 6
+    # Not before the configured 2 s (a bound a slow machine cannot miss); wait_closed bounds the rest.
+    assert time.monotonic() - started >= 2
 
 
 def test_full_provider_capacity_is_refused_at_config(server, key) -> None:

@@ -173,12 +173,16 @@ class Closed:
 
 @dataclass
 class WsCaller:
-    """One client socket: ``events`` (JSON, in order), ``audio`` ((monotonic time, pcm) received)."""
+    """One client socket: ``events`` (JSON, in order), ``audio`` ((monotonic time, pcm) received).
+
+    ``audio_before[i]`` is how many audio messages had arrived before event ``i``: the order in
+    which one socket delivered them, which assertions use instead of arrival times."""
 
     ws: ClientConnection
     sample_rate: int = 16000
     events: list[dict[str, Any]] = field(default_factory=list)
     event_times: list[float] = field(default_factory=list)  # monotonic arrival time of each event
+    audio_before: list[int] = field(default_factory=list)
     audio: list[tuple[float, bytes]] = field(default_factory=list)
     closed: Closed | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -201,6 +205,7 @@ class WsCaller:
                 else:
                     self.events.append(json.loads(message))
                     self.event_times.append(time.monotonic())
+                    self.audio_before.append(len(self.audio))
                 self.changed.set()
         except ConnectionClosed:
             pass
@@ -276,6 +281,15 @@ class WsCaller:
 
     def audio_seconds(self, *, since: float = 0.0) -> float:
         return sum(len(pcm) / 2 / self.sample_rate for at, pcm in self.audio if at >= since)
+
+    def index_of(self, kind: str, *, nth: int = 0) -> int:
+        """The position in ``events`` of the ``nth`` (from 0) event of ``kind``."""
+        return [i for i, e in enumerate(self.events) if e.get("type") == kind][nth]
+
+    def audio_seconds_between(self, first: int, last: int | None = None) -> float:
+        """Seconds of audio that arrived after event ``first`` and before event ``last`` (or since)."""
+        end = len(self.audio) if last is None else self.audio_before[last]
+        return sum(len(pcm) / 2 / self.sample_rate for _, pcm in self.audio[self.audio_before[first] : end])
 
     async def wait_for(self, predicate: Callable[[], bool], *, timeout: float = 20.0) -> None:
         try:
