@@ -335,6 +335,10 @@ class Conversation:
             # A provider that still fails after its own retries ends the session: a deaf or
             # mute agent must not keep a caller (and the meter) waiting.
             conn_options=SessionConnectOptions(max_unrecoverable_errors=0),
+            # _finish_stt has drained the STT before the session closes, so no transcript is
+            # still on its way: livekit's own wait for one could only time out, holding every
+            # ending (and the caller's socket) for this long.
+            session_close_transcript_timeout=0.0,
         )
 
     def _arm_timers(self) -> None:
