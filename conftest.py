@@ -41,12 +41,21 @@ def api(make_client: Any) -> KeyClient:
     return make_client()
 
 
-@pytest.fixture
-def livekit_server(settings: Any) -> Iterator[FakeLiveKitServer]:
+@pytest.fixture(scope="session")
+def livekit_fake_server() -> Iterator[FakeLiveKitServer]:
+    """One fake LiveKit server for the run; ``livekit_server`` resets it for each test."""
+    from django.conf import settings
+
     server = FakeLiveKitServer(api_key=settings.LIVEKIT_API_KEY, api_secret=settings.LIVEKIT_API_SECRET).start()
-    settings.LIVEKIT_API_URL = server.url
     yield server
     server.stop()
+
+
+@pytest.fixture
+def livekit_server(settings: Any, livekit_fake_server: FakeLiveKitServer) -> FakeLiveKitServer:
+    livekit_fake_server.reset()
+    settings.LIVEKIT_API_URL = livekit_fake_server.url
+    return livekit_fake_server
 
 
 @pytest.fixture

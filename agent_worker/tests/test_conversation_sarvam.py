@@ -4,7 +4,7 @@ audio in, audio out."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,16 +20,28 @@ CLARIFAI_PAT = "clarifai-pat-test"
 PROMPT = "You are Asha, the front desk of the Pune clinic. Answer in one short sentence."
 
 
-@pytest.fixture
-async def sarvam() -> AsyncIterator[FakeSarvam]:
-    async with FakeSarvam(api_key=SARVAM_KEY, end_silence_ms=200) as fake:
+@pytest.fixture(scope="module")
+def sarvam_server() -> Iterator[FakeSarvam]:
+    with FakeSarvam(api_key=SARVAM_KEY, end_silence_ms=200) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def chat_server() -> Iterator[FakeChatServer]:
+    with FakeChatServer(api_key=CLARIFAI_PAT) as fake:
         yield fake
 
 
 @pytest.fixture
-async def chat() -> AsyncIterator[FakeChatServer]:
-    async with FakeChatServer(api_key=CLARIFAI_PAT) as fake:
-        yield fake
+def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
+    sarvam_server.reset()
+    return sarvam_server
+
+
+@pytest.fixture
+def chat(chat_server: FakeChatServer) -> FakeChatServer:
+    chat_server.reset()
+    return chat_server
 
 
 @pytest.fixture

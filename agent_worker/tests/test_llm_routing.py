@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -10,6 +10,7 @@ from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APIS
 from livekit.agents.metrics import LLMMetrics
 
 from agent_worker.provider_settings import ProviderConfigError, ProviderSettings
+from agent_worker.providers import openai_compat
 from agent_worker.providers.llm import LLMModelUnavailableError, UnknownLLMModelError, build_llm
 from testsupport.fakes.openai_chat import FakeChatServer, ScriptedReply, ScriptedToolCall
 from testsupport.fakes.sarvam import FakeSarvam
@@ -28,16 +29,28 @@ class Reply:
     metrics: list[LLMMetrics]
 
 
-@pytest.fixture
-async def chat() -> AsyncIterator[FakeChatServer]:
-    async with FakeChatServer(api_key=CLARIFAI_PAT, api_keys=(OPENROUTER_KEY,)) as fake:
+@pytest.fixture(scope="module")
+def chat_server() -> Iterator[FakeChatServer]:
+    with FakeChatServer(api_key=CLARIFAI_PAT, api_keys=(OPENROUTER_KEY,)) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def sarvam_server() -> Iterator[FakeSarvam]:
+    with FakeSarvam(api_key=SARVAM_KEY) as fake:
         yield fake
 
 
 @pytest.fixture
-async def sarvam() -> AsyncIterator[FakeSarvam]:
-    async with FakeSarvam(api_key=SARVAM_KEY) as fake:
-        yield fake
+def chat(chat_server: FakeChatServer) -> FakeChatServer:
+    chat_server.reset()
+    return chat_server
+
+
+@pytest.fixture
+def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
+    sarvam_server.reset()
+    return sarvam_server
 
 
 @pytest.fixture
@@ -220,8 +233,10 @@ async def test_a_refusal_for_another_reason_is_not_retried_without_the_switch(se
 
 
 async def test_reasoning_that_arrives_although_turned_off_is_not_spoken_and_logged_once(
-    chat: FakeChatServer, settings: ProviderSettings, caplog: pytest.LogCaptureFixture
+    chat: FakeChatServer, settings: ProviderSettings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Logged once per process: start from a process that has not heard from this host yet.
+    monkeypatch.setattr(openai_compat, "_reasoning_reported", set())
     chat.script_replies(
         ScriptedReply("Haan, kal khule hain.", reasoning="the host ignored the switch"),
         ScriptedReply("Nau baje se.", reasoning="again"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from livekit import rtc
@@ -22,10 +22,16 @@ FAST_RETRY = APIConnectOptions(max_retry=2, retry_interval=0.01, timeout=5.0)
 NO_RETRY = APIConnectOptions(max_retry=0, timeout=5.0)
 
 
-@pytest.fixture
-async def sarvam() -> AsyncIterator[FakeSarvam]:
-    async with FakeSarvam(api_key=KEY, end_silence_ms=300) as fake:
+@pytest.fixture(scope="module")
+def sarvam_server() -> Iterator[FakeSarvam]:
+    with FakeSarvam(api_key=KEY, end_silence_ms=300) as fake:
         yield fake
+
+
+@pytest.fixture
+def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
+    sarvam_server.reset()
+    return sarvam_server
 
 
 def frames(pcm: bytes, sample_rate: int = RATE) -> list[rtc.AudioFrame]:

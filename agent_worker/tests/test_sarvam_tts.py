@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 from livekit.agents import APIConnectOptions, APIError, APIStatusError, tts
@@ -19,10 +19,16 @@ NO_RETRY = APIConnectOptions(max_retry=0, timeout=5.0)
 MS_PER_CHAR = 10.0
 
 
-@pytest.fixture
-async def sarvam() -> AsyncIterator[FakeSarvam]:
-    async with FakeSarvam(api_key=KEY, tts_ms_per_char=MS_PER_CHAR, tts_chunk_ms=50) as fake:
+@pytest.fixture(scope="module")
+def sarvam_server() -> Iterator[FakeSarvam]:
+    with FakeSarvam(api_key=KEY, tts_ms_per_char=MS_PER_CHAR, tts_chunk_ms=50) as fake:
         yield fake
+
+
+@pytest.fixture
+def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
+    sarvam_server.reset()
+    return sarvam_server
 
 
 def make_tts(sarvam: FakeSarvam, *, voice: str = "shubh", language: str = "hi-IN") -> SarvamTTS:

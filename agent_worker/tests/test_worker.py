@@ -55,18 +55,30 @@ class RecordingReporter:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-@pytest.fixture
-def lk_server() -> Iterator[FakeLiveKitServer]:
+@pytest.fixture(scope="module")
+def lk_fake_server() -> Iterator[FakeLiveKitServer]:
     server = FakeLiveKitServer(rooms={ROOM}).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-async def sarvam() -> AsyncIterator[FakeSarvam]:
-    async with FakeSarvam(api_key=KEY, end_silence_ms=300, tts_ms_per_char=5) as fake:
-        fake.chat.script_replies(GREETING_REPLY, "It is sunny in Pune today.", "Thank you for calling, goodbye!")
+def lk_server(lk_fake_server: FakeLiveKitServer) -> FakeLiveKitServer:
+    lk_fake_server.reset()
+    return lk_fake_server
+
+
+@pytest.fixture(scope="module")
+def sarvam_server() -> Iterator[FakeSarvam]:
+    with FakeSarvam(api_key=KEY, end_silence_ms=300, tts_ms_per_char=5) as fake:
         yield fake
+
+
+@pytest.fixture
+def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
+    sarvam_server.reset()
+    sarvam_server.chat.script_replies(GREETING_REPLY, "It is sunny in Pune today.", "Thank you for calling, goodbye!")
+    return sarvam_server
 
 
 @dataclass

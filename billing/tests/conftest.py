@@ -14,13 +14,20 @@ WEBHOOK_SECRET = "whsec_test_callmissed"
 WEBHOOK = "/v1/billing/stripe/webhook"
 
 
-@pytest.fixture
-def stripe_fake(settings: Any) -> Iterator[FakeStripe]:
+@pytest.fixture(scope="session")
+def stripe_server() -> Iterator[FakeStripe]:
+    """One fake Stripe for the run; ``stripe_fake`` resets it for each test."""
     with FakeStripe(api_key=STRIPE_KEY) as fake:
-        settings.STRIPE_SECRET_KEY = STRIPE_KEY
-        settings.STRIPE_API_BASE = fake.api_base
-        settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
         yield fake
+
+
+@pytest.fixture
+def stripe_fake(settings: Any, stripe_server: FakeStripe) -> FakeStripe:
+    stripe_server.reset()
+    settings.STRIPE_SECRET_KEY = STRIPE_KEY
+    settings.STRIPE_API_BASE = stripe_server.api_base
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    return stripe_server
 
 
 def deliver(client: Any, event: Any, *, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> Any:

@@ -50,6 +50,18 @@ class FakeLiveKitServer:
     _server: ThreadingHTTPServer | None = None
     _room_info: dict[str, lk_models.Room] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._initial_rooms = frozenset(self.rooms)
+
+    def reset(self) -> None:
+        """Back to the rooms it was made with, no calls or injected failure; the server and its
+        port stay, so one fake can serve many tests."""
+        self.rooms.clear()
+        self.rooms.update(self._initial_rooms)
+        self.calls.clear()
+        self.fail_with_status = None
+        self._room_info.clear()
+
     @property
     def url(self) -> str:
         assert self._server is not None

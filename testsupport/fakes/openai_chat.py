@@ -158,6 +158,23 @@ class ChatCompletions:
     _malform_after: deque[int] = field(default_factory=deque)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
+    def __post_init__(self) -> None:
+        self._configured_reply = self.default_reply
+
+    def reset(self) -> None:
+        """Back to the state the constructor left (its auth, models and default reply): no
+        scripts, faults, delays or records, so one server can serve many tests."""
+        self.default_reply = self._configured_reply
+        self.first_token_delay_s = 0.0
+        self.inter_token_delay_s = 0.0
+        self.requests.clear()
+        self.usage_served.clear()
+        self._replies.clear()
+        self._reply_fn = None
+        self._failures.clear()
+        self._drop_after.clear()
+        self._malform_after.clear()
+
     # --- scripting ---------------------------------------------------------------------------
 
     def script_replies(self, *replies: str | ScriptedReply) -> None:

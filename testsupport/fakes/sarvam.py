@@ -244,11 +244,21 @@ class FakeSarvam:
         tts_chunk_ms: float = 100.0,
     ) -> None:
         self.api_key = api_key
-        self.end_silence_ms = end_silence_ms
-        self.speech_rms_threshold = speech_rms_threshold
-        self.default_transcript = default_transcript
-        self.tts_ms_per_char = tts_ms_per_char
-        self.tts_chunk_ms = tts_chunk_ms
+        self._configured = (end_silence_ms, speech_rms_threshold, default_transcript, tts_ms_per_char, tts_chunk_ms)
+        self.chat = ChatCompletions(auth=self._chat_auth(), allowed_models=SARVAM_CHAT_MODELS)
+        self.reset()
+        self._server = LoopbackServer(self._app)
+
+    def reset(self) -> None:
+        """Back to the state the constructor left: its settings, no scripts, faults, latency or
+        records; the server and its port stay, so one fake can serve many tests."""
+        (
+            self.end_silence_ms,
+            self.speech_rms_threshold,
+            self.default_transcript,
+            self.tts_ms_per_char,
+            self.tts_chunk_ms,
+        ) = self._configured
         # latency
         self.handshake_delay_s = 0.0
         self.transcript_delay_s = 0.0
@@ -273,8 +283,7 @@ class FakeSarvam:
         self.tts_first_audio_at: list[float] = []
         self.tts_flushes = 0
         self._transcripts: deque[str] = deque()
-        self.chat = ChatCompletions(auth=self._chat_auth(), allowed_models=SARVAM_CHAT_MODELS)
-        self._server = LoopbackServer(self._app)
+        self.chat.reset()
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -345,18 +345,9 @@ class FakeStripe:
 
     def __init__(self, *, api_key: str = "sk_test_fake", clock: Callable[[], float] = time.time) -> None:
         self.api_key = api_key
-        self.clock = clock
-        self.customers: dict[str, dict[str, Any]] = {}
-        self.meters: dict[str, dict[str, Any]] = {}
-        self.meter_events: list[dict[str, Any]] = []
-        self.checkout_sessions: dict[str, dict[str, Any]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.requests: list[StripeRequest] = []
-        self._identifiers_seen: dict[str, int] = {}
-        self._idempotent: dict[str, _SavedResponse] = {}
-        self._faults: list[_Fault] = []
+        self._configured_clock = clock
         self._lock = threading.RLock()  # the test thread and the server thread share the state
-        self._summary_ids = itertools.count()
+        self.reset()
         self._routes = [
             _Route("POST", re.compile(r"/v1/customers"), self._customer_create),
             _Route("GET", re.compile(r"/v1/customers/(?P<id>[^/]+)"), self._customer_retrieve),
@@ -371,6 +362,22 @@ class FakeStripe:
             _Route("GET", re.compile(r"/v1/events/(?P<id>[^/]+)"), self._event_retrieve),
         ]
         self._server = LoopbackServer(self._app)
+
+    def reset(self) -> None:
+        """Back to the state the constructor left (its key and clock): no objects, events,
+        requests or faults; the server and its port stay, so one fake can serve many tests."""
+        with self._lock:
+            self.clock = self._configured_clock
+            self.customers: dict[str, dict[str, Any]] = {}
+            self.meters: dict[str, dict[str, Any]] = {}
+            self.meter_events: list[dict[str, Any]] = []
+            self.checkout_sessions: dict[str, dict[str, Any]] = {}
+            self.events: list[dict[str, Any]] = []
+            self.requests: list[StripeRequest] = []
+            self._identifiers_seen: dict[str, int] = {}
+            self._idempotent: dict[str, _SavedResponse] = {}
+            self._faults: list[_Fault] = []
+            self._summary_ids = itertools.count()
 
     # --- lifecycle -------------------------------------------------------------------------------
 

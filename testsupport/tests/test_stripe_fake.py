@@ -22,10 +22,16 @@ API_KEY = "sk_test_callmissed_fake_0001"
 WEBHOOK_SECRET = "whsec_test_secret"
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeStripe]:
     with FakeStripe(api_key=API_KEY) as running:
         yield running
+
+
+@pytest.fixture
+def fake(server: FakeStripe) -> FakeStripe:
+    server.reset()
+    return server
 
 
 def client_for(fake: FakeStripe, *, api_key: str = API_KEY, retries: int = 0) -> stripe.StripeClient:

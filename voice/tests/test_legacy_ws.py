@@ -86,18 +86,10 @@ def server(
 
 @pytest.fixture(autouse=True)
 def fresh_fakes(sarvam: FakeSarvam, chat: FakeChatServer) -> Iterator[None]:
-    """The fakes outlive one test (the server's URLs point at them); their scripts must not."""
-    sarvam._transcripts.clear()
-    sarvam.default_transcript = ""
-    chat._replies.clear()
-    chat._reply_fn = None
-    chat.inter_token_delay_s = 0.0
-    # ... nor their counts, which tests compare with what the session billed.
-    sarvam.tts_characters = 0
-    sarvam.stt_audio_seconds = 0.0
-    sarvam.violations.clear()
-    chat.usage_served.clear()
-    chat.requests.clear()
+    """The fakes outlive one test (the server's URLs point at them); their scripts, faults and
+    counts (which tests compare with what the session billed) must not."""
+    sarvam.reset()
+    chat.reset()
     yield
 
 
