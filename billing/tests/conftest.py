@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from billing import stripe_gateway
 from testsupport.fakes.stripe_api import FakeStripe, signature_header, signed_webhook
 
 STRIPE_KEY = "sk_test_callmissed"
@@ -24,6 +25,8 @@ def stripe_server() -> Iterator[FakeStripe]:
 @pytest.fixture
 def stripe_fake(settings: Any, stripe_server: FakeStripe) -> FakeStripe:
     stripe_server.reset()
+    # The process remembers an account's meter id; the reset account has no meter yet.
+    stripe_gateway._meter_id.cache_clear()
     settings.STRIPE_SECRET_KEY = STRIPE_KEY
     settings.STRIPE_API_BASE = stripe_server.api_base
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
