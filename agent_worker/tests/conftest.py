@@ -82,11 +82,13 @@ class RecordingObserver(ConversationObserver):
 class Caller:
     """Streams the caller's side in real time, as a phone would: silence unless speaking."""
 
-    def __init__(self, *, sample_rate: int = SAMPLE_RATE) -> None:
+    def __init__(self, *, sample_rate: int = SAMPLE_RATE, realtime: bool = True) -> None:
+        """``realtime=False``: the agent's audio is taken as fast as it is made, for tests of what
+        is said rather than when (the caller's side still streams in real time)."""
         self.sample_rate = sample_rate
         self.audio_input = QueueAudioInput(sample_rate=sample_rate)
         self.played: list[tuple[float, bytes]] = []  # (monotonic time, pcm) the agent played
-        self.audio_output = CallbackAudioOutput(sample_rate=sample_rate, on_audio=self._hear)
+        self.audio_output = CallbackAudioOutput(sample_rate=sample_rate, on_audio=self._hear, realtime=realtime)
         self._speech: asyncio.Queue[bytes] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] | None = None
@@ -146,20 +148,20 @@ class Call:
     observer: RecordingObserver
 
 
-async def start_call(conversation: Conversation, observer: RecordingObserver) -> Call:
-    caller = Caller()
+async def start_call(conversation: Conversation, observer: RecordingObserver, *, realtime: bool = True) -> Call:
+    caller = Caller(realtime=realtime)
     caller.start()
     await conversation.start(audio_input=caller.audio_input, audio_output=caller.audio_output)
     return Call(conversation=conversation, caller=caller, observer=observer)
 
 
 @pytest.fixture
-async def calls() -> AsyncIterator[Callable[[Conversation, RecordingObserver], Awaitable[Call]]]:
+async def calls() -> AsyncIterator[Callable[..., Awaitable[Call]]]:
     """Starts calls and, whatever the test did, ends and hangs them up afterwards."""
     started: list[Call] = []
 
-    async def _start(conversation: Conversation, observer: RecordingObserver) -> Call:
-        call = await start_call(conversation, observer)
+    async def _start(conversation: Conversation, observer: RecordingObserver, *, realtime: bool = True) -> Call:
+        call = await start_call(conversation, observer, realtime=realtime)
         started.append(call)
         return call
 

@@ -39,6 +39,7 @@ async def greeted(call: Call) -> None:
     )
 
 
+@pytest.mark.slow
 async def test_greets_hears_the_caller_and_echoes_them_with_usage(calls) -> None:
     observer = RecordingObserver()
     conversation = Conversation(session_id="off1", config=config(), providers=OFFLINE, observer=observer)
@@ -91,7 +92,8 @@ async def test_any_language_and_voice_run_on_the_one_offline_voice(calls) -> Non
     conversation = Conversation(
         session_id="off2", config=config(language="hi-IN", voice="kavya"), providers=OFFLINE, observer=observer
     )
-    call: Call = await calls(conversation, observer)
+    # What is said and that it is voiced, not how fast: the greeting's audio is taken as made.
+    call: Call = await calls(conversation, observer, realtime=False)
     await greeted(call)
 
     assert observer.final("agent")[0].text == scripted.GREETING
@@ -100,6 +102,7 @@ async def test_any_language_and_voice_run_on_the_one_offline_voice(calls) -> Non
     assert observer.errors == []
 
 
+@pytest.mark.slow
 async def test_caller_barging_in_cuts_the_greeting_and_gets_an_answer(calls) -> None:
     observer = RecordingObserver()
     conversation = Conversation(
@@ -123,3 +126,27 @@ async def test_caller_barging_in_cuts_the_greeting_and_gets_an_answer(calls) -> 
     [heard] = observer.final("user")
     assert "morning" in heard.text.split()
     assert observer.final("agent")[1].text.startswith(f"You said: {heard.text}. ")
+
+
+async def test_typed_words_get_the_scripted_echo_spoken_and_billed(calls) -> None:
+    """The agent's text behaviour without the round trip through speech: the caller's words go in
+    as text (``session.run``), the reply comes back as the run's message, voiced and billed."""
+    observer = RecordingObserver()
+    conversation = Conversation(session_id="off4", config=config(), providers=OFFLINE, observer=observer)
+    call: Call = await calls(conversation, observer, realtime=False)
+    await greeted(call)
+    greeting_seconds = call.caller.played_seconds()
+
+    result = await conversation.session.run(user_input=CALLER_SAYS)
+
+    reply = result.expect.next_event().is_message(role="assistant").event().item.text_content
+    result.expect.no_more_events()
+    assert reply is not None and reply.startswith(f"You said: {CALLER_SAYS}")
+    await observer.wait_for(lambda: len(observer.final("agent")) >= 2)
+    assert observer.final("agent")[1].text == reply
+    assert call.caller.played_seconds() > greeting_seconds  # the reply was voiced
+    await conversation.end(contracts.EndReason.COMPLETED)
+    await conversation.wait_ended()
+    tts = observer.usage_total(contracts.UsageComponent.TTS_CHARACTERS)
+    assert tts == {(OFFLINE_TTS_MODEL, OFFLINE_PROVIDER): len(scripted.GREETING) + len(reply)}
+    assert observer.errors == []

@@ -431,6 +431,7 @@ def rest_status(server: DaphneServer, key: str) -> int:
         return int(response.status)
 
 
+@pytest.mark.slow
 def test_fuzzing_the_socket_gets_documented_closes_and_leaves_the_server_well(server) -> None:
     rng = random.Random(FUZZ_SEED)
     keys = []

@@ -46,6 +46,7 @@ def write_speech(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_cli_talks_to_the_offline_pipeline(offline_server, tmp_path) -> None:
     key = make_key(make_org(name="Offline Clinic")).plaintext
     question = write_speech(tmp_path / "question.wav", CALLER_SAYS)
