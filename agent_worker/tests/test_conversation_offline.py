@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from livekit.agents.voice.run_result import RunResult
 
 from agent_worker import contracts
 from agent_worker.conversation import Conversation
@@ -137,7 +138,7 @@ async def test_typed_words_get_the_scripted_echo_spoken_and_billed(calls) -> Non
     await greeted(call)
     greeting_seconds = call.caller.played_seconds()
 
-    result = await conversation.session.run(user_input=CALLER_SAYS)
+    result: RunResult[None] = await conversation.session.run(user_input=CALLER_SAYS)
 
     reply = result.expect.next_event().is_message(role="assistant").event().item.text_content
     result.expect.no_more_events()
