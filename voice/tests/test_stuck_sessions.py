@@ -129,10 +129,13 @@ def test_the_dashboard_session_pages_show_overdue_sessions_as_unjoined(client: A
 
 
 @pytest.fixture
-def livekit_down(livekit_server: FakeLiveKitServer, settings: Any) -> Iterator[FakeLiveKitServer]:
-    """The LiveKit server API refuses connections: the fake is stopped and its port closed."""
-    livekit_server.stop()
-    yield livekit_server
+def livekit_down(settings: Any) -> Iterator[FakeLiveKitServer]:
+    """The LiveKit server API refuses connections: a fake of its own, stopped and its port closed
+    (the run's shared fake goes on serving other tests)."""
+    gone = FakeLiveKitServer(api_key=settings.LIVEKIT_API_KEY, api_secret=settings.LIVEKIT_API_SECRET).start()
+    settings.LIVEKIT_API_URL = gone.url
+    gone.stop()
+    yield gone
 
 
 def test_delete_while_livekit_is_unreachable_ends_the_session_and_the_sweep_deletes_the_room_later(
