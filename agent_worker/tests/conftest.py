@@ -13,7 +13,8 @@ import pytest
 from agent_worker import contracts
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
-from testsupport.fakes.sarvam import silence, tone
+from testsupport.fakes.openai_chat import FakeChatServer
+from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 
 SAMPLE_RATE = 16000
 CHUNK_S = 0.02
@@ -170,3 +171,17 @@ async def calls() -> AsyncIterator[Callable[..., Awaitable[Call]]]:
         await call.conversation.end(contracts.EndReason.COMPLETED)
         await call.conversation.wait_ended()
         await call.caller.hang_up()
+
+
+# A module that talks to the fakes defines ``sarvam_server`` / ``chat_server`` (module-scoped, made
+# with the settings it needs); each test gets the one server back in its constructed state.
+@pytest.fixture
+def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
+    sarvam_server.reset()
+    return sarvam_server
+
+
+@pytest.fixture
+def chat(chat_server: FakeChatServer) -> FakeChatServer:
+    chat_server.reset()
+    return chat_server

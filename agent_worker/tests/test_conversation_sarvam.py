@@ -33,18 +33,6 @@ def chat_server() -> Iterator[FakeChatServer]:
 
 
 @pytest.fixture
-def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
-    sarvam_server.reset()
-    return sarvam_server
-
-
-@pytest.fixture
-def chat(chat_server: FakeChatServer) -> FakeChatServer:
-    chat_server.reset()
-    return chat_server
-
-
-@pytest.fixture
 def settings(sarvam: FakeSarvam, chat: FakeChatServer) -> ProviderSettings:
     return ProviderSettings(
         speech_providers=SpeechMode.REAL,

@@ -42,18 +42,6 @@ def sarvam_server() -> Iterator[FakeSarvam]:
 
 
 @pytest.fixture
-def chat(chat_server: FakeChatServer) -> FakeChatServer:
-    chat_server.reset()
-    return chat_server
-
-
-@pytest.fixture
-def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
-    sarvam_server.reset()
-    return sarvam_server
-
-
-@pytest.fixture
 def settings(chat: FakeChatServer, sarvam: FakeSarvam) -> ProviderSettings:
     return ProviderSettings(
         sarvam_api_key=SARVAM_KEY,

@@ -28,12 +28,6 @@ def sarvam_server() -> Iterator[FakeSarvam]:
         yield fake
 
 
-@pytest.fixture
-def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
-    sarvam_server.reset()
-    return sarvam_server
-
-
 def frames(pcm: bytes, sample_rate: int = RATE) -> list[rtc.AudioFrame]:
     step = sample_rate // 50 * 2  # 20 ms frames, as a room or socket delivers them
     return [

@@ -25,12 +25,6 @@ def sarvam_server() -> Iterator[FakeSarvam]:
         yield fake
 
 
-@pytest.fixture
-def sarvam(sarvam_server: FakeSarvam) -> FakeSarvam:
-    sarvam_server.reset()
-    return sarvam_server
-
-
 def make_tts(sarvam: FakeSarvam, *, voice: str = "shubh", language: str = "hi-IN") -> SarvamTTS:
     return SarvamTTS(api_key=KEY, voice=voice, language=language, ws_url=sarvam.ws_url)
 
