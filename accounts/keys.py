@@ -8,6 +8,7 @@ import hashlib
 import secrets
 
 KEY_PREFIX = "cm_"
+TICKET_PREFIX = "cmt_"  # a dashboard's one-connection WebSocket ticket, never an API key
 _SECRET_BYTES = 32
 VISIBLE_PREFIX_CHARS = 10  # "cm_" + 7 characters, enough to tell keys apart in a list
 
@@ -22,3 +23,11 @@ def hash_key(plaintext: str) -> str:
 
 def looks_like_key(value: str) -> bool:
     return value.startswith(KEY_PREFIX) and 20 <= len(value) <= 100
+
+
+def generate_ticket() -> str:
+    return TICKET_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def looks_like_ticket(value: str) -> bool:
+    return value.startswith(TICKET_PREFIX) and 20 <= len(value) <= 100

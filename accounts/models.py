@@ -64,6 +64,22 @@ class ApiKey(models.Model):
         return self.revoked_at is not None
 
 
+class SocketTicket(models.Model):
+    """A single-use credential for one legacy-WebSocket connection (``?ticket=``), minted for a
+    logged-in dashboard user so the browser playground never holds an API key. Stored only as its
+    SHA-256 hash, bound to the user and their organization, valid for ``SOCKET_TICKET_TTL_SECONDS``
+    and deleted as the socket that presents it connects."""
+
+    hashed_secret = models.CharField(max_length=64, unique=True, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"socket ticket for {self.user_id} until {self.expires_at:%H:%M:%S}"
+
+
 class AuditLog(models.Model):
     """Security- and money-relevant changes, written in the same transaction as the change."""
 

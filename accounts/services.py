@@ -9,8 +9,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts import signals
-from accounts.keys import VISIBLE_PREFIX_CHARS, generate_key, hash_key
-from accounts.models import ApiKey, AuditLog, Membership, Organization
+from accounts.keys import VISIBLE_PREFIX_CHARS, generate_key, generate_ticket, hash_key, looks_like_ticket
+from accounts.models import ApiKey, AuditLog, Membership, Organization, SocketTicket
+from callmissed.errors import ApplicationError, ErrorCode
 
 
 @dataclass(frozen=True)
@@ -146,3 +147,59 @@ def api_key_touch(*, api_key: ApiKey) -> None:
         stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS))
         ApiKey.objects.filter(stale, pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+# Long enough for a page to open its socket right after minting, short enough that a ticket
+# left in a log or a proxy's history is useless.
+SOCKET_TICKET_TTL_SECONDS = 60
+
+
+class InvalidSocketTicket(ApplicationError):
+    code = ErrorCode.INVALID_TICKET
+    status_code = 401
+    default_message = "This ticket is invalid, expired or already used: mint a new one for each connection."
+
+
+@dataclass(frozen=True)
+class MintedSocketTicket:
+    plaintext: str  # returned exactly once, never stored
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class SocketTicketHolder:
+    organization: Organization
+    user: User
+
+
+def socket_ticket_create(*, user: User, organization: Organization, now: datetime | None = None) -> MintedSocketTicket:
+    """A ticket for one WebSocket connection as ``user`` of ``organization``."""
+    now = now or timezone.now()
+    # Expired tickets can never be used: dropping them here keeps the table to the last minute's.
+    SocketTicket.objects.filter(expires_at__lte=now).delete()
+    plaintext = generate_ticket()
+    expires_at = now + timedelta(seconds=SOCKET_TICKET_TTL_SECONDS)
+    SocketTicket.objects.create(
+        hashed_secret=hash_key(plaintext), organization=organization, user=user, expires_at=expires_at
+    )
+    return MintedSocketTicket(plaintext=plaintext, expires_at=expires_at)
+
+
+def socket_ticket_consume(*, plaintext: str, now: datetime | None = None) -> SocketTicketHolder:
+    """Spend a ticket: the first caller gets its holder, every later one (or a stale ticket, or one
+    whose user has since left the organization or been deactivated) ``InvalidSocketTicket``."""
+    now = now or timezone.now()
+    if not looks_like_ticket(plaintext):
+        raise InvalidSocketTicket()
+    ticket = (
+        SocketTicket.objects.select_related("organization", "user")
+        .filter(hashed_secret=hash_key(plaintext), expires_at__gt=now)
+        .first()
+    )
+    # The delete is the spend: of two sockets racing with one ticket, exactly one deletes the row.
+    if ticket is None or SocketTicket.objects.filter(pk=ticket.pk).delete()[0] != 1:
+        raise InvalidSocketTicket()
+    still_member = Membership.objects.filter(user_id=ticket.user_id, organization_id=ticket.organization_id).exists()
+    if not (ticket.user.is_active and still_member):
+        raise InvalidSocketTicket()
+    return SocketTicketHolder(organization=ticket.organization, user=ticket.user)

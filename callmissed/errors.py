@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     INVALID_API_KEY = "invalid_api_key"
     REVOKED_API_KEY = "revoked_api_key"
     EXPIRED_API_KEY = "expired_api_key"
+    INVALID_TICKET = "invalid_ticket"
     PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"

@@ -382,11 +382,11 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             )
             return
         auth: WsKeyAuth = self.scope[SCOPE_KEY]
-        assert auth.api_key is not None
+        assert auth.organization is not None
         try:
             config, rate = parse_config(message)
             created = await database_sync_to_async(services.voice_session_create)(
-                organization=auth.api_key.organization,
+                organization=auth.organization,
                 api_key=auth.api_key,
                 config=config,
                 transport=contracts.Transport.WEBSOCKET,
