@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.generic import RedirectView
 
-from dashboard import views
+from dashboard import playground, views
 
 app_name = "dashboard"
 
@@ -27,4 +27,7 @@ urlpatterns = [
         views.webhook_redeliver,
         name="webhook_redeliver",
     ),
+    path("dashboard/playground/", playground.playground, name="playground"),
+    path("dashboard/playground/ticket", playground.PlaygroundTicketCreateApi.as_view(), name="playground_ticket"),
+    path("dashboard/playground/session", playground.PlaygroundSessionCreateApi.as_view(), name="playground_session"),
 ]
