@@ -37,8 +37,8 @@ def browser(member: User) -> Client:
 
 
 def _post(client: Client, path: str, body: dict[str, Any] | None = None, *, csrf: bool = True) -> Any:
-    headers = {"HTTP_X_CSRFTOKEN": client.cookies["csrftoken"].value} if csrf else {}
-    return client.post(path, body or {}, content_type="application/json", **headers)
+    headers = {"X-CSRFToken": client.cookies["csrftoken"].value} if csrf else {}
+    return client.post(path, body or {}, content_type="application/json", headers=headers)
 
 
 def test_the_page_lets_the_browser_reach_our_socket_and_livekit_only(browser: Client, settings: Any) -> None:
