@@ -247,6 +247,7 @@
     let socket = null;
     let lastError = "";
     let ended = null;
+    let replyCut = false;
     // The microphone is opened first, so a refused permission costs no ticket; what it hears
     // before the socket is open is not sent (the agent was not listening yet).
     const stopCapture = await startCapture(context, (frame) => {
@@ -292,7 +293,11 @@
           break;
         case "transcript":
           if (event.text.trim()) {
-            transcriptLine(event.role, event.text, event.final);
+            const line = transcriptLine(event.role, event.text, event.final);
+            if (event.role === "agent" && event.final && replyCut) {
+              line.classList.add("cut"); // the server cut the line to what was played
+              replyCut = false;
+            }
           }
           break;
         case "agent.speaking":
@@ -301,15 +306,11 @@
         case "agent.stopped":
           setStatus("Listening…");
           break;
-        case "interrupted": {
+        case "interrupted":
           player.flush();
           root.dataset.interruptions = String(Number(root.dataset.interruptions) + 1);
-          const agentLines = transcript.querySelectorAll("li.agent");
-          if (agentLines.length) {
-            agentLines[agentLines.length - 1].classList.add("cut");
-          }
+          replyCut = true; // the reply's final line follows
           break;
-        }
         case "error":
           lastError = event.message;
           if (!event.fatal) {
