@@ -21,7 +21,7 @@ from billing.models import UsageRecord
 from dashboard.tests.test_csp_browser import RECORD_VIOLATIONS, Browser
 from dashboard.tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
 from voice.models import VoiceSession
-from voice.tests.ws_support import DAPHNE_TEST_MARKS, DaphneServer, serve_daphne
+from voice.tests.ws_support import DAPHNE_TEST_MARKS, DaphneServer, serve_offline_daphne
 
 pytestmark = [pytest.mark.browser, *DAPHNE_TEST_MARKS]
 
@@ -81,9 +81,7 @@ def _write_wav(path: Path, *parts: str | float) -> Path:
 
 @pytest.fixture(scope="module")
 def offline_server(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[DaphneServer]:
-    with serve_daphne(
-        django_db_blocker, tmp_path_factory, "daphne-playground", SPEECH_PROVIDERS="offline", SARVAM_API_KEY=""
-    ) as daphne:
+    with serve_offline_daphne(django_db_blocker, tmp_path_factory, "daphne-playground") as daphne:
         yield daphne
 
 

@@ -18,7 +18,7 @@ from agent_worker.providers.offline import llm as scripted
 from agent_worker.providers.offline.tts import VOICES
 from billing.models import UsageRecord
 from voice.models import TranscriptSegment, VoiceSession
-from voice.tests.ws_support import DAPHNE_TEST_MARKS, ROOT, DaphneServer, serve_daphne
+from voice.tests.ws_support import DAPHNE_TEST_MARKS, ROOT, DaphneServer, serve_offline_daphne
 
 pytestmark = DAPHNE_TEST_MARKS
 
@@ -29,9 +29,7 @@ CALLER_SAYS = "Please book an appointment for tomorrow morning."
 
 @pytest.fixture(scope="module")
 def offline_server(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) -> Iterator[DaphneServer]:
-    with serve_daphne(
-        django_db_blocker, tmp_path_factory, "daphne-offline", SPEECH_PROVIDERS="offline", SARVAM_API_KEY=""
-    ) as daphne:
+    with serve_offline_daphne(django_db_blocker, tmp_path_factory, "daphne-offline") as daphne:
         yield daphne
 
 

@@ -158,6 +158,11 @@ def serve_daphne(django_db_blocker: Any, tmp_path_factory: Any, name: str, **env
     print(log.read_text(errors="replace")[-6000:])
 
 
+def serve_offline_daphne(django_db_blocker: Any, tmp_path_factory: Any, name: str) -> Any:
+    """``serve_daphne`` on the embedded offline providers: piper, pocketsphinx, the scripted LLM."""
+    return serve_daphne(django_db_blocker, tmp_path_factory, name, SPEECH_PROVIDERS="offline", SARVAM_API_KEY="")
+
+
 def config_message(**fields: Any) -> str:
     return json.dumps({"type": "config", **fields})
 
