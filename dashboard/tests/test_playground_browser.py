@@ -4,6 +4,7 @@ socket with a ticket. The LiveKit mode is followed up to the wire (no livekit-se
 
 from __future__ import annotations
 
+import asyncio
 import re
 import wave
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
+from accounts import services as account_services
 from accounts.models import Membership
 from accounts.tests.factories import make_org
 from agent_worker.providers.offline import llm as scripted
@@ -21,7 +23,7 @@ from billing.models import UsageRecord
 from dashboard.tests.test_csp_browser import RECORD_VIOLATIONS, Browser
 from dashboard.tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
 from voice.models import VoiceSession
-from voice.tests.ws_support import DAPHNE_TEST_MARKS, DaphneServer, serve_offline_daphne
+from voice.tests.ws_support import DAPHNE_TEST_MARKS, DaphneServer, WsCaller, serve_offline_daphne
 
 pytestmark = [pytest.mark.browser, *DAPHNE_TEST_MARKS]
 
@@ -232,3 +234,26 @@ def test_the_livekit_mode_joins_the_room_of_a_session_it_creates(
     assert (row.transport, row.voice) == ("livekit", "priya")
     assert signalled and signalled[0].startswith(settings.LIVEKIT_URL + "/rtc")
     assert f"access_token={session['token']}" in signalled[0]
+
+
+def test_a_ticket_opens_one_socket_and_a_second_is_refused(offline_server: DaphneServer, member: User) -> None:
+    minted = account_services.socket_ticket_create(
+        user=member, organization=Membership.objects.get(user=member).organization
+    )
+    url = offline_server.url() + f"?ticket={minted.plaintext}"
+
+    async def call() -> tuple[dict[str, Any], dict[str, Any], int | None]:
+        first = await WsCaller.open(url)
+        started = await first.configure()
+        second = await WsCaller.open(url)
+        closed = await second.wait_closed()
+        await first.send_json({"type": "end"})
+        await first.wait_closed()
+        return started, second.events[0], closed.code
+
+    started, refused, code = asyncio.run(call())
+
+    assert started["type"] == "session.started"
+    assert (refused["code"], code) == ("invalid_ticket", 4002)
+    row = VoiceSession.objects.get(pk=started["session_id"])
+    assert (row.organization.name, row.api_key, row.end_reason) == ("Anika Clinic", None, "completed")

@@ -250,13 +250,14 @@
     let replyCut = false;
     // The microphone is opened first, so a refused permission costs no ticket; what it hears
     // before the socket is open is not sent (the agent was not listening yet).
-    const stopCapture = await startCapture(context, (frame) => {
-      if (socket && socket.readyState === WebSocket.OPEN) {
-        socket.send(frame);
-      }
-    });
+    let stopCapture = () => {};
     let minted;
     try {
+      stopCapture = await startCapture(context, (frame) => {
+        if (socket && socket.readyState === WebSocket.OPEN) {
+          socket.send(frame);
+        }
+      });
       minted = await postJson(root.dataset.ticketUrl, {});
     } catch (error) {
       stopCapture();
@@ -270,7 +271,9 @@
     call = {
       hangUp() {
         if (socket.readyState === WebSocket.OPEN) {
-          socket.send(JSON.stringify({ type: "end" }));
+          socket.send(JSON.stringify({ type: "end" })); // the server ends the session and closes
+        } else {
+          socket.close();
         }
       },
     };
