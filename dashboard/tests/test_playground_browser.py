@@ -5,6 +5,7 @@ socket with a ticket. The LiveKit mode is followed up to the wire (no livekit-se
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import wave
 from collections.abc import Iterator
@@ -154,6 +155,8 @@ def test_talking_in_the_playground_shows_both_sides_and_plays_the_agent(
     reply = _line(page, "agent", "You said:")
     page.click("#pg-hangup")
     page.wait_for_selector("#playground[data-state=ended]")
+    # ``CALLMISSED_SCREENSHOTS=docs/screenshots`` keeps the picture docs/ shows.
+    page.screenshot(path=Path(os.environ.get("CALLMISSED_SCREENSHOTS") or tmp_path) / "playground.png", full_page=True)
 
     assert "tomorrow" in heard
     assert "appointment" in reply

@@ -337,8 +337,8 @@
         setStatus(`Session ended (${ended.reason}) after ${seconds} s.${lastError ? ` ${lastError}` : ""}`);
         const link = document.createElement("a");
         link.href = `/dashboard/sessions/${ended.session_id}/`;
-        link.textContent = " Open the session";
-        statusLine.append(link);
+        link.textContent = "Open the session";
+        statusLine.append(" ", link);
       } else {
         const why = lastError || CLOSE_REASONS[close.code] || `the connection closed (${close.code})`;
         setStatus(`Could not talk: ${why}.`);
