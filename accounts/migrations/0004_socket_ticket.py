@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0002_audit_organization_created'),
+        ('accounts', '0003_alter_auditlog_action'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
