@@ -56,6 +56,14 @@ def organization_for_user(*, user: AbstractBaseUser | AnonymousUser) -> Organiza
     return membership.organization if membership else None
 
 
+def is_owner(*, user: AbstractBaseUser | AnonymousUser, organization: Organization) -> bool:
+    """Whether the user may change the organization's money settings (its spend cap)."""
+    return (
+        user.is_authenticated
+        and Membership.objects.filter(user_id=user.pk, organization=organization, role=Membership.Role.OWNER).exists()
+    )
+
+
 def api_key_get(*, organization: Organization, key_id: str) -> ApiKey:
     """One of the organization's keys; another organization's key is simply not found."""
     try:

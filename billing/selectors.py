@@ -7,6 +7,7 @@ Every read takes the organization: no cross-tenant reads.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -16,7 +17,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Organization
-from billing.models import BILLING_CURRENCY, BillingAccount, ModelPrice, UsageRecord
+from billing.models import BILLING_CURRENCY, BillingAccount, LedgerEntry, ModelPrice, UsageRecord
 from billing.pricing import OPENROUTER_DEFAULT_MODEL
 
 MAX_USAGE_RANGE_DAYS = 366
@@ -54,6 +55,25 @@ class DailyUsage:
     currency: str
     total_cost: Decimal
     items: list[DailyUsageLine]
+
+
+@dataclass(frozen=True)
+class UsageSeries:
+    """Cost per UTC day from ``days[0]`` to ``days[-1]`` (every day, zero when idle), one list per
+    component or model, in the order of ``days``."""
+
+    days: list[date]
+    currency: str
+    total_cost: Decimal
+    series: dict[str, list[Decimal]]
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    created_at: datetime
+    kind: str
+    amount: Decimal  # USD; negative for usage
+    description: str
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,39 @@ def usage_by_day(*, organization: Organization, start: date, end: date) -> Daily
         total_cost=sum((i.cost for i in items), Decimal(0)),
         items=items,
     )
+
+
+def usage_series(*, organization: Organization, start: date, end: date, by: str = "component") -> UsageSeries:
+    """``usage_by_day`` as one cost series per component (``by="component"``) or model, for a chart."""
+    if by not in ("component", "model"):
+        raise ValueError(f"usage_series groups by component or model, not {by!r}")
+    usage = usage_by_day(organization=organization, start=start, end=end)
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    position = {day: n for n, day in enumerate(days)}
+    series: dict[str, list[Decimal]] = {}
+    for line in usage.items:
+        costs = series.setdefault(getattr(line, by), [Decimal(0)] * len(days))
+        costs[position[line.date]] += line.cost
+    return UsageSeries(days=days, currency=usage.currency, total_cost=usage.total_cost, series=series)
+
+
+def session_costs(*, organization: Organization, session_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Decimal]:
+    """Total cost of each of these sessions that has usage (one query for a page of sessions)."""
+    rows = (
+        UsageRecord.objects.filter(organization=organization, session_id__in=list(session_ids))
+        .values("session_id")
+        .annotate(cost=Sum("cost"))
+        .order_by()
+    )
+    return {r["session_id"]: r["cost"] for r in rows}
+
+
+def ledger_list(*, organization: Organization, limit: int = 100) -> list[LedgerLine]:
+    """The latest changes to the organization's balance, newest first: grants, top-ups, usage, adjustments."""
+    entries = LedgerEntry.objects.filter(account__organization=organization).order_by("-created_at", "-id")[:limit]
+    return [
+        LedgerLine(created_at=e.created_at, kind=e.kind, amount=e.amount, description=e.description) for e in entries
+    ]
 
 
 def month_start(at: datetime) -> datetime:

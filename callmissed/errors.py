@@ -11,6 +11,7 @@ import math
 from enum import StrEnum
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import InterfaceError as DatabaseInterfaceError
 from django.db import OperationalError as DatabaseOperationalError
@@ -273,11 +274,19 @@ def _wants_html(request: HttpRequest) -> bool:
     return "text/html" in accept
 
 
+# Set on the responses the handlers below build, so a technical page can be told from ours.
+_PRODUCT_PAGE = "callmissed_error_page"
+
+
 def _error_response(request: HttpRequest, status_code: int, code: ErrorCode, message: str) -> HttpResponse:
+    response: HttpResponse
     if _wants_html(request):
         context = {"status": status_code, "message": message, "request_id": current_request_id()}
-        return render(request, "error.html", context, status=status_code)
-    return JsonResponse(envelope(code, message), status=status_code)
+        response = render(request, "error.html", context, status=status_code)
+    else:
+        response = JsonResponse(envelope(code, message), status=status_code)
+    setattr(response, _PRODUCT_PAGE, True)
+    return response
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -297,6 +306,17 @@ def handler400(request: HttpRequest, exception: Exception | None = None) -> Http
 
 def handler500(request: HttpRequest) -> HttpResponse:
     return _error_response(request, 500, ErrorCode.INTERNAL_ERROR, "Internal server error.")
+
+
+def ensure_product_page(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """With DEBUG on, Django answers an unknown page or a crash with its technical page instead of
+    calling the handlers above; a page outside the API gets the product's 404 or 500 all the same, so
+    what a developer tries is what a customer sees. Crashes are still logged with their traceback."""
+    if not settings.DEBUG or response.status_code not in (404, 500) or getattr(response, _PRODUCT_PAGE, False):
+        return response
+    if response.status_code == 404:
+        return handler404(request)
+    return handler500(request)
 
 
 _CODE_BY_STATUS: dict[int, ErrorCode] = {

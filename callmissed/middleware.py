@@ -90,3 +90,20 @@ class RequestIdMiddleware:
             _request_id.reset(token)
         response[self.header] = request_id
         return response
+
+
+class ProductErrorPageMiddleware:
+    """Every page outside the API answers its 404s and 500s with the product's page, DEBUG or not
+    (``errors.ensure_product_page``). Inside the Content-Security-Policy middleware, so the page it
+    puts in place gets the policy too."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.path.startswith(API_PREFIX):
+            return response
+        from callmissed.errors import ensure_product_page  # errors.py reads the request id from here
+
+        return ensure_product_page(request, response)

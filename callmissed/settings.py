@@ -66,6 +66,7 @@ MIDDLEWARE = [
     "callmissed.health.OperatorEndpointsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "callmissed.csp.ContentSecurityPolicyMiddleware",
+    "callmissed.middleware.ProductErrorPageMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

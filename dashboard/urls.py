@@ -8,6 +8,7 @@ app_name = "dashboard"
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="dashboard:overview"), name="home"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", views.signup, name="signup"),
@@ -17,6 +18,7 @@ urlpatterns = [
     path("dashboard/sessions/", views.sessions, name="sessions"),
     path("dashboard/sessions/<uuid:session_id>/", views.session_detail, name="session_detail"),
     path("dashboard/billing/", views.billing, name="billing"),
+    path("dashboard/billing/spend-cap/", views.spend_cap, name="spend_cap"),
     path("dashboard/webhooks/", views.webhooks, name="webhooks"),
     path("dashboard/webhooks/<uuid:endpoint_id>/", views.webhook_detail, name="webhook_detail"),
     path("dashboard/webhooks/<uuid:endpoint_id>/rotate/", views.webhook_rotate, name="webhook_rotate"),

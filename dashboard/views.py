@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, timedelta
+from decimal import Decimal
 from functools import wraps
 from typing import Any
 
@@ -21,10 +22,11 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.models import User
 from django.core import signing
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -33,12 +35,23 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts import selectors as account_selectors
 from accounts import services as account_services
 from accounts.models import Organization
+from agent_worker import contracts
 from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing import stripe_gateway
+from billing.pricing import display
 from callmissed import ratelimit
 from callmissed.errors import ApplicationError, NotFound, ValidationFailed
-from dashboard.forms import ApiKeyCreateForm, SessionFilterForm, SignupForm, TopUpForm, WebhookEndpointForm
+from dashboard.forms import (
+    ApiKeyCreateForm,
+    SessionFilterForm,
+    SignupForm,
+    SpendCapForm,
+    TopUpForm,
+    UsageRangeForm,
+    WebhookEndpointForm,
+)
+from dashboard.templatetags.money import COMPONENT_NAMES
 from voice import lifecycle as voice_lifecycle
 from voice import selectors as voice_selectors
 from voice.models import VoiceSession
@@ -46,6 +59,7 @@ from webhooks import selectors as webhook_selectors
 from webhooks import services as webhook_services
 
 SESSIONS_PER_PAGE = 25
+LEDGER_LINES = 100
 
 View = Callable[..., HttpResponse]
 
@@ -65,6 +79,11 @@ def organization_required(view: Callable[..., HttpResponse]) -> View:
             raise Http404 from None
 
     return wrapper
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico on pages that name no icon (the admin, the API docs)."""
+    return redirect(static("dashboard/favicon.svg"), permanent=True)
 
 
 def _throttle_message(retry_after: int) -> str:
@@ -207,17 +226,38 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/signup.html", {"form": form})
 
 
+def _chart_number(value: Decimal) -> float:
+    # Chart.js plots floats; the figures beside the chart stay exact Decimals.
+    return float(value)
+
+
 @organization_required
 def overview(request: HttpRequest, organization: Organization) -> HttpResponse:
     voice_lifecycle.voice_sessions_expire_unjoined(organization=organization)
-    sessions = voice_selectors.voice_session_list(organization=organization)
-    recent = sessions.filter(created_at__gte=timezone.now() - timedelta(days=30))
-    by_status = dict(recent.order_by().values_list("status").annotate(n=Count("id")))
+    range_form = UsageRangeForm(request.GET or None)
+    days, group_by = range_form.chosen()
+    today = timezone.now().astimezone(UTC).date()
+    usage = billing_selectors.usage_series(
+        organization=organization, start=today - timedelta(days=days - 1), end=today, by=group_by
+    )
+    name = COMPONENT_NAMES.get if group_by == "component" else str
+    chart = {
+        "currency": usage.currency,
+        "labels": [day.isoformat() for day in usage.days],
+        "datasets": [
+            {"key": key, "label": name(key), "data": [_chart_number(cost) for cost in costs]}
+            for key, costs in sorted(usage.series.items())
+        ],
+    }
+    recent = list(voice_selectors.voice_session_list(organization=organization)[:5])
     active_keys = account_selectors.api_key_list(organization=organization).filter(revoked_at__isnull=True)
     context = {
         "organization": organization,
-        "recent_sessions": sessions[:5],
-        "status_counts": [(status.label, by_status.get(status.value, 0)) for status in VoiceSession.Status],
+        "range_form": range_form,
+        "days": days,
+        "usage": usage,
+        "chart": chart,
+        "recent_sessions": _with_costs(organization, recent),
         "active_keys": active_keys.count(),
         "limits": billing_selectors.billing_limits(organization=organization),
         "live_sessions": voice_selectors.live_session_count(organization=organization),
@@ -263,24 +303,60 @@ def key_revoke(request: HttpRequest, organization: Organization, key_id: str) ->
 @organization_required
 def sessions(request: HttpRequest, organization: Organization) -> HttpResponse:
     voice_lifecycle.voice_sessions_expire_unjoined(organization=organization)
-    filters = SessionFilterForm(request.GET or None, status_choices=list(VoiceSession.Status.choices))
-    status = filters.cleaned_data["status"] if filters.is_valid() else ""
-    queryset = voice_selectors.voice_session_list(organization=organization, status=status or None)
+    filters = SessionFilterForm(
+        request.GET or None,
+        status_choices=list(VoiceSession.Status.choices),
+        transport_choices=[(t.value, t.value) for t in contracts.Transport],
+    )
+    queryset = voice_selectors.voice_session_list(organization=organization, **filters.selector_filters())
     page = Paginator(queryset, SESSIONS_PER_PAGE).get_page(request.GET.get("page"))
-    return render(request, "dashboard/sessions.html", {"page": page, "filters": filters, "status": status})
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "page": page,
+        "filters": filters,
+        "filtered": any(value for name, value in request.GET.items() if name != "page"),
+        "query": query.urlencode(),
+        "rows": _with_costs(organization, list(page)),
+    }
+    return render(request, "dashboard/sessions.html", context)
+
+
+def _with_costs(organization: Organization, sessions: list[VoiceSession]) -> list[tuple[VoiceSession, Decimal | None]]:
+    """Each session with its total cost (None before any usage), for the sessions table."""
+    costs = billing_selectors.session_costs(organization=organization, session_ids=[s.id for s in sessions])
+    return [(session, costs.get(session.id)) for session in sessions]
 
 
 @organization_required
 def session_detail(request: HttpRequest, organization: Organization, session_id: str) -> HttpResponse:
     voice_lifecycle.voice_sessions_expire_unjoined(organization=organization)
     session = voice_selectors.voice_session_get(organization=organization, session_id=session_id)
+    latency = voice_selectors.voice_session_latency(session=session)
+    per_turn = [turn if isinstance(turn, dict) else {} for turn in latency["per_turn"]]
+    latency_chart = {
+        "labels": [f"Turn {n}" for n in range(1, len(per_turn) + 1)],
+        "datasets": [
+            {"key": key, "label": label, "data": [turn.get(key) for turn in per_turn]} for key, label in LATENCY_SERIES
+        ],
+    }
     context = {
         "session": session,
+        "metadata": sorted((session.metadata or {}).items()),
         "segments": voice_selectors.transcript_list(session=session),
-        "latency": voice_selectors.voice_session_latency(session=session),
+        "latency": latency,
+        "latency_chart": latency_chart,
         "usage": billing_selectors.session_usage(organization=organization, session_id=session.id),
     }
     return render(request, "dashboard/session_detail.html", context)
+
+
+# What the worker reports per turn (``contracts.TurnLatency``), as the latency chart names it.
+LATENCY_SERIES = (
+    ("end_of_speech_to_first_audio_ms", "End of speech to first agent audio"),
+    ("llm_ttft_ms", "Language model: time to first token"),
+    ("tts_ttfb_ms", "Speech synthesis: time to first byte"),
+)
 
 
 @require_http_methods(["GET", "POST"])
@@ -301,17 +377,51 @@ def billing(request: HttpRequest, organization: Organization) -> HttpResponse:
             messages.error(request, "Payments are unavailable right now; please try again in a minute.")
         else:
             return redirect(checkout.url)
-    today = timezone.now().date()
+    return _billing_page(request, organization, top_up_form=form)
+
+
+@require_POST
+@organization_required
+def spend_cap(request: HttpRequest, organization: Organization) -> HttpResponse:
+    """An owner sets or clears the monthly spend cap, through the audited limits service."""
+    if not account_selectors.is_owner(user=request.user, organization=organization):
+        raise PermissionDenied("Only an owner of the organization can change its spend cap.")
+    form = SpendCapForm(request.POST)
+    if not form.is_valid():
+        return _billing_page(request, organization, cap_form=form, status=400)
+    cap = form.cleaned_data["spend_cap_monthly"]
+    billing_services.billing_limits_change(
+        account=billing_selectors.billing_account_get(organization=organization),
+        actor=request.user if isinstance(request.user, User) else None,
+        spend_cap_monthly=cap,
+    )
+    messages.success(request, f"Monthly spend cap set to {display(cap)} USD." if cap else "Monthly spend cap removed.")
+    return redirect("dashboard:billing")
+
+
+def _billing_page(
+    request: HttpRequest,
+    organization: Organization,
+    *,
+    top_up_form: TopUpForm | None = None,
+    cap_form: SpendCapForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    limits = billing_selectors.billing_limits(organization=organization)
+    owner = account_selectors.is_owner(user=request.user, organization=organization)
     context = {
         "organization": organization,
-        "limits": billing_selectors.billing_limits(organization=organization),
+        "limits": limits,
         "live_sessions": voice_selectors.live_session_count(organization=organization),
-        "usage": billing_selectors.usage_by_day(organization=organization, start=today - timedelta(days=29), end=today),
-        "form": form,
+        "ledger": billing_selectors.ledger_list(organization=organization, limit=LEDGER_LINES),
+        "ledger_limit": LEDGER_LINES,
+        "form": top_up_form or TopUpForm(),
+        "cap_form": cap_form
+        or (SpendCapForm(initial={"spend_cap_monthly": limits.spend_cap_monthly}) if owner else None),
         "payments_enabled": stripe_gateway.enabled(),
         "paid": request.GET.get("paid") == "1",
     }
-    return render(request, "dashboard/billing.html", context)
+    return render(request, "dashboard/billing.html", context, status=status)
 
 
 DELIVERIES_SHOWN = 50

@@ -19,6 +19,9 @@ from callmissed import jsonsafe
 from callmissed.selectors import get_or_not_found
 from voice.models import TranscriptSegment, VoiceSession
 
+# A metadata key a list may filter on (``metadata.KEY=VALUE`` in the API, a key field in the dashboard).
+METADATA_KEY_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+
 
 def _visible(organization: Organization) -> QuerySet[VoiceSession]:
     return VoiceSession.objects.filter(organization=organization, content_deleted_at__isnull=True)
@@ -60,8 +63,11 @@ def voice_session_list(
     created_before: datetime | None = None,
     transport: str | None = None,
     metadata: dict[str, str] | None = None,
+    id_prefix: str | None = None,
 ) -> QuerySet[VoiceSession]:
     qs = _visible(organization)
+    if id_prefix:
+        qs = qs.filter(id__startswith=id_prefix.lower())
     if status:
         qs = qs.filter(status=status)
     if transport:

@@ -29,7 +29,7 @@ from voice.models import TRANSPORT_CHOICES, VoiceSession
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_CHARS = 255
-_METADATA_FILTER_KEY = re.compile(r"^metadata\.([A-Za-z0-9_-]{1,64})$")
+_METADATA_FILTER_KEY = re.compile(rf"^metadata\.({selectors.METADATA_KEY_PATTERN})$")
 
 
 class VoiceSessionCreateApi(APIView):
