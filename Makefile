@@ -21,17 +21,23 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 ## Run the platform on embedded defaults: SQLite, in-memory channels, eager Celery, offline speech.
+## Prints a dashboard login and an API key of one organization ("Demo"), and the commands to try them.
 run: install
 	$(PY) manage.py migrate --noinput -v0
 	$(PY) manage.py collectstatic --noinput -v0
-	@KEY=$$($(PY) manage.py create_api_key "Demo" --name "make run" | tail -1); \
-	echo ""; \
-	echo "Demo API key (shown once): $$KEY"; \
-	echo "Try it:"; \
-	echo "  curl -X POST http://$(HOST):$(PORT)/v1/voice/sessions \\"; \
-	echo "    -H \"Authorization: Bearer $$KEY\" -H \"Content-Type: application/json\" \\"; \
-	echo "    -d '{\"system_prompt\": \"You are a helpful assistant.\", \"voice\": \"shubh\", \"language\": \"en-IN\", \"llm_model\": \"kimi-k2.5\"}'"; \
-	echo "API docs: http://$(HOST):$(PORT)/v1/docs"; \
+	@PASSWORD=$$($(PY) manage.py create_login "Demo" --username demo | tail -1) && \
+	KEY=$$($(PY) manage.py create_api_key "Demo" --name "make run" | tail -1) && \
+	echo "" && \
+	echo "Dashboard: http://$(HOST):$(PORT)/login/  username: demo  password: $$PASSWORD" && \
+	echo "Demo API key (shown once): $$KEY" && \
+	echo "" && \
+	echo "Create a session:" && \
+	echo "  curl -X POST http://$(HOST):$(PORT)/v1/voice/sessions \\" && \
+	echo "    -H \"Authorization: Bearer $$KEY\" -H \"Content-Type: application/json\" \\" && \
+	echo "    -d '{\"system_prompt\": \"You are a helpful assistant.\", \"voice\": \"shubh\", \"language\": \"en-IN\"}'" && \
+	echo "Talk to the agent from this terminal (offline voices, no microphone needed):" && \
+	echo "  $(PY) -m clients.voice_ws_client --url ws://$(HOST):$(PORT)/ws/voice-agent --key $$KEY --say \"What time do you open tomorrow\" --out agent.wav" && \
+	echo "API docs: http://$(HOST):$(PORT)/v1/docs" && \
 	echo ""
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 1048576 --websocket-max-frame-size 1048576 callmissed.asgi:application
 

@@ -7,6 +7,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.crypto import get_random_string
 
 from accounts import signals
 from accounts.keys import VISIBLE_PREFIX_CHARS, generate_key, generate_ticket, hash_key, looks_like_ticket
@@ -84,6 +85,33 @@ def account_signup(
     )
     Membership.objects.create(user=user, organization=organization, role=Membership.Role.OWNER)
     return user
+
+
+LOGIN_PASSWORD_CHARS = 20  # about 119 bits
+
+
+class LoginInUse(Exception):
+    """The username belongs to a member of another organization."""
+
+
+@transaction.atomic
+def owner_login_set(*, organization: Organization, username: str) -> str:
+    """A dashboard login for ``organization``: the user (created as an owner if new) gets a fresh
+    generated password, returned once. For an operator's command line (``create_login``), so that a
+    key made there has someone who can see its sessions; a user of another organization is refused."""
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        user = User(username=username)
+        user.set_unusable_password()
+        user.full_clean()
+        user.save()
+        Membership.objects.create(user=user, organization=organization, role=Membership.Role.OWNER)
+    elif not Membership.objects.filter(user=user, organization=organization).exists():
+        raise LoginInUse(f"{username!r} is a login of another organization.")
+    password = get_random_string(LOGIN_PASSWORD_CHARS)  # letters and digits, from ``secrets``
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    return password
 
 
 @transaction.atomic

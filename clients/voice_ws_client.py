@@ -4,16 +4,21 @@ Streams a WAV file (any sample rate, channel count or sample width: converted to
 ``--sample-rate``) or the microphone in real time, prints the transcripts as they arrive and
 saves what the agent said to a WAV file::
 
-    python -m clients.voice_ws_client --key cm_… --wav question.wav --out agent.wav
-    python -m clients.voice_ws_client --key cm_… --say "Book a table for two" --out agent.wav
-    python -m clients.voice_ws_client --key cm_… --mic --out agent.wav      # Ctrl-C ends the call
+    .venv/bin/python -m clients.voice_ws_client --key cm_… --wav question.wav --out agent.wav
+    .venv/bin/python -m clients.voice_ws_client --key cm_… --say "Book a table for two" --out agent.wav
+    .venv/bin/python -m clients.voice_ws_client --key cm_… --mic --speaker   # Ctrl-C ends the call
 
-``--say`` speaks the text with the project's offline piper voice (no network), handy for a demo.
+One of ``--wav``, ``--say`` or ``--mic`` is required. ``--say`` speaks the text with the project's
+offline piper voice (no network), handy for a demo. ``--mic`` and ``--speaker`` need the
+``sounddevice`` package and the PortAudio library (``pip install sounddevice``; Debian's
+``libportaudio2``), checked before a session is opened. ``--url`` (or ``CALLMISSED_WS_URL``) names
+the server's socket, e.g. ``ws://127.0.0.1:8915/ws/voice-agent`` for ``make run PORT=8915``.
 
 With ``--wav`` (or ``--say``) it streams silence until the agent has finished its greeting, then the file, then
 silence until the agent has answered (at least ``--tail`` seconds), and then sends ``end``. It
 exits when the server sends ``session.ended``: status 0 when the session ended normally, 1 when
-it failed or was refused, 2 on bad arguments. The protocol is docs/legacy-websocket.md.
+it failed or was refused, 2 on bad arguments; every failure is one line on stderr. The protocol is
+docs/legacy-websocket.md.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 DEFAULT_URL = "ws://127.0.0.1:8000/ws/voice-agent"
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 24000)
@@ -238,14 +243,37 @@ async def stream_wav(ws: ClientConnection, state: CallState, pcm: bytes, *, samp
     )
 
 
-async def microphone_chunks(sample_rate: int) -> AsyncIterator[bytes]:
-    """20 ms chunks from the default input device, through ``sounddevice`` (optional)."""
+# What each refusal close means, for a server that closed before saying why in an error event.
+CLOSE_REASONS = {
+    4001: "no API key was sent (--key or CALLMISSED_API_KEY)",
+    4002: "the API key is not a valid CallMissed key",
+    4003: "the API key was revoked or has expired",
+    4402: "payment required: the balance or the monthly spend cap is used up",
+    4429: "too many live sessions for this organization; try again shortly",
+    4503: "the server cannot take a call right now; try again shortly",
+}
+
+
+def sound_device(flag: str, kind: str) -> Any:
+    """``sounddevice`` with a default ``kind`` ("input" or "output") device, or exit with one line
+    saying what is missing: checked before any session is opened."""
     try:
         import sounddevice  # type: ignore[import-untyped]
     except (ImportError, OSError) as error:
         raise SystemExit(
-            f"--mic needs the sounddevice package and PortAudio ({error}); stream a file with --wav instead."
+            f"error: {flag} needs the sounddevice package and the PortAudio library ({error}): "
+            "pip install sounddevice, and apt-get install libportaudio2; or use --wav or --say"
         ) from None
+    try:
+        sounddevice.query_devices(kind=kind)
+    except Exception as error:  # PortAudioError or ValueError, depending on the host's audio stack
+        raise SystemExit(f"error: {flag}: no default {kind} device ({error})") from None
+    return sounddevice
+
+
+async def microphone_chunks(sample_rate: int) -> AsyncIterator[bytes]:
+    """20 ms chunks from the default input device, through ``sounddevice`` (optional)."""
+    sounddevice = sound_device("--mic", "input")
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=100)
 
@@ -267,10 +295,7 @@ async def microphone_chunks(sample_rate: int) -> AsyncIterator[bytes]:
 
 def speaker(sample_rate: int) -> tuple[Callable[[bytes], None], Callable[[], None]]:
     """Plays the agent's audio as it arrives (``--speaker``); returns (play, close)."""
-    try:
-        import sounddevice
-    except (ImportError, OSError) as error:
-        raise SystemExit(f"--speaker needs the sounddevice package and PortAudio ({error}).") from None
+    sounddevice = sound_device("--speaker", "output")
     stream = sounddevice.RawOutputStream(samplerate=sample_rate, channels=1, dtype="int16")
     stream.start()
 
@@ -310,16 +335,27 @@ async def run_call(args: argparse.Namespace) -> int:
         pcm = await asyncio.to_thread(synthesize_speech, args.say, sample_rate=args.sample_rate)
     else:
         pcm = b""
+        sound_device("--mic", "input")  # before the session, not after it has started
     state = CallState()
     play, close_speaker = speaker(args.sample_rate) if args.speaker else (None, None)
     url = f"{args.url}{'&' if '?' in args.url else '?'}key={args.key}"
     try:
-        async with connect(url, max_size=None, open_timeout=15) as ws:
+        try:
+            ws = await connect(url, max_size=None, open_timeout=15)
+        except (OSError, WebSocketException) as error:
+            detail = str(error).replace(args.key, "cm_…")  # a URL error would quote the key
+            print(f"error: cannot open {args.url} ({detail}); is the server running?", file=sys.stderr)
+            return 1
+        async with ws:
             receiver = asyncio.create_task(receive(ws, state, play))
-            await ws.send(json.dumps(config_from(args)))
+            with contextlib.suppress(ConnectionClosed):  # a refused key is closed at once
+                await ws.send(json.dumps(config_from(args)))
             await state.wait_until(lambda: bool(state.session_id) or state.over, 30)
             if not state.session_id:
                 await receiver
+                if state.refused is None:
+                    reason = CLOSE_REASONS.get(state.close_code or 0, "the server closed the connection")
+                    print(f"error: {reason} (close code {state.close_code})", file=sys.stderr)
                 return 1
             try:
                 if pcm:
@@ -353,16 +389,25 @@ async def run_call(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m clients.voice_ws_client", description="Talk to CallMissed over the legacy PCM WebSocket."
+        prog=".venv/bin/python -m clients.voice_ws_client",
+        description="Talk to CallMissed over the legacy PCM WebSocket.",
     )
     parser.add_argument("--key", default=os.environ.get("CALLMISSED_API_KEY"), help="cm_… key (or CALLMISSED_API_KEY)")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"WebSocket URL (default {DEFAULT_URL})")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("CALLMISSED_WS_URL", DEFAULT_URL),
+        help=f"WebSocket URL (or CALLMISSED_WS_URL; default {DEFAULT_URL})",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--wav", help="WAV file to say to the agent (any rate, channels, width)")
     source.add_argument("--say", help="text to say to the agent, in the offline piper voice")
-    source.add_argument("--mic", action="store_true", help="speak into the default microphone (needs sounddevice)")
+    source.add_argument(
+        "--mic", action="store_true", help="speak into the default microphone (needs sounddevice and PortAudio)"
+    )
     parser.add_argument("--out", help="write the agent's audio to this WAV file")
-    parser.add_argument("--speaker", action="store_true", help="play the agent's audio (needs sounddevice)")
+    parser.add_argument(
+        "--speaker", action="store_true", help="play the agent's audio (needs sounddevice and PortAudio)"
+    )
     parser.add_argument("--sample-rate", type=int, default=16000, choices=SUPPORTED_SAMPLE_RATES)
     parser.add_argument("--tail", type=float, default=3.0, help="seconds of silence after the file, at least")
     parser.add_argument("--system-prompt", dest="system_prompt")
