@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-dev lint typecheck pytest worker celery browser vendor-js
+.PHONY: run test install install-dev lint typecheck pytest worker celery browser vendor-js screenshots
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,3 +69,7 @@ celery: install
 ## Re-fetch the dashboard's pinned browser libraries from npm (checked against their integrity hashes).
 vendor-js:
 	dashboard/vendor-js.sh
+
+## Screenshots of each dashboard page into docs/screenshots/, taken by the browser test that walks them.
+screenshots: install-dev browser
+	CALLMISSED_SCREENSHOTS=docs/screenshots $(VENV)/bin/pytest -q -p no:cacheprovider dashboard/tests/test_dashboard_journey.py

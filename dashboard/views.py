@@ -399,6 +399,11 @@ def spend_cap(request: HttpRequest, organization: Organization) -> HttpResponse:
     return redirect("dashboard:billing")
 
 
+def _cents(amount: Decimal | None) -> Decimal | None:
+    # The cap is stored to 12 places; the form edits whole cents.
+    return None if amount is None else amount.quantize(Decimal("0.01"))
+
+
 def _billing_page(
     request: HttpRequest,
     organization: Organization,
@@ -417,7 +422,7 @@ def _billing_page(
         "ledger_limit": LEDGER_LINES,
         "form": top_up_form or TopUpForm(),
         "cap_form": cap_form
-        or (SpendCapForm(initial={"spend_cap_monthly": limits.spend_cap_monthly}) if owner else None),
+        or (SpendCapForm(initial={"spend_cap_monthly": _cents(limits.spend_cap_monthly)}) if owner else None),
         "payments_enabled": stripe_gateway.enabled(),
         "paid": request.GET.get("paid") == "1",
     }

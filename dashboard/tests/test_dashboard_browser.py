@@ -78,7 +78,7 @@ def test_sign_up_create_a_key_use_it_and_revoke_it(page: Any, live_server: Any) 
     row = page.locator("table tbody tr").first
     assert created["id"][:8] in row.inner_text()
     row.locator("a").click()
-    assert "hi-IN" in page.inner_text("dl.facts")
+    assert "hi-IN" in page.inner_text("[data-testid=config]")
 
     page.click("text=API keys")
     assert plaintext not in page.content()  # shown once, never again
