@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from dashboard.tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+from dashboard.tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -61,14 +62,16 @@ class Browser:
         assert problems == [], problems
 
 
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
+@contextlib.contextmanager
+def browsing(monkeypatch: pytest.MonkeyPatch, **context_options: Any) -> Iterator[Browser]:
+    """A page in Debian's headless Chromium that records policy violations and refuses, and reports,
+    any request beyond the server; ``context_options`` go to Playwright's ``new_context``."""
     from playwright.sync_api import sync_playwright
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = chromium.new_context()
+        context = chromium.new_context(**context_options)
         context.add_init_script(RECORD_VIOLATIONS)
         page = Browser(context.new_page())
         # Pages render with no network beyond the server: anything else the browser asks for is
@@ -77,6 +80,12 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
         yield page
         context.close()
         chromium.close()
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
+    with browsing(monkeypatch) as page:
+        yield page
 
 
 def _log_in(browser: Browser, base: str, username: str) -> None:
@@ -91,13 +100,7 @@ def test_the_dashboard_pages_render_under_the_policy(browser: Browser, live_serv
     base = live_server.url
     page = browser.page
     browser.visit(f"{base}/signup/")
-    page.fill("#id_username", "kavya")
-    page.fill("#id_email", "kavya@example.com")
-    page.fill("#id_organization_name", "Kavya Voice")
-    page.fill("#id_password1", PASSWORD)
-    page.fill("#id_password2", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/dashboard/keys/")
+    sign_up(page, base, username="kavya", organization="Kavya Voice", password=PASSWORD)
     browser.assert_clean()
 
     page.fill("#id_name", "csp")

@@ -1,4 +1,6 @@
-"""The dashboard as a customer meets it: headless Chromium (Debian's package) driven by Playwright."""
+"""Headless Chromium (Debian's package) for the browser tests, and what they share: the launch flags,
+the API as a customer's backend calls it, signing up. The customer's journey through the dashboard is
+test_dashboard_journey.py; the Content-Security-Policy as Chromium enforces it, test_csp_browser.py."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import json
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,20 +28,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture
-def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes are still sync.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context()
-        yield context.new_page()
-        context.close()
-        browser.close()
-
-
 def _api(base: str, path: str, key: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         base + path,
@@ -55,37 +42,12 @@ def _api(base: str, path: str, key: str, body: dict[str, Any] | None = None) -> 
         return error.code, json.loads(error.read())
 
 
-def test_sign_up_create_a_key_use_it_and_revoke_it(page: Any, live_server: Any) -> None:
-    base = live_server.url
-    page.goto(f"{base}/signup/")
-    page.fill("#id_username", "meera")
-    page.fill("#id_email", "meera@example.com")
-    page.fill("#id_organization_name", "Meera Voice")
-    page.fill("#id_password1", "a long and unguessable passphrase")
-    page.fill("#id_password2", "a long and unguessable passphrase")
+def sign_up(page: Any, base: str, *, username: str, organization: str, password: str) -> None:
+    """Fill in the open signup page as a new customer; it leads to their API keys."""
+    page.fill("#id_username", username)
+    page.fill("#id_email", f"{username}@example.com")
+    page.fill("#id_organization_name", organization)
+    page.fill("#id_password1", password)
+    page.fill("#id_password2", password)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/dashboard/keys/")
-
-    page.fill("#id_name", "browser test")
-    page.click("text=Create key")
-    plaintext = page.inner_text("[data-testid=new-key]").strip()
-    assert plaintext.startswith("cm_")
-
-    status, created = _api(base, "/v1/voice/sessions", plaintext, {"language": "hi-IN", "voice": "priya"})
-    assert status == 201, created
-
-    page.click("text=Sessions")
-    row = page.locator("table tbody tr").first
-    assert created["id"][:8] in row.inner_text()
-    row.locator("a").click()
-    assert "hi-IN" in page.inner_text("[data-testid=config]")
-
-    page.click("text=API keys")
-    assert plaintext not in page.content()  # shown once, never again
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.click("button:has-text('Revoke')")
-    page.wait_for_selector(".flash")
-    assert "revoked" in page.inner_text(".flash")
-
-    status, body = _api(base, "/v1/voice/sessions", plaintext)
-    assert status == 401 and body["error"]["code"] == "revoked_api_key"

@@ -18,8 +18,8 @@ import pytest
 
 from agent_worker import contracts
 from billing.tests.support import apply_usage, usage_event
-from dashboard.tests.test_csp_browser import RECORD_VIOLATIONS, Browser
-from dashboard.tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, _api
+from dashboard.tests.test_csp_browser import Browser, browsing
+from dashboard.tests.test_dashboard_browser import _api, sign_up
 from voice import tasks
 from voice.models import VoiceSession
 from voice.tests.factories import VoiceSessionFactory
@@ -47,21 +47,12 @@ CONVERSATION = [
 
 
 @pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch, live_server: Any) -> Iterator[Browser]:
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport={"width": 1200, "height": 900})
-        # The copy button writes to the clipboard; the test reads it back from there.
-        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-        context.add_init_script(RECORD_VIOLATIONS)
-        browser = Browser(context.new_page())
-        context.route(re.compile(r"^(?!http://(localhost|127\.0\.0\.1)[:/])"), browser.refuse_outside)
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
+    # The copy button writes to the clipboard; the test reads it back from there.
+    with browsing(
+        monkeypatch, viewport={"width": 1200, "height": 900}, permissions=["clipboard-read", "clipboard-write"]
+    ) as browser:
         yield browser
-        context.close()
-        chromium.close()
 
 
 @pytest.fixture
@@ -146,13 +137,7 @@ def test_a_customers_first_session_from_signup_to_a_revoked_key(
     page, base = browser.page, live_server.url
 
     browser.visit(f"{base}/signup/")
-    page.fill("#id_username", "meera")
-    page.fill("#id_email", "meera@example.com")
-    page.fill("#id_organization_name", "Meera's Kitchen")
-    page.fill("#id_password1", PASSWORD)
-    page.fill("#id_password2", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/dashboard/keys/")
+    sign_up(page, base, username="meera", organization="Meera's Kitchen", password=PASSWORD)
 
     page.fill("#id_name", "booking line")
     page.click("text=Create key")
