@@ -35,7 +35,6 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts import selectors as account_selectors
 from accounts import services as account_services
 from accounts.models import Organization
-from agent_worker import contracts
 from billing import selectors as billing_selectors
 from billing import services as billing_services
 from billing import stripe_gateway
@@ -54,7 +53,7 @@ from dashboard.forms import (
 from dashboard.templatetags.money import COMPONENT_NAMES
 from voice import lifecycle as voice_lifecycle
 from voice import selectors as voice_selectors
-from voice.models import VoiceSession
+from voice.models import TRANSPORT_CHOICES, VoiceSession
 from webhooks import selectors as webhook_selectors
 from webhooks import services as webhook_services
 
@@ -306,7 +305,7 @@ def sessions(request: HttpRequest, organization: Organization) -> HttpResponse:
     filters = SessionFilterForm(
         request.GET or None,
         status_choices=list(VoiceSession.Status.choices),
-        transport_choices=[(t.value, t.value) for t in contracts.Transport],
+        transport_choices=list(TRANSPORT_CHOICES),
     )
     queryset = voice_selectors.voice_session_list(organization=organization, **filters.selector_filters())
     page = Paginator(queryset, SESSIONS_PER_PAGE).get_page(request.GET.get("page"))

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import AuditLog, Membership
 from agent_worker import contracts
@@ -254,3 +256,17 @@ def test_every_page_names_a_favicon_that_exists(owner: Client) -> None:
     assert icon
     redirect = Client().get("/favicon.ico")
     assert redirect.status_code == 301 and redirect["Location"] == icon.group(1)
+
+
+def test_the_sessions_page_costs_the_same_queries_for_three_sessions_or_twenty(owner: Client) -> None:
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert owner.get("/dashboard/sessions/").status_code == 200
+        return len(captured)
+
+    for _ in range(3):
+        apply_usage(usage_event(_session(), *KIMI_TURN))
+    few = queries()
+    for _ in range(17):
+        apply_usage(usage_event(_session(), *KIMI_TURN))
+    assert queries() == few
