@@ -50,7 +50,7 @@ from dashboard.forms import (
     UsageRangeForm,
     WebhookEndpointForm,
 )
-from dashboard.templatetags.money import COMPONENT_NAMES
+from dashboard.templatetags.money import component_name
 from voice import lifecycle as voice_lifecycle
 from voice import selectors as voice_selectors
 from voice.models import TRANSPORT_CHOICES, VoiceSession
@@ -239,7 +239,7 @@ def overview(request: HttpRequest, organization: Organization) -> HttpResponse:
     usage = billing_selectors.usage_series(
         organization=organization, start=today - timedelta(days=days - 1), end=today, by=group_by
     )
-    name = COMPONENT_NAMES.get if group_by == "component" else str
+    name = component_name if group_by == "component" else str
     chart = {
         "currency": usage.currency,
         "labels": [day.isoformat() for day in usage.days],
