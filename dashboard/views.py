@@ -330,9 +330,9 @@ def _with_costs(organization: Organization, sessions: list[VoiceSession]) -> lis
 @organization_required
 def session_detail(request: HttpRequest, organization: Organization, session_id: str) -> HttpResponse:
     voice_lifecycle.voice_sessions_expire_unjoined(organization=organization)
-    session = voice_selectors.voice_session_get(organization=organization, session_id=session_id)
-    latency = voice_selectors.voice_session_latency(session=session)
-    per_turn = [turn if isinstance(turn, dict) else {} for turn in latency["per_turn"]]
+    detail = voice_selectors.voice_session_detail(organization=organization, session_id=session_id)
+    session = detail.session
+    per_turn = [turn if isinstance(turn, dict) else {} for turn in detail.latency.per_turn]
     latency_chart = {
         "labels": [f"Turn {n}" for n in range(1, len(per_turn) + 1)],
         "datasets": [
@@ -343,9 +343,9 @@ def session_detail(request: HttpRequest, organization: Organization, session_id:
         "session": session,
         "metadata": sorted((session.metadata or {}).items()),
         "segments": voice_selectors.transcript_list(session=session),
-        "latency": latency,
+        "latency": detail.latency,
         "latency_chart": latency_chart,
-        "usage": billing_selectors.session_usage(organization=organization, session_id=session.id),
+        "usage": detail.usage,
     }
     return render(request, "dashboard/session_detail.html", context)
 
