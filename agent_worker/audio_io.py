@@ -2,7 +2,8 @@
 
 ``QueueAudioInput`` takes the caller's PCM as the transport receives it; ``CallbackAudioOutput``
 hands the agent's PCM to the transport paced in real time, so that clearing it on a barge-in
-really stops the audio, and it reports playout to the session the way livekit's room output
+really stops the audio (and pausing it, while a caller's words may be a backchannel, holds the
+rest for a resume), and it reports playout to the session the way livekit's room output
 does — the session waits on those reports to end a turn and to cut the agent's transcript to
 what was heard. Both run on the session's event loop; call ``push`` from that loop.
 """
@@ -114,7 +115,8 @@ class CallbackAudioOutput(io.AudioOutput):
     plays; without it (tests, benchmarks) as fast as ``on_audio`` takes it.
 
     ``clear_buffer`` (a barge-in) drops everything not yet sent at once and reports the segment
-    interrupted at the position the listener had reached."""
+    interrupted at the position the listener had reached. ``pause`` stops sending at once and
+    keeps the rest; ``resume`` sends it from where it stopped."""
 
     def __init__(
         self,
@@ -125,7 +127,7 @@ class CallbackAudioOutput(io.AudioOutput):
     ) -> None:
         super().__init__(
             label="CallbackAudioOutput",
-            capabilities=io.AudioOutputCapabilities(pause=False),
+            capabilities=io.AudioOutputCapabilities(pause=True),
             sample_rate=sample_rate,
         )
         self._on_audio = on_audio
@@ -139,6 +141,8 @@ class CallbackAudioOutput(io.AudioOutput):
         self._segment_sent = 0.0  # seconds of the open segment handed to on_audio
         self._play_until = 0.0  # monotonic time the listener's playhead reaches the end of what was sent
         self._wake: asyncio.Future[None] | None = None  # the player's pacing wait, ended early by a clear
+        self._playing = asyncio.Event()  # cleared while paused
+        self._playing.set()
         self._task: asyncio.Task[None] | None = None
         self.last_frame_sent_at: float | None = None  # monotonic; for measuring barge-in stop time
 
@@ -181,6 +185,18 @@ class CallbackAudioOutput(io.AudioOutput):
             self._finish(position=max(0.0, self._segment_sent - unheard), interrupted=True)
             self._play_until = time.monotonic()
 
+    @property
+    def paused(self) -> bool:
+        return not self._playing.is_set()
+
+    def pause(self) -> None:
+        super().pause()
+        self._playing.clear()
+
+    def resume(self) -> None:
+        super().resume()
+        self._playing.set()
+
     def _finish(self, *, position: float, interrupted: bool) -> None:
         self._segment_open = False
         self.on_playback_finished(playback_position=position, interrupted=interrupted)
@@ -205,6 +221,8 @@ class CallbackAudioOutput(io.AudioOutput):
                 self._segment_started = True
                 self.on_playback_started(created_at=time.time())
             for pcm, seconds in _pieces(item.frame):
+                if not self._playing.is_set():
+                    await self._wait_resumed(item.generation)
                 if item.generation != self._generation:
                     break
                 try:
@@ -220,6 +238,19 @@ class CallbackAudioOutput(io.AudioOutput):
                 if self._realtime:
                     self._play_until = max(self._play_until, time.monotonic()) + seconds
                     await self._wait_until(self._play_until - SEND_AHEAD_SECONDS, item.generation)
+
+    async def _wait_resumed(self, generation: int) -> None:
+        """Wait for ``resume``, or for a clear of this segment (its rest is then dropped)."""
+        loop = asyncio.get_running_loop()
+        while not self._playing.is_set() and generation == self._generation:
+            wake: asyncio.Future[None] = loop.create_future()
+            self._wake = wake
+            resumed = asyncio.ensure_future(self._playing.wait())
+            try:
+                await asyncio.wait({wake, resumed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                resumed.cancel()
+                self._wake = None
 
     async def _wait_until(self, deadline: float, generation: int) -> None:
         """Sleep until ``deadline`` (monotonic) unless the buffer is cleared first.

@@ -94,6 +94,19 @@ def llm_model(model_id: str) -> LLMModel | None:
 
 
 @cache
+def backchannel_phrases(language: str) -> tuple[str, ...]:
+    """The acknowledgements callers of ``language`` make while the agent speaks, English's
+    included (callers code-mix); empty for a language the catalog has no list for."""
+    lists = _raw()["backchannels"]
+    return tuple(dict.fromkeys([*lists.get(language, ()), *lists["en-IN"]]))
+
+
+@cache
+def backchannel_languages() -> tuple[str, ...]:
+    return tuple(code for code in _raw()["backchannels"] if not code.startswith("_"))
+
+
+@cache
 def _openrouter_reasoning_mandatory() -> frozenset[str]:
     """OpenRouter models whose endpoints answer 400 to ``reasoning: {enabled: false}``."""
     for m in _raw()["llm_models"]:

@@ -28,6 +28,10 @@ MAX_MAX_DURATION_SECONDS = 3600
 MAX_SYSTEM_PROMPT_CHARS = 8000
 MAX_LLM_MODEL_CHARS = 200
 TTS_PROVIDERS = (DEFAULT_TTS_PROVIDER,)
+# A caller utterance longer than this is never a backchannel, and no phrase may be longer.
+MAX_BACKCHANNEL_WORDS = 6
+MAX_BACKCHANNEL_EXTRA_PHRASES = 50
+MAX_BACKCHANNEL_PHRASE_CHARS = 40
 
 
 class Transport(StrEnum):
@@ -78,6 +82,33 @@ class Limits:
     ge: int | None = None
     le: int | None = None
     choices: tuple[str, ...] = ()
+    # For a list of strings: the length limits apply to the list, these to each string.
+    item_min_length: int | None = None
+    item_max_length: int | None = None
+
+
+class BackchannelSettings(_Payload):
+    """How a caller's short acknowledgement over the agent ("haan", "theek hai", "okay") is
+    treated: with ``enabled`` it neither stops the agent nor becomes a user turn (the catalog's
+    list for the session's language plus ``extra_phrases``); without it, any speech over the
+    agent stops it at once."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Let a caller's short acknowledgement over the agent pass without stopping it.",
+    )
+    extra_phrases: Annotated[
+        list[str],
+        Limits(
+            max_length=MAX_BACKCHANNEL_EXTRA_PHRASES, item_min_length=1, item_max_length=MAX_BACKCHANNEL_PHRASE_CHARS
+        ),
+    ] = Field(
+        default_factory=list,
+        description=(
+            f"Phrases (at most {MAX_BACKCHANNEL_WORDS} words each) added to the catalog's list for the "
+            "session's language."
+        ),
+    )
 
 
 class SessionConfig(_Payload):
@@ -94,6 +125,7 @@ class SessionConfig(_Payload):
     max_duration_seconds: Annotated[int, Limits(ge=MIN_MAX_DURATION_SECONDS, le=MAX_MAX_DURATION_SECONDS)] = (
         DEFAULT_MAX_DURATION_SECONDS
     )
+    backchannels: BackchannelSettings = Field(default_factory=BackchannelSettings)
 
 
 class DispatchMetadata(_Payload):

@@ -39,6 +39,7 @@ from livekit.agents.voice.turn import TurnHandlingOptions
 
 from agent_worker import contracts, drain
 from agent_worker import metrics as pipeline_metrics
+from agent_worker.backchannels import BackchannelGate, Backchannels, GateHooks
 from agent_worker.provider_settings import ProviderSettings
 from agent_worker.providers import BilledAs, Providers, build_providers, providers_label
 
@@ -111,6 +112,11 @@ class ConversationObserver:
         """The user barged in; the agent's audio was cut."""
         return None
 
+    async def on_backchannel(self, text: str, language: str) -> None:
+        """The caller acknowledged the agent ("haan", "okay") while it spoke; the agent went on.
+        Not a user turn: no transcript line, nothing for the LLM."""
+        return None
+
     async def on_usage(self, items: list[contracts.UsageItem]) -> None:
         """Incremental deltas since the previous call."""
         return None
@@ -132,10 +138,18 @@ class _VoiceAgent(Agent):
     and every RECOGNITION_USAGE it reports is counted in ``stt_seconds``.
     """
 
-    def __init__(self, *, instructions: str, stt_plugin: stt.STT, on_stt_usage: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        instructions: str,
+        stt_plugin: stt.STT,
+        on_stt_usage: Callable[[], None],
+        gate: BackchannelGate | None = None,
+    ) -> None:
         super().__init__(instructions=instructions)
         self._stt_plugin = stt_plugin
         self._on_stt_usage = on_stt_usage
+        self._gate = gate
         self.closing = asyncio.Event()
         self.stt_done = asyncio.Event()
         self.stt_seconds = 0.0
@@ -162,7 +176,11 @@ class _VoiceAgent(Agent):
                         if event.type == stt.SpeechEventType.RECOGNITION_USAGE and event.recognition_usage:
                             self.stt_seconds += event.recognition_usage.audio_duration
                             self._on_stt_usage()
-                        yield event
+                        if self._gate is None:
+                            yield event
+                        else:
+                            for passed in self._gate.feed(event):
+                                yield passed
                 finally:
                     await utils.aio.cancel_and_wait(forwarding)
         finally:
@@ -248,6 +266,8 @@ class Conversation:
         self._user_speech_started_at: float | None = None
         self._user_speech_ended_at: float | None = None
         self._interrupt_reported = False
+        self._held_speech_started_at: float | None = None  # a held utterance the gate let through
+        self.gate: BackchannelGate | None = None
         self._turn_latencies: list[contracts.TurnLatency] = []
         self._usage_reported: dict[UsageKey, float] = {}
         self._model_usage: Sequence[ModelUsage] | None = None  # the session's totals as of its last usage event
@@ -297,10 +317,13 @@ class Conversation:
                 self.session.output.audio = audio_output
             if text_output is not None:
                 self.session.output.transcription = text_output
+            if self.config.backchannels.enabled:
+                self.gate = BackchannelGate(Backchannels.for_session(self.config), self._gate_hooks())
             agent = _VoiceAgent(
                 instructions=self.config.system_prompt,
                 stt_plugin=self.providers.stt,
                 on_stt_usage=self._queue_stt_usage,
+                gate=self.gate,
             )
             self._agent = agent
             if room is not None:
@@ -319,7 +342,9 @@ class Conversation:
             # Sarvam sends END_SPEECH only after its own silence window, so waiting again here
             # would only add latency to every turn.
             "endpointing": {"min_delay": 0.0},
-            # The sinks cannot pause playout, so an interruption stops the agent for good.
+            # An interruption stops the agent for good. Speech over the agent that may be a
+            # backchannel pauses it instead, and the gate (agent_worker/backchannels.py) resumes
+            # it: livekit's own resume serves only utterances without words.
             "interruption": {"enabled": True, "resume_false_interruption": False, "min_words": 0},
             "preemptive_generation": {"enabled": True},
         }
@@ -535,7 +560,8 @@ class Conversation:
 
     def _on_user_state(self, ev: UserStateChangedEvent) -> None:
         if ev.new_state == "speaking":
-            self._user_speech_started_at = ev.created_at
+            self._user_speech_started_at = self._held_speech_started_at or ev.created_at
+            self._held_speech_started_at = None
             if self._agent_state == "speaking" and not self._interrupt_reported:
                 self._barge_in()
         elif ev.new_state == "listening":
@@ -556,6 +582,48 @@ class Conversation:
             return  # the session is closing
         self._interrupt_reported = True
         self._deliver(self._observer.on_interrupted)
+
+    # ------------------------------------------------------------------ backchannels
+
+    def _gate_hooks(self) -> GateHooks:
+        return GateHooks(
+            pause=self._hold_for_caller,
+            resume=self._resume_after_backchannel,
+            interrupt=self._interrupt_held,
+            on_backchannel=self._on_backchannel,
+        )
+
+    def _hold_for_caller(self) -> bool:
+        """The caller started speaking over the agent and the words may be a backchannel: pause
+        the agent's audio now (what the caller hears is the agent stopping, as at a barge-in)
+        and let the gate decide. False where a pause cannot serve: the utterance then goes to
+        the session as before (an uninterruptible goodbye, an agent not speaking)."""
+        if self._agent_state != "speaking" or self._session is None or not self._session_running:
+            return False
+        speech = self.session.current_speech
+        output = self.session.output.audio
+        if speech is None or speech.interrupted or not speech.allow_interruptions:
+            return False
+        if output is None or not output.can_pause:
+            return False
+        output.pause()
+        return True
+
+    def _resume_after_backchannel(self) -> None:
+        if self._session is None:
+            return
+        output = self.session.output.audio
+        if output is not None:
+            output.resume()
+
+    def _interrupt_held(self, started_at: float) -> None:
+        self._held_speech_started_at = started_at
+        if self._agent_state == "speaking" and not self._interrupt_reported:
+            self._barge_in()
+
+    def _on_backchannel(self, text: str, language: str) -> None:
+        language = language or self.config.language
+        self._deliver(lambda: self._observer.on_backchannel(text, language))
 
     def _on_usage_updated(self, ev: SessionUsageUpdatedEvent) -> None:
         # The event carries the totals the session just built; asking it again rebuilt them
