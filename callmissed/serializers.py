@@ -7,8 +7,9 @@ keyed by field, as the error envelope's ``fields``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any, ClassVar, get_args, get_origin
 
 from pydantic import BaseModel
 from rest_framework import serializers
@@ -29,13 +30,26 @@ class StrictSerializer(serializers.Serializer):
         try:
             validated = super().to_internal_value(data)
         except serializers.ValidationError as exc:
-            if not errors:
-                raise
             detail = exc.detail if isinstance(exc.detail, dict) else {api_settings.NON_FIELD_ERRORS_KEY: exc.detail}
-            raise serializers.ValidationError({**errors, **detail}) from None
+            raise serializers.ValidationError({**errors, **_dotted(detail)}) from None
         if errors:
             raise serializers.ValidationError(errors)
         return validated
+
+
+def _dotted(detail: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested field's errors (``backchannels``, a list's items) keyed by their dotted path,
+    ``backchannels.extra_phrases.3``, so ``fields`` stays one flat object of message lists."""
+    flat: dict[str, Any] = {}
+    for key, value in detail.items():
+        name = str(key)
+        if prefix:
+            name = prefix if name == api_settings.NON_FIELD_ERRORS_KEY else f"{prefix}.{name}"
+        if isinstance(value, Mapping):
+            flat.update(_dotted(value, name))
+        else:
+            flat[name] = value
+    return flat
 
 
 class StrictCharField(serializers.CharField):
@@ -76,6 +90,28 @@ class StrictChoiceField(serializers.ChoiceField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean; DRF would take ``"yes"``, ``1`` or ``"off"``."""
+
+    default_error_messages = {"type": "Must be true or false."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("type")
+        return data
+
+
+class StrictListField(serializers.ListField):
+    """A JSON array; DRF would take an object's keys or a string's characters in places."""
+
+    default_error_messages = {"type": "Must be a list."}
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if not isinstance(data, list):
+            self.fail("type")
+        return super().to_internal_value(data)
+
+
 def contract_fields(model: type[BaseModel], *, output: bool = False) -> dict[str, serializers.Field]:
     """A serializer field per field of ``model``, with its type, default, description and ``Limits``.
 
@@ -93,7 +129,18 @@ def contract_fields(model: type[BaseModel], *, output: bool = False) -> dict[str
         elif not info.is_required():
             options["default"] = info.default
         field: serializers.Field
-        if limits.choices:
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            if "default" in options:
+                options["default"] = _dumped(info.annotation)  # what the nested input would validate to
+            field = contract_serializer(info.annotation, output=output)(**options)
+        elif info.annotation is bool:
+            field = StrictBooleanField(**options)
+        elif get_origin(info.annotation) is list and get_args(info.annotation) == (str,):
+            item = StrictCharField(
+                min_length=limits.item_min_length, max_length=limits.item_max_length, allow_blank=output
+            )
+            field = StrictListField(child=item, min_length=limits.min_length, max_length=limits.max_length, **options)
+        elif limits.choices:
             field = StrictChoiceField(choices=list(limits.choices), **options)
         elif info.annotation is str:
             field = StrictCharField(
@@ -119,3 +166,16 @@ class ContractSerializer(serializers.Serializer):
 
     def get_fields(self) -> dict[str, serializers.Field]:
         return {**contract_fields(self.contract, output=self.contract_output), **super().get_fields()}
+
+
+@cache
+def contract_serializer(model: type[BaseModel], *, output: bool = False) -> type[serializers.Serializer]:
+    """The serializer of a contract nested in another (``SessionConfig.backchannels``), strict on
+    input like its parent; named after the model, so the schema has one component for each."""
+    name = model.__name__ + ("Output" if output else "")
+    bases: tuple[type, ...] = (ContractSerializer,) if output else (StrictSerializer, ContractSerializer)
+    return type(f"{name}Serializer", bases, {"contract": model, "contract_output": output, "__doc__": model.__doc__})
+
+
+def _dumped(model: type[BaseModel]) -> Callable[[], dict[str, Any]]:
+    return lambda: model().model_dump()

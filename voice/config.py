@@ -87,6 +87,18 @@ class SessionConfigSerializer(StrictSerializer, ContractSerializer):
             )
         return value
 
+    def validate_backchannels(self, value: dict[str, Any]) -> dict[str, Any]:
+        for phrase in value.get("extra_phrases", ()):
+            if len(phrase.split()) > contracts.MAX_BACKCHANNEL_WORDS:
+                raise serializers.ValidationError(
+                    {"extra_phrases": [f"Phrase {phrase!r} has more than {contracts.MAX_BACKCHANNEL_WORDS} words."]}
+                )
+            if jsonsafe.unstorable(phrase):
+                raise serializers.ValidationError(
+                    {"extra_phrases": ["Phrases must not contain NUL characters or lone surrogates."]}
+                )
+        return value
+
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
         if len(value) > MAX_METADATA_KEYS:
             raise serializers.ValidationError(f"At most {MAX_METADATA_KEYS} keys.")

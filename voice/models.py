@@ -53,6 +53,8 @@ class VoiceSession(models.Model):
     tts_provider = models.CharField(max_length=32)
     max_duration_seconds = models.PositiveIntegerField()
     metadata = models.JSONField(default=dict, blank=True)
+    # contracts.BackchannelSettings as JSON; {} means its defaults.
+    backchannels = models.JSONField(default=dict, blank=True)
 
     room_name = models.CharField(max_length=100, unique=True)
     providers = models.CharField(max_length=100, blank=True, help_text="Which providers ran it, e.g. 'offline'.")
@@ -122,6 +124,7 @@ class VoiceSession(models.Model):
             llm_model=self.llm_model,
             tts_provider=self.tts_provider,
             max_duration_seconds=self.max_duration_seconds,
+            backchannels=contracts.BackchannelSettings.model_validate(self.backchannels or {}),
         )
 
 

@@ -156,6 +156,7 @@ def voice_session_create(
             tts_provider=config["tts_provider"],
             max_duration_seconds=config["max_duration_seconds"],
             metadata=config.get("metadata") or {},
+            backchannels=config.get("backchannels") or {},
             idempotency_key=idempotency_key,
             idempotency_key_used_at=now if idempotency_key else None,
             request_fingerprint=fingerprint,

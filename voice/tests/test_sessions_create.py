@@ -49,8 +49,20 @@ def test_empty_body_takes_documented_defaults(api: Any) -> None:
         "llm_model": "kimi-k2.5",
         "tts_provider": "sarvam",
         "max_duration_seconds": 300,
+        "backchannels": {"enabled": True, "extra_phrases": []},
     }
     assert body["metadata"] == {}
+
+
+def test_backchannel_settings_are_stored_returned_and_dispatched(api: Any) -> None:
+    settings_in = {"enabled": False, "extra_phrases": ["bas bas", " sahi baat "]}
+    body = _post(api, {**QUICKSTART, "backchannels": settings_in}).json()
+
+    expected = {"enabled": False, "extra_phrases": ["bas bas", "sahi baat"]}
+    assert body["config"]["backchannels"] == expected
+    assert api.get(f"{SESSIONS}/{body['id']}").json()["config"]["backchannels"] == expected
+    session = VoiceSession.objects.get(pk=body["id"])
+    assert session.config().backchannels == contracts.BackchannelSettings(**expected)
 
 
 def test_token_grants_one_room_and_dispatches_the_agent(api: Any, settings: Any) -> None:
@@ -123,6 +135,13 @@ def test_duration_bounds_are_inclusive(api: Any, seconds: int) -> None:
         ({"temperature": 0.2}, "temperature", "Unknown field. Accepted fields: system_prompt"),
         ({"metadata": {"nested": {"a": 1}}}, "metadata", "string, number, boolean or null"),
         ({"metadata": "plain"}, "metadata", "dictionary"),
+        ({"backchannels": {"enabled": "yes"}}, "backchannels.enabled", "true or false"),
+        ({"backchannels": {"mode": "strict"}}, "backchannels.mode", "Accepted fields: enabled, extra_phrases"),
+        ({"backchannels": {"extra_phrases": ["a b c d e f g"]}}, "backchannels.extra_phrases", "more than 6 words"),
+        ({"backchannels": {"extra_phrases": ["ok", "x" * 41]}}, "backchannels.extra_phrases.1", "no more than 40"),
+        ({"backchannels": {"extra_phrases": ["ok"] * 51}}, "backchannels.extra_phrases", "no more than 50"),
+        ({"backchannels": {"extra_phrases": [7]}}, "backchannels.extra_phrases.0", "string"),
+        ({"backchannels": "off"}, "backchannels", "dictionary"),
     ],
 )
 def test_invalid_config_names_the_field(api: Any, body: dict[str, Any], field: str, fragment: str) -> None:
@@ -166,17 +185,31 @@ def test_the_documented_body_states_the_contracts_defaults_and_limits(api: Any) 
     schema = api.get("/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     operation = schema["paths"][SESSIONS]["post"]
     ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    _assert_documents(schema, ref, contracts.SessionConfig)
+    assert "metadata" in schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+
+
+def _assert_documents(schema: dict[str, Any], ref: str, model: Any) -> None:
     documented = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
-    for name, info in contracts.SessionConfig.model_fields.items():
+    for name, info in model.model_fields.items():
         limits = next((m for m in info.metadata if isinstance(m, contracts.Limits)), contracts.Limits())
         field = documented[name]
-        assert field["default"] == info.default, name
+        if "$ref" in field:  # a nested contract (backchannels): its own component
+            _assert_documents(schema, field["$ref"], info.annotation)
+            continue
+        if info.default_factory is None:
+            assert field["default"] == info.default, name
+        if field.get("type") == "array":
+            assert (field.get("maxItems"), field["items"].get("maxLength")) == (
+                limits.max_length,
+                limits.item_max_length,
+            ), name
+            continue
         assert (field.get("maxLength"), field.get("minimum"), field.get("maximum")) == (
             limits.max_length,
             limits.ge,
             limits.le,
         ), name
-    assert "metadata" in documented
 
 
 def test_all_problems_are_reported_at_once(api: Any) -> None:
