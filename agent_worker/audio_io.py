@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from livekit import rtc
 from livekit.agents import utils
@@ -245,9 +246,10 @@ class CallbackAudioOutput(io.AudioOutput):
         while not self._playing.is_set() and generation == self._generation:
             wake: asyncio.Future[None] = loop.create_future()
             self._wake = wake
-            resumed = asyncio.ensure_future(self._playing.wait())
+            resumed: asyncio.Future[bool] = asyncio.ensure_future(self._playing.wait())
+            waits: set[asyncio.Future[Any]] = {wake, resumed}
             try:
-                await asyncio.wait({wake, resumed}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 resumed.cancel()
                 self._wake = None

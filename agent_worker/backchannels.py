@@ -33,8 +33,8 @@ from agent_worker import catalog, contracts
 _REPEATS = re.compile(r"(.)\1{2,}")
 # Punctuation, symbols and spaces separate words; format characters (the zero-width joiners some
 # Indic spellings carry) belong to no word and are dropped.
-_SEPARATORS = {cat: " " for cat in ("Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp", "Cc")}
-_SEPARATORS["Cf"] = ""
+_SEPARATORS = {cat: " " for cat in ("Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl")}
+_SEPARATORS |= {"Zp": " ", "Cc": " ", "Cf": ""}
 
 
 def normalize(text: str) -> list[str]:
