@@ -572,10 +572,14 @@ class Conversation:
             asyncio.get_running_loop().create_task(self.end(contracts.EndReason.IDLE))
 
     def _barge_in(self) -> None:
-        """The caller started speaking over the agent: cut the agent off now.
+        """The caller started speaking over the agent, and no backchannel pause serves (they are
+        off, or the gate let the utterance through): cut the agent off now.
 
         With STT turn detection and no local VAD, livekit itself interrupts only once words are
         transcribed; Sarvam's start-of-speech signal comes well before that."""
+        self._interrupt_agent()
+
+    def _interrupt_agent(self) -> None:
         try:
             self.session.interrupt()
         except RuntimeError:
@@ -619,7 +623,7 @@ class Conversation:
     def _interrupt_held(self, started_at: float) -> None:
         self._held_speech_started_at = started_at
         if self._agent_state == "speaking" and not self._interrupt_reported:
-            self._barge_in()
+            self._interrupt_agent()
 
     def _on_backchannel(self, text: str, language: str) -> None:
         language = language or self.config.language

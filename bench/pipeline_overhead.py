@@ -132,6 +132,15 @@ class TimedConversation(Conversation):
         self.last_barge_in_at = time.monotonic()
         super()._barge_in()
 
+    def _hold_for_caller(self) -> bool:
+        # With backchannels on, the agent's audio stops here (a pause) and the interruption
+        # follows the transcript; the stop is measured from this decision.
+        decided = time.monotonic()
+        held = super()._hold_for_caller()
+        if held:
+            self.last_barge_in_at = decided
+        return held
+
 
 class BenchCaller:
     def __init__(self) -> None:
