@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -99,9 +100,9 @@ class Observer(ConversationObserver):
         self.backchannels += 1
         self.changed.set()
 
-    async def wait(self, predicate: Any, timeout: float = TIMEOUT_S) -> bool:
+    async def wait(self, predicate: Any, within: float = TIMEOUT_S) -> bool:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 while not predicate():
                     self.changed.clear()
                     await self.changed.wait()
@@ -262,7 +263,7 @@ async def _run_item(
         sarvam.script_transcripts(utterance["text"])
         spoke_at = await caller.speak(parts)
         await observer.wait(lambda: len(sarvam.stt_utterances) > sent_before)  # noqa: B023
-        await observer.wait(lambda: len(conversation.interrupted) > interrupted_before, timeout=SETTLE_S)  # noqa: B023
+        await observer.wait(lambda: len(conversation.interrupted) > interrupted_before, within=SETTLE_S)  # noqa: B023
         label = f"{item['kind']}: {utterance['text']}"
         stopped = len(conversation.interrupted) > interrupted_before
         if utterance["expect"] == "continue":
@@ -271,7 +272,7 @@ async def _run_item(
                 result.false_cutoffs.append(label)
             else:
                 heard = [at for at in caller.heard if at >= spoke_at - 0.1]
-                gaps = [b - a for a, b in zip(heard, heard[1:], strict=False)]
+                gaps = [b - a for a, b in itertools.pairwise(heard)]
                 result.pause_ms.append(max(gaps, default=0.0) * 1000)
             continue
         result.stop_utterances += 1
@@ -358,9 +359,8 @@ def main() -> None:
     if not args.no_baseline:
         baseline = asyncio.run(run(languages, corpus, enabled=False, parallel=args.parallel))
         print_table("baseline: backchannels disabled (stop on any speech)", baseline)
-    print(
-        f"\n{time.monotonic() - started:.0f} s, parallel {args.parallel}, end of speech after {corpus['end_silence_ms']} ms"
-    )
+    elapsed = time.monotonic() - started
+    print(f"\n{elapsed:.0f} s, parallel {args.parallel}, end of speech after {corpus['end_silence_ms']} ms")
 
 
 if __name__ == "__main__":
