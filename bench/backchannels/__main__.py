@@ -23,7 +23,9 @@ Per utterance, expected to let the agent continue or to stop it:
   longest gap between two agent frames): the price of deciding on the transcript.
 
 Baseline, in the same run: the same corpus with backchannels disabled (the old barge-in, which
-stops on any speech) — every "continue" utterance is then a false cut-off.
+stops on any speech) — every "continue" utterance is then a false cut-off. ``--livekit-resume``
+adds a run of livekit-agents' own false-interruption handling (``resume_false_interruption``,
+``min_words``) in place of the gate, the option the issue asked to measure first.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ LONG_REPLY = " ".join(
 PROMPT_TEXT = "tell me about the clinic"
 # How long after the fake sent an utterance's transcript the outcome is read.
 SETTLE_S = 1.0
+LIVEKIT_MIN_WORDS = 2
 
 
 class Probe(Conversation):
@@ -86,11 +89,32 @@ class Probe(Conversation):
         super()._interrupt_agent()
 
 
+class LivekitResumeProbe(Probe):
+    """livekit-agents' own answer, for comparison: no gate and no barge-in at start of speech;
+    the session's false-interruption handling with a pausable output, and ``min_words`` so that
+    one-word acknowledgements do not interrupt."""
+
+    def _build_session(self, providers: Any) -> Any:
+        session = super()._build_session(providers)
+        session.options.interruption.update(
+            {"resume_false_interruption": True, "false_interruption_timeout": 1.0, "min_words": LIVEKIT_MIN_WORDS}
+        )
+        return session
+
+    def _barge_in(self) -> None:
+        return None
+
+
 @dataclass
 class Observer(ConversationObserver):
     states: list[tuple[float, str]] = field(default_factory=list)
     backchannels: int = 0
+    interrupted: list[float] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def on_interrupted(self) -> None:
+        self.interrupted.append(time.monotonic())
+        self.changed.set()
 
     async def on_agent_state(self, state: str) -> None:
         self.states.append((time.monotonic(), state))
@@ -182,7 +206,7 @@ class LanguageResult:
 
 
 async def run_language(
-    language: str, items: list[dict[str, Any]], end_silence_ms: float, *, enabled: bool
+    language: str, items: list[dict[str, Any]], end_silence_ms: float, *, mode: str
 ) -> LanguageResult:
     result = LanguageResult(language=language)
     async with (
@@ -203,10 +227,10 @@ async def run_language(
             system_prompt="You are a benchmark.",
             language=language,
             max_duration_seconds=3600,
-            backchannels=contracts.BackchannelSettings(enabled=enabled),
+            backchannels=contracts.BackchannelSettings(enabled=mode == "gate"),
         )
         observer = Observer()
-        conversation = Probe(
+        conversation = (LivekitResumeProbe if mode == "livekit" else Probe)(
             session_id=f"bench-{language}",
             config=config,
             providers=settings,
@@ -219,7 +243,8 @@ async def run_language(
             await conversation.start(audio_input=caller.input, audio_output=caller.output)
             await observer.wait(lambda: [s for _, s in observer.states][-2:] == ["speaking", "listening"])
             for item in items:
-                await _run_item(item, conversation, observer, caller, sarvam, result)
+                stops = observer.interrupted if mode == "livekit" else conversation.interrupted
+                await _run_item(item, conversation, stops, observer, caller, sarvam, result)
         finally:
             await conversation.end(contracts.EndReason.COMPLETED)
             await caller.close()
@@ -246,6 +271,7 @@ async def _agent_speaking(observer: Observer, caller: Caller, sarvam: FakeSarvam
 async def _run_item(
     item: dict[str, Any],
     conversation: Probe,
+    interrupted: list[float],
     observer: Observer,
     caller: Caller,
     sarvam: FakeSarvam,
@@ -258,14 +284,14 @@ async def _run_item(
             await asyncio.sleep(utterance["gap_ms"] / 1000)
         durations = utterance["speech_ms"] if isinstance(utterance["speech_ms"], list) else [utterance["speech_ms"]]
         parts = [(n % 2 == 0, ms / 1000) for n, ms in enumerate(durations)]
-        interrupted_before = len(conversation.interrupted)
+        interrupted_before = len(interrupted)
         sent_before = len(sarvam.stt_utterances)
         sarvam.script_transcripts(utterance["text"])
         spoke_at = await caller.speak(parts)
         await observer.wait(lambda: len(sarvam.stt_utterances) > sent_before)  # noqa: B023
-        await observer.wait(lambda: len(conversation.interrupted) > interrupted_before, within=SETTLE_S)  # noqa: B023
+        await observer.wait(lambda: len(interrupted) > interrupted_before, within=SETTLE_S)  # noqa: B023
         label = f"{item['kind']}: {utterance['text']}"
-        stopped = len(conversation.interrupted) > interrupted_before
+        stopped = len(interrupted) > interrupted_before
         if utterance["expect"] == "continue":
             result.continue_utterances += 1
             if stopped:
@@ -279,7 +305,7 @@ async def _run_item(
         if not stopped:
             result.missed.append(label)
             continue
-        interrupted_at = conversation.interrupted[-1]
+        interrupted_at = interrupted[-1]
         decided = next((at for at in conversation.stops_decided if at >= spoke_at), interrupted_at)
         result.stop_ms.append(_last_frame_after(caller, spoke_at, interrupted_at) * 1000)
         result.stop_from_decision_ms.append(_last_frame_after(caller, decided, interrupted_at) * 1000)
@@ -332,14 +358,12 @@ def print_table(title: str, results: list[LanguageResult]) -> None:
             print(f"  missed ({r.language}) {label}")
 
 
-async def run(languages: list[str], corpus: dict[str, Any], *, enabled: bool, parallel: int) -> list[LanguageResult]:
+async def run(languages: list[str], corpus: dict[str, Any], *, mode: str, parallel: int) -> list[LanguageResult]:
     gate = asyncio.Semaphore(parallel)
 
     async def one(language: str) -> LanguageResult:
         async with gate:
-            return await run_language(
-                language, corpus["languages"][language], corpus["end_silence_ms"], enabled=enabled
-            )
+            return await run_language(language, corpus["languages"][language], corpus["end_silence_ms"], mode=mode)
 
     return list(await asyncio.gather(*(one(language) for language in languages)))
 
@@ -349,16 +373,24 @@ def main() -> None:
     parser.add_argument("--languages", default="", help="comma-separated codes; all of the corpus by default")
     parser.add_argument("--parallel", type=int, default=1, help="languages run at once (one session each)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run with backchannels disabled")
+    parser.add_argument(
+        "--livekit-resume",
+        action="store_true",
+        help=f"also run livekit-agents' false-interruption resume (min_words={LIVEKIT_MIN_WORDS}) instead of the gate",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     corpus = json.loads(CORPUS.read_text())
     languages = [code for code in args.languages.split(",") if code] or list(corpus["languages"])
     started = time.monotonic()
-    results = asyncio.run(run(languages, corpus, enabled=True, parallel=args.parallel))
+    results = asyncio.run(run(languages, corpus, mode="gate", parallel=args.parallel))
     print_table("backchannels enabled (the default)", results)
     if not args.no_baseline:
-        baseline = asyncio.run(run(languages, corpus, enabled=False, parallel=args.parallel))
+        baseline = asyncio.run(run(languages, corpus, mode="off", parallel=args.parallel))
         print_table("baseline: backchannels disabled (stop on any speech)", baseline)
+    if args.livekit_resume:
+        livekit = asyncio.run(run(languages, corpus, mode="livekit", parallel=args.parallel))
+        print_table(f"livekit-agents' resume_false_interruption, min_words={LIVEKIT_MIN_WORDS}", livekit)
     elapsed = time.monotonic() - started
     print(f"\n{elapsed:.0f} s, parallel {args.parallel}, end of speech after {corpus['end_silence_ms']} ms")
 
