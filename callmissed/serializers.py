@@ -38,14 +38,17 @@ class StrictSerializer(serializers.Serializer):
 
 
 def _dotted(detail: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested field's errors (``backchannels``, a list's items) keyed by their dotted path,
-    ``backchannels.extra_phrases.3``, so ``fields`` stays one flat object of message lists."""
+    """A nested serializer's errors keyed by their dotted path (``backchannels.extra_phrases``), so
+    ``fields`` stays one flat object of message lists."""
     flat: dict[str, Any] = {}
     for key, value in detail.items():
         name = str(key)
         if prefix:
             name = prefix if name == api_settings.NON_FIELD_ERRORS_KEY else f"{prefix}.{name}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and all(isinstance(k, int) for k in value):
+            # A list's items: their messages stay under the list's own name.
+            flat[name] = [message for messages in value.values() for message in messages]
+        elif isinstance(value, Mapping):
             flat.update(_dotted(value, name))
         else:
             flat[name] = value

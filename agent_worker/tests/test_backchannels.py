@@ -4,6 +4,7 @@ the real Sarvam and LLM clients against the loopback fakes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -12,7 +13,7 @@ from livekit.agents import stt
 from agent_worker import catalog, contracts
 from agent_worker.backchannels import BackchannelGate, Backchannels, GateHooks
 from agent_worker.conversation import Conversation
-from agent_worker.provider_settings import ProviderSettings
+from agent_worker.provider_settings import ProviderSettings, SpeechMode
 from agent_worker.tests.conftest import Call, RecordingObserver
 from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam
@@ -175,6 +176,34 @@ def test_speech_the_agent_cannot_pause_for_passes_straight_through() -> None:
 
 
 # ---------------------------------------------------------------- whole conversations on the fakes
+
+
+SARVAM_KEY = "sk-sarvam-test"
+CLARIFAI_PAT = "clarifai-pat-test"
+
+
+@pytest.fixture(scope="module")
+def sarvam_server() -> Iterator[FakeSarvam]:
+    with FakeSarvam(api_key=SARVAM_KEY, end_silence_ms=200) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def chat_server() -> Iterator[FakeChatServer]:
+    with FakeChatServer(api_key=CLARIFAI_PAT) as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(sarvam: FakeSarvam, chat: FakeChatServer) -> ProviderSettings:
+    return ProviderSettings(
+        speech_providers=SpeechMode.REAL,
+        sarvam_api_key=SARVAM_KEY,
+        sarvam_base_url=sarvam.http_url,
+        sarvam_ws_url=sarvam.ws_url,
+        clarifai_pat=CLARIFAI_PAT,
+        clarifai_base_url=chat.base_url("/v2/ext/openai/v1"),
+    )
 
 
 @dataclass

@@ -227,8 +227,10 @@ def test_barge_in_stops_the_agents_audio(server, sarvam, chat, key) -> None:
 
     assert 0 < caller.audio_seconds_between(reply_started, interrupted) < seconds_of(long_reply) / 3
     assert caller.audio_seconds_between(interrupted) <= seconds_of("Of course, go ahead.") + 0.25
+    # The interrupted reply's line holds what was generated when the interruption was decided:
+    # with backchannels on, once the words were transcribed (the agent's audio paused before).
     interrupted_text = caller.transcripts("agent")[1]
-    assert long_reply.startswith(interrupted_text[:30]) and len(interrupted_text) < len(long_reply)
+    assert long_reply.startswith(interrupted_text)
     assert caller.transcripts("user") == ["tell me all your services", "wait stop"]
     assert caller.transcripts("agent")[2] == "Of course, go ahead."
 
