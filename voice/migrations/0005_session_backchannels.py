@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('voice', '0003_session_room_delete_and_key_revoked'),
+        ('voice', '0004_list_filter_indexes'),
     ]
 
     operations = [
