@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from agent_worker import logs
+from outbound import signing
 
 pytestmark = pytest.mark.django_db
 
 STRIPE_KEY = "sk_test_51Hx0123456789abcdefABCDEF"
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+WEBHOOK_SECRET = signing.generate_secret()  # made here, so nothing secret-shaped is committed
 OPENROUTER_KEY = "sk-or-v1-0123456789abcdef0123456789abcdef"
 SARVAM_KEY = "sarvam0123456789shapeless"  # no prefix: only the configured value can find it
 
