@@ -31,6 +31,7 @@ from kombu import Connection
 
 from agent_worker import logs
 from callmissed import metrics
+from outbound.ssrf import parse_networks
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,10 @@ def check_database(timeout: float) -> str:
     params = dict(connections.settings[DEFAULT_DB_ALIAS])
     if params["ENGINE"].endswith("postgresql"):
         # libpq's smallest connect timeout is 2 s; the statement gets the check's own budget.
+        # Not from the pool either: a pooled connection proves only that the database was up.
+        pooled_options = {k: v for k, v in params.get("OPTIONS", {}).items() if k != "pool"}
         params["OPTIONS"] = {
-            **params.get("OPTIONS", {}),
+            **pooled_options,
             "connect_timeout": max(2, round(timeout)),
             "options": f"-c statement_timeout={int(timeout * 1000)}",
         }
@@ -162,7 +165,7 @@ def _scraper_allowed(request: HttpRequest) -> bool:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(net, strict=False) for net in settings.METRICS_ALLOWED_IPS)
+    return any(address in network for network in parse_networks(settings.METRICS_ALLOWED_IPS))
 
 
 @require_GET
