@@ -5,9 +5,11 @@ small limit. One helper for webhooks and tool calls."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,28 +61,51 @@ def _send(
     *,
     body: bytes,
     headers: Mapping[str, str],
-    timeout: float,
+    deadline: float,
     max_response_bytes: int,
     tls_context: ssl.SSLContext,
 ) -> tuple[int, bytes, str | None]:
     last_error: Exception | None = None
     for address in destination.addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
         connection: http.client.HTTPConnection
         if destination.scheme == "https":
-            connection = _PinnedHTTPSConnection(destination, address, timeout, tls_context)
+            connection = _PinnedHTTPSConnection(destination, address, remaining, tls_context)
         else:
-            connection = _PinnedHTTPConnection(destination, address, timeout)
+            connection = _PinnedHTTPConnection(destination, address, remaining)
+        # The socket timeout bounds each read; a receiver dripping a byte at a time would pass
+        # every one of them. The watchdog cuts the connection when the whole exchange runs out.
+        cut = threading.Event()
+        watchdog = threading.Timer(remaining, _cut_off, args=(connection, cut))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             connection.request("POST", destination.target, body=body, headers=dict(headers))
             answer = connection.getresponse()
-            return answer.status, answer.read(max_response_bytes), answer.getheader("Location")
+            answer_body = answer.read(max_response_bytes)
+            if not cut.is_set():
+                return answer.status, answer_body, answer.getheader("Location")
         except (OSError, http.client.HTTPException) as error:
             last_error = error
             if not isinstance(error, ConnectionRefusedError):
                 break  # the request may have reached the server: never send it to a second address
         finally:
+            watchdog.cancel()
             connection.close()
+        if cut.is_set():
+            break
+    if last_error is None or time.monotonic() >= deadline:
+        raise RequestFailed("Timed out: the receiver did not answer in time.")
     raise RequestFailed(f"{type(last_error).__name__}: {last_error}")
+
+
+def _cut_off(connection: http.client.HTTPConnection, cut: threading.Event) -> None:
+    cut.set()
+    if connection.sock is not None:
+        with contextlib.suppress(OSError):
+            connection.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked read, unlike close()
 
 
 def post(
@@ -98,9 +123,11 @@ def post(
 ) -> Response:
     """POST ``body`` to ``url``. A redirect is followed by POSTing the same body and headers to
     the new location (a signed message means nothing as a GET), after the SSRF check of that hop.
+    ``timeout`` bounds the whole exchange, redirects included, not each read.
     Raises ``DestinationRefused`` or ``RequestFailed``; any HTTP status is a ``Response``."""
     context = tls_context or ssl.create_default_context()
     started = clock()
+    deadline = time.monotonic() + timeout
     current = url
     for _ in range(max_redirects + 1):
         destination = check_url(
@@ -110,7 +137,7 @@ def post(
             destination,
             body=body,
             headers=headers,
-            timeout=timeout,
+            deadline=deadline,
             max_response_bytes=max_response_bytes,
             tls_context=context,
         )

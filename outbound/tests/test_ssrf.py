@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,34 @@ def test_a_closed_port_is_a_failed_request_not_an_exception_of_another_kind() ->
         url = receiver.url()
     with pytest.raises(client.RequestFailed):
         client.post(url, body=b"{}", headers={}, allowed_networks=LOOPBACK_ONLY, timeout=2)
+
+
+def test_a_receiver_dripping_its_answer_is_cut_off_at_the_timeout_not_per_read() -> None:
+    """A byte every 0.2 s satisfies any per-read timeout; the whole exchange is what is bounded."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    sent = []
+
+    def drip() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            peer.recv(65536)
+            peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            try:
+                for _ in range(1000):
+                    peer.sendall(b"x")
+                    sent.append(1)
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    with listener, pytest.raises(client.RequestFailed, match="Timed out"):
+        client.post(f"http://127.0.0.1:{port}/hook", body=b"{}", headers={}, allowed_networks=LOOPBACK_ONLY, timeout=1)
+    dripper.join(timeout=30)
+    assert not dripper.is_alive()
+    assert len(sent) < 1000  # cut off, not read to the end
 
 
 def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
