@@ -186,10 +186,6 @@ class CallbackAudioOutput(io.AudioOutput):
             self._finish(position=max(0.0, self._segment_sent - unheard), interrupted=True)
             self._play_until = time.monotonic()
 
-    @property
-    def paused(self) -> bool:
-        return not self._playing.is_set()
-
     def pause(self) -> None:
         super().pause()
         self._playing.clear()

@@ -61,11 +61,8 @@ class Backchannels:
         self._prefixes = {p[:n] for p in self._phrases for n in range(1, len(p) + 1)}
 
     @classmethod
-    def for_session(cls, config: contracts.SessionConfig, *, language: str | None = None) -> Backchannels:
-        phrases = [*catalog.backchannel_phrases(config.language), *config.backchannels.extra_phrases]
-        if language and language != config.language:
-            phrases.extend(catalog.backchannel_phrases(language))
-        return cls(phrases)
+    def for_session(cls, config: contracts.SessionConfig) -> Backchannels:
+        return cls([*catalog.backchannel_phrases(config.language), *config.backchannels.extra_phrases])
 
     def matches(self, text: str) -> bool:
         """Whether ``text`` is nothing but backchannel phrases ("haan", "haan ji theek hai")."""
@@ -121,12 +118,6 @@ class BackchannelGate:
         self._backchannels = backchannels
         self._hooks = hooks
         self._held: _Held | None = None
-        self.backchannels = 0  # utterances dropped as backchannels (or as wordless noise)
-        self.interruptions = 0  # utterances over the agent that interrupted it
-
-    @property
-    def holding(self) -> bool:
-        return self._held is not None
 
     def feed(self, event: stt.SpeechEvent) -> list[stt.SpeechEvent]:
         kind = event.type
@@ -150,13 +141,13 @@ class BackchannelGate:
         if kind is stt.SpeechEventType.FINAL_TRANSCRIPT:
             held.final_text.append(text)
             held.interim_text = ""
-            if self._backchannels.matches(self._text(held)) or not self._text(held).strip():
+            said = self._text(held)
+            if not said or self._backchannels.matches(said):
                 return []
             return self._release()
         # END_OF_SPEECH (or a new START, which ends an utterance the STT never closed): the
         # words so far were all a backchannel, or there were none.
         self._held = None
-        self.backchannels += 1
         said = self._text(held)
         self._hooks.resume()
         if said.strip():
@@ -168,7 +159,6 @@ class BackchannelGate:
     def _release(self) -> list[stt.SpeechEvent]:
         assert self._held is not None
         events, self._held = self._held.events, None
-        self.interruptions += 1
         self._hooks.interrupt(events[0].speech_start_time or time.time())
         return events
 

@@ -55,6 +55,8 @@ SECRET_SETTINGS = (
     "STRIPE_SECRET_KEY",
     "STRIPE_WEBHOOK_SECRET",
     "METRICS_BEARER_TOKEN",
+    "WEBHOOK_SECRETS_KEY",
+    "TOOL_SIGNING_KEY",
 )
 # Shorter values are development defaults ("secret") that would mask ordinary words.
 _MIN_LITERAL = 8
