@@ -257,7 +257,9 @@ def _claim(delivery_id: Any, now: datetime) -> tuple[WebhookDelivery, int] | Non
             return None
         if delivery.next_attempt_at is None or delivery.next_attempt_at > now:
             return None
-        if not delivery.endpoint.enabled:
+        # Past its retry window by more than a lease (an attempt that crashed before it was
+        # recorded never got to say so), or for an endpoint switched off: settled, not attempted.
+        if not delivery.endpoint.enabled or now > delivery.retry_until + ATTEMPT_LEASE:
             delivery.status = WebhookDelivery.Status.FAILED
             delivery.next_attempt_at = None
             delivery.save(update_fields=["status", "next_attempt_at"])
@@ -304,9 +306,10 @@ def webhook_delivery_attempt(
             allowed_networks=_allowed_networks(),
         )
         status_code, latency_ms = response.status, response.elapsed_ms
-        excerpt = response.body.decode("utf-8", "replace")[:RESPONSE_EXCERPT_CHARS]
+        # The receiver's bytes are stored as text: NUL is the one character PostgreSQL refuses.
+        excerpt = response.body.decode("utf-8", "replace").replace("\x00", "\ufffd")[:RESPONSE_EXCERPT_CHARS]
     except (ssrf.DestinationRefused, client.RequestFailed) as failure:
-        error = str(failure)[:300]
+        error = str(failure).replace("\x00", "\ufffd")[:300]
         refused = isinstance(failure, ssrf.DestinationRefused)
     else:
         refused = False

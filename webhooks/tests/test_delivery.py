@@ -22,7 +22,7 @@ from accounts.tests.factories import UserFactory, make_org
 from agent_worker import contracts
 from billing import selectors as billing_selectors
 from billing.tests.support import KIMI_TURN, apply_usage, usage_event
-from outbound import signing
+from outbound import client, signing
 from testsupport.fakes.webhook_receiver import WebhookReceiver
 from voice import lifecycle
 from voice.tests.factories import TranscriptSegmentFactory, VoiceSessionFactory
@@ -173,6 +173,32 @@ def test_a_failing_receiver_is_retried_with_backoff_and_jitter_for_a_day_then_di
         )
         == []
     )
+
+
+def test_a_receiver_answering_nul_bytes_gets_its_attempt_recorded(receiver: WebhookReceiver) -> None:
+    """PostgreSQL text cannot hold NUL: an answer carrying one must still settle as an attempt,
+    not crash before it is recorded and come round again every lease."""
+    org = make_org()
+    endpoint_for(org, receiver.url())
+    delivery = emit(org, now=timezone.now())
+
+    def nul_answer(url: str, **_: Any) -> client.Response:
+        return client.Response(status=200, body=b"ok\x00then more", url=url, elapsed_ms=1.0)
+
+    attempt = services.webhook_delivery_attempt(delivery_id=delivery.pk, now=delivery.next_attempt_at, post=nul_answer)
+    assert attempt is not None and attempt.succeeded
+    assert attempt.response_excerpt == "ok\ufffdthen more"
+
+
+def test_a_delivery_past_its_retry_window_is_settled_not_attempted(receiver: WebhookReceiver) -> None:
+    org = make_org()
+    endpoint_for(org, receiver.url())
+    delivery = emit(org, now=timezone.now())
+    late = delivery.retry_until + services.ATTEMPT_LEASE + timedelta(seconds=1)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=late)
+    assert services.webhook_delivery_attempt(delivery_id=delivery.pk, now=late) is None
+    delivery.refresh_from_db()
+    assert delivery.status == WebhookDelivery.Status.FAILED and receiver.received == []
 
 
 def test_a_receiver_that_recovers_gets_the_message_and_its_failure_run_ends(receiver: WebhookReceiver) -> None:
