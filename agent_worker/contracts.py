@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,20 @@ MAX_BACKCHANNEL_WORDS = 6
 MAX_BACKCHANNEL_EXTRA_PHRASES = 50
 MAX_BACKCHANNEL_PHRASE_CHARS = 40
 
+# Customer tools (see ``ToolSpec``); Django checks these where a config enters.
+MAX_TOOLS = 16
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_TOOL_DESCRIPTION_CHARS = 1024
+MAX_TOOL_URL_CHARS = 2048
+MAX_TOOL_PARAMETERS_BYTES = 8192  # the JSON Schema, serialized
+MAX_TOOL_PARAMETERS_DEPTH = 8  # nesting of objects and arrays in it
+MIN_TOOL_TIMEOUT_MS = 500
+MAX_TOOL_TIMEOUT_MS = 30000
+DEFAULT_TOOL_TIMEOUT_MS = 5000
+# The LLM may always call this one to hang up; no customer tool may take its name.
+END_CALL_TOOL = "end_call"
+RESERVED_TOOL_NAMES = (END_CALL_TOOL,)
+
 
 class Transport(StrEnum):
     LIVEKIT = "livekit"
@@ -50,6 +64,7 @@ class EndReason(StrEnum):
     PROVIDER_ERROR = "provider_error"
     LOST = "lost"
     ERROR = "error"
+    AGENT_HANGUP = "agent_hangup"  # the agent ended the call (the LLM called end_call) after its goodbye
     KEY_REVOKED = "key_revoked"  # the API key that opened a legacy socket was revoked
 
 
@@ -85,6 +100,7 @@ class Limits:
     # For a list of strings: the length limits apply to the list, these to each string.
     item_min_length: int | None = None
     item_max_length: int | None = None
+    pattern: str | None = None
 
 
 class BackchannelSettings(_Payload):
@@ -111,6 +127,35 @@ class BackchannelSettings(_Payload):
     )
 
 
+def _empty_parameters() -> dict[str, Any]:
+    return {"type": "object", "properties": {}}
+
+
+class ToolSpec(_Payload):
+    """A customer tool the LLM may call: the worker POSTs the arguments to ``url``, signed like
+    the customer's webhooks, and gives the LLM the response body as the result."""
+
+    name: Annotated[str, Limits(min_length=1, max_length=64, pattern=TOOL_NAME_PATTERN)] = Field(
+        description="What the LLM calls it: letters, digits, '_' and '-', at most 64."
+    )
+    description: Annotated[str, Limits(min_length=1, max_length=MAX_TOOL_DESCRIPTION_CHARS)] = Field(
+        description="When and why the LLM should call it."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=_empty_parameters,
+        description=(
+            "The arguments as a JSON Schema object (type: object), at most "
+            f"{MAX_TOOL_PARAMETERS_BYTES} bytes and {MAX_TOOL_PARAMETERS_DEPTH} levels deep."
+        ),
+    )
+    url: Annotated[str, Limits(min_length=1, max_length=MAX_TOOL_URL_CHARS)] = Field(
+        description="The HTTPS URL the worker POSTs each call to."
+    )
+    timeout_ms: Annotated[int, Limits(ge=MIN_TOOL_TIMEOUT_MS, le=MAX_TOOL_TIMEOUT_MS)] = Field(
+        default=DEFAULT_TOOL_TIMEOUT_MS, description="How long a call may take before the LLM is told it timed out."
+    )
+
+
 class SessionConfig(_Payload):
     """What the pipeline needs to run one conversation: the one definition of a session config.
 
@@ -126,12 +171,16 @@ class SessionConfig(_Payload):
         DEFAULT_MAX_DURATION_SECONDS
     )
     backchannels: BackchannelSettings = Field(default_factory=BackchannelSettings)
+    tools: Annotated[list[ToolSpec], Limits(max_length=MAX_TOOLS)] = Field(default_factory=list)
 
 
 class DispatchMetadata(_Payload):
     """JSON carried in the LiveKit agent dispatch for one session."""
 
     session_id: str
+    # Which organization's tool signing secret signs its tool calls (derived, never carried:
+    # this metadata travels in the caller's token).
+    organization_id: str = ""
     config: SessionConfig = Field(default_factory=SessionConfig)
     # Only for the worker's log lines (agent_worker/logs.py); never a secret.
     organization_id: str = ""
@@ -159,12 +208,27 @@ class SessionStarted(WorkerEvent):
     room_name: str = ""
 
 
+MAX_TOOL_EXCERPT_CHARS = 500  # a tool call's arguments and result, as the transcript keeps them
+
+
+class ToolCallRecord(_Payload):
+    """A tool call on the record: what the LLM asked, what came back, how long it took."""
+
+    name: str
+    call_id: str = ""
+    arguments: str = ""  # the JSON text the LLM sent, cut to MAX_TOOL_EXCERPT_CHARS
+    result: str = ""  # the start of what the LLM was given back
+    is_error: bool = False
+    latency_ms: float = Field(default=0.0, ge=0)
+
+
 class TranscriptSegment(WorkerEvent):
-    role: Literal["user", "agent"]
-    text: str
+    role: Literal["user", "agent", "tool"]
+    text: str  # for a tool segment, the tool's name
     language: str = ""
     start_offset_ms: int = Field(ge=0)
     end_offset_ms: int = Field(ge=0)
+    tool_call: ToolCallRecord | None = None  # set on role "tool" only
 
 
 class UsageItem(_Payload):

@@ -42,6 +42,7 @@ from agent_worker import metrics as pipeline_metrics
 from agent_worker.backchannels import BackchannelGate, Backchannels, GateHooks
 from agent_worker.provider_settings import ProviderSettings
 from agent_worker.providers import BilledAs, Providers, build_providers, providers_label
+from agent_worker.tools import SessionTools, ToolCallDone, ToolOptions
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ _STT_DRAIN_SECONDS = 7.0
 
 @dataclass(frozen=True)
 class TranscriptEvent:
-    role: Literal["user", "agent"]
-    text: str
+    role: Literal["user", "agent", "tool"]
+    text: str  # a tool line: the tool's name
     final: bool
     language: str
     start_offset_ms: int  # milliseconds since the conversation started
     end_offset_ms: int
+    tool_call: contracts.ToolCallRecord | None = None  # role "tool" only
 
     def segment(self, session_id: str) -> contracts.TranscriptSegment:
         """This line as the event Django stores; offsets clamped so a segment never ends before
@@ -73,6 +75,7 @@ class TranscriptEvent:
             language=self.language,
             start_offset_ms=max(0, self.start_offset_ms),
             end_offset_ms=max(0, self.start_offset_ms, self.end_offset_ms),
+            tool_call=self.tool_call,
         )
 
 
@@ -145,8 +148,9 @@ class _VoiceAgent(Agent):
         stt_plugin: stt.STT,
         on_stt_usage: Callable[[], None],
         gate: BackchannelGate | None = None,
+        tools: list[llm.Tool] | None = None,
     ) -> None:
-        super().__init__(instructions=instructions)
+        super().__init__(instructions=instructions, tools=tools or [])
         self._stt_plugin = stt_plugin
         self._on_stt_usage = on_stt_usage
         self._gate = gate
@@ -225,10 +229,13 @@ class Conversation:
         idle_timeout_seconds: float = 120.0,
         goodbye_lead_seconds: float = 5.0,
         aec_warmup_seconds: float | None = 3.0,
+        tool_options: ToolOptions | None = None,
     ) -> None:
         """``aec_warmup_seconds``: for this much of the agent's first speech the caller's audio
         is not listened to, so echo from a client whose echo canceller has not converged yet
-        cannot interrupt the greeting (livekit's default); ``None`` listens from the start."""
+        cannot interrupt the greeting (livekit's default); ``None`` listens from the start.
+        ``tool_options``: how the config's tools are called (signing secret, SSRF allowances,
+        filler); without them only the built-in ``end_call`` is offered."""
         self.session_id = session_id
         self.config = config
         self._settings = providers
@@ -237,6 +244,15 @@ class Conversation:
         self._idle_timeout = idle_timeout_seconds
         self._goodbye_lead = goodbye_lead_seconds
         self._aec_warmup = aec_warmup_seconds
+        if config.tools and tool_options is None:
+            logger.warning("Session %s: no tool options, its %d tools are not offered", session_id, len(config.tools))
+        self.tools = SessionTools(
+            session_id=session_id,
+            config=config if tool_options is not None else config.model_copy(update={"tools": []}),
+            options=tool_options or ToolOptions(signing_secret=""),
+            on_call_done=self._on_tool_call_done,
+            on_end_call=self._on_end_call,
+        )
         try:
             self.providers_label = providers_label(config, providers)
         except ValueError:
@@ -324,6 +340,7 @@ class Conversation:
                 stt_plugin=self.providers.stt,
                 on_stt_usage=self._queue_stt_usage,
                 gate=self.gate,
+                tools=self.tools.function_tools(),
             )
             self._agent = agent
             if room is not None:
@@ -628,6 +645,27 @@ class Conversation:
     def _on_backchannel(self, text: str, language: str) -> None:
         language = language or self.config.language
         self._deliver(lambda: self._observer.on_backchannel(text, language))
+
+    # ------------------------------------------------------------------ tools
+
+    def _on_tool_call_done(self, done: ToolCallDone) -> None:
+        if self._started_wall is None:
+            return
+        event = TranscriptEvent(
+            role="tool",
+            text=done.record.name,
+            final=True,
+            language="",
+            start_offset_ms=self._offset_ms(done.started_at),
+            end_offset_ms=self._offset_ms(max(done.started_at, done.ended_at)),
+            tool_call=done.record,
+        )
+        self._deliver(lambda: self._observer.on_transcript(event))
+
+    def _on_end_call(self) -> None:
+        """The reply that called ``end_call`` (its goodbye included) is done: hang up."""
+        if self._end_reason is None:
+            asyncio.get_running_loop().create_task(self.end(contracts.EndReason.AGENT_HANGUP))
 
     def _on_usage_updated(self, ev: SessionUsageUpdatedEvent) -> None:
         # The event carries the totals the session just built; asking it again rebuilt them

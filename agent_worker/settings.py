@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agent_worker.provider_settings import ProviderSettings
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEV_TOOL_SIGNING_KEY = "dev-insecure-tool-signing-key"  # production refuses it (callmissed/settings.py)
 
 # Field names are the variables' names (matched case-insensitively); frozen: read once, never
 # changed; an unknown keyword (a typo in a test) is an error.
@@ -50,6 +51,11 @@ class SharedSettings(BaseSettings):
     # On SIGTERM: no new calls; live ones go on this long, then end with a spoken goodbye
     # (agent_worker/drain.py), instead of the hour the longest session may last.
     drain_wait_seconds: float = Field(30.0, ge=0)
+    # Each organization's tool signing secret is derived from this key (agent_worker/tools.py),
+    # so both the platform (which shows it) and the worker (which signs with it) know it.
+    tool_signing_key: str = Field(DEV_TOOL_SIGNING_KEY, repr=False)
+    # A tool call still running after this long gets a short spoken filler; 0 turns it off.
+    tool_filler_delay_seconds: float = Field(1.5, ge=0)
     providers: ProviderSettings = Field(default_factory=lambda: load(ProviderSettings))
 
 

@@ -28,6 +28,7 @@ from agent_worker.conversation import Conversation, ConversationEnded, Conversat
 from agent_worker.provider_settings import ProviderSettings
 from agent_worker.reporting import EventReporter, Reporter
 from agent_worker.settings import WorkerSettings, worker_settings
+from agent_worker.tools import tool_options
 
 logger = logging.getLogger("agent_worker")
 
@@ -138,6 +139,12 @@ async def run_job(
         observer=ReportingObserver(session_id=session_id, reporter=reporter),
         idle_timeout_seconds=settings.agent_idle_timeout_seconds,
         goodbye_lead_seconds=settings.agent_goodbye_lead_seconds,
+        tool_options=tool_options(
+            signing_key=settings.tool_signing_key,
+            organization_id=dispatch.organization_id,
+            allowed_networks=settings.outbound_allowed_networks,
+            filler_delay_seconds=settings.tool_filler_delay_seconds,
+        ),
     )
 
     async def on_shutdown(reason: str) -> None:
