@@ -178,11 +178,9 @@ class DispatchMetadata(_Payload):
     """JSON carried in the LiveKit agent dispatch for one session."""
 
     session_id: str
-    # Which organization's tool signing secret signs its tool calls (derived, never carried:
-    # this metadata travels in the caller's token).
-    organization_id: str = ""
     config: SessionConfig = Field(default_factory=SessionConfig)
-    # Only for the worker's log lines (agent_worker/logs.py); never a secret.
+    # For the worker's log lines (agent_worker/logs.py) and to derive the organization's tool
+    # signing secret (agent_worker/tools.py); never a secret itself: it travels in the caller's token.
     organization_id: str = ""
 
 

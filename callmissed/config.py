@@ -64,6 +64,8 @@ class PlatformSettings(SharedSettings):
     idempotency_key_ttl_hours: int = 24
     # Sarvam caps concurrent streams per account: live sessions above this get 503 at create.
     provider_max_live_sessions: int = 20
+    # Session tools may use plain http URLs (a developer's local receiver, the tests'); off: https only.
+    tools_allow_http: bool = False
 
     stripe_secret_key: str = Field("", repr=False)
     stripe_webhook_secret: str = Field("", repr=False)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, ClassVar, get_args, get_origin
 
+from django.core.validators import RegexValidator
 from pydantic import BaseModel
 from rest_framework import serializers
 from rest_framework.settings import api_settings
@@ -104,6 +105,17 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+class StrictJSONObjectField(serializers.DictField):
+    """A JSON object, whatever it holds (a tool's JSON Schema); DRF would take a list of pairs."""
+
+    default_error_messages = {"type": "Must be a JSON object."}
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            self.fail("type")
+        return data
+
+
 class StrictListField(serializers.ListField):
     """A JSON array; DRF would take an object's keys or a string's characters in places."""
 
@@ -119,7 +131,8 @@ def contract_fields(model: type[BaseModel], *, output: bool = False) -> dict[str
     """A serializer field per field of ``model``, with its type, default, description and ``Limits``.
 
     For input a field with a default may be left out. For output every field is always present and
-    only its type (and choices) describe it: a stored value may predate a change of limits."""
+    only its type (and choices) describe it: a stored value may predate a change of limits. A list
+    of contracts becomes a list of their serializers; a ``dict`` any JSON object."""
     fields: dict[str, serializers.Field] = {}
     for name, info in model.model_fields.items():
         limits = next((m for m in info.metadata if isinstance(m, Limits)), Limits())
@@ -132,7 +145,7 @@ def contract_fields(model: type[BaseModel], *, output: bool = False) -> dict[str
         elif not info.is_required():
             options["default"] = info.default
         field: serializers.Field
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+        if _is_contract(info.annotation):
             if "default" in options:
                 options["default"] = _dumped(info.annotation)  # what the nested input would validate to
             field = contract_serializer(info.annotation, output=output)(**options)
@@ -143,6 +156,11 @@ def contract_fields(model: type[BaseModel], *, output: bool = False) -> dict[str
                 min_length=limits.item_min_length, max_length=limits.item_max_length, allow_blank=output
             )
             field = StrictListField(child=item, min_length=limits.min_length, max_length=limits.max_length, **options)
+        elif get_origin(info.annotation) is list and _is_contract(get_args(info.annotation)[0]):
+            child = contract_serializer(get_args(info.annotation)[0], output=output)()
+            field = StrictListField(child=child, min_length=limits.min_length, max_length=limits.max_length, **options)
+        elif get_origin(info.annotation) is dict:
+            field = StrictJSONObjectField(**options)
         elif limits.choices:
             field = StrictChoiceField(choices=list(limits.choices), **options)
         elif info.annotation is str:
@@ -150,6 +168,7 @@ def contract_fields(model: type[BaseModel], *, output: bool = False) -> dict[str
                 min_length=limits.min_length,
                 max_length=limits.max_length,
                 allow_blank=output or limits.min_length == 0,
+                validators=[RegexValidator(limits.pattern, f"Must match {limits.pattern}.")] if limits.pattern else [],
                 **options,
             )
         elif info.annotation is int:
@@ -173,11 +192,16 @@ class ContractSerializer(serializers.Serializer):
 
 @cache
 def contract_serializer(model: type[BaseModel], *, output: bool = False) -> type[serializers.Serializer]:
-    """The serializer of a contract nested in another (``SessionConfig.backchannels``), strict on
-    input like its parent; named after the model, so the schema has one component for each."""
+    """The serializer of a contract nested in another (``SessionConfig.backchannels``, each of
+    ``SessionConfig.tools``), strict on input like its parent; named after the model, so the schema
+    has one component for each."""
     name = model.__name__ + ("Output" if output else "")
     bases: tuple[type, ...] = (ContractSerializer,) if output else (StrictSerializer, ContractSerializer)
     return type(f"{name}Serializer", bases, {"contract": model, "contract_output": output, "__doc__": model.__doc__})
+
+
+def _is_contract(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _dumped(model: type[BaseModel]) -> Callable[[], dict[str, Any]]:

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agent_worker import logs
 from agent_worker.provider_settings import SpeechMode
+from agent_worker.settings import DEV_TOOL_SIGNING_KEY
 from callmissed.config import DEV_SECRET_KEY, platform_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -272,9 +273,14 @@ LEGACY_WS_UNDERRUN_FILL_SECONDS = _env.legacy_ws_underrun_fill_seconds
 LEGACY_WS_INPUT_BUFFER_SECONDS = _env.legacy_ws_input_buffer_seconds
 LEGACY_WS_USAGE_REPORT_SECONDS = _env.legacy_ws_usage_report_seconds
 LEGACY_WS_SESSION_CHECK_SECONDS = _env.legacy_ws_session_check_seconds
+TOOL_SIGNING_KEY = _env.tool_signing_key
+TOOL_FILLER_DELAY_SECONDS = _env.tool_filler_delay_seconds
+TOOLS_ALLOW_HTTP = _env.tools_allow_http
 
 if _PRODUCTION and (LIVEKIT_API_KEY, LIVEKIT_API_SECRET) == ("devkey", "secret"):
     raise ImproperlyConfigured("LIVEKIT_API_KEY / LIVEKIT_API_SECRET must be set in production")
+if _PRODUCTION and (TOOL_SIGNING_KEY == DEV_TOOL_SIGNING_KEY or len(TOOL_SIGNING_KEY) < 32):
+    raise ImproperlyConfigured("TOOL_SIGNING_KEY must be set to a long random value in production")
 
 # --- Providers (unset keys → offline providers), as the agent worker reads them ---------------
 PROVIDERS = _env.providers

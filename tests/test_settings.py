@@ -20,9 +20,10 @@ PROD_ENV = {
     "DATABASE_URL": "postgres://callmissed@db.internal:5432/callmissed",
     "REDIS_URL": "redis://redis.internal:6379/0",
     "SARVAM_API_KEY": "sk_prod_sarvam_key",
+    "TOOL_SIGNING_KEY": "a-long-production-tool-signing-key-0123456789",
 }
 # The test run's own database, broker and provider settings must not leak into the production env.
-_FROM_TEST_ENV = ("DJANGO_", "LIVEKIT_", "DATABASE_URL", "REDIS_URL", "CELERY_", "SPEECH_PROVIDERS", "SARVAM_")
+_FROM_TEST_ENV = ("DJANGO_", "LIVEKIT_", "TOOL", "DATABASE_URL", "REDIS_URL", "CELERY_", "SPEECH_PROVIDERS", "SARVAM_")
 
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -53,6 +54,12 @@ def test_production_refuses_debug() -> None:
     result = _manage("check", env={**PROD_ENV, "DJANGO_DEBUG": "true"})
     assert result.returncode != 0
     assert "DJANGO_DEBUG" in result.stderr
+
+
+def test_production_refuses_the_default_tool_signing_key() -> None:
+    result = _manage("check", env=_without("TOOL_SIGNING_KEY"))
+    assert result.returncode != 0
+    assert "TOOL_SIGNING_KEY" in result.stderr
 
 
 def test_production_refuses_livekit_dev_credentials() -> None:

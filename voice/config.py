@@ -7,12 +7,15 @@ import json
 import math
 from typing import Any
 
+import jsonschema
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agent_worker import catalog, contracts
 from callmissed import jsonsafe
 from callmissed.serializers import ContractSerializer, StrictSerializer
+from outbound import ssrf
 
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_KEYS = 32
@@ -99,6 +102,18 @@ class SessionConfigSerializer(StrictSerializer, ContractSerializer):
                 )
         return value
 
+    def validate_tools(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        errors: dict[int, dict[str, list[str]]] = {}
+        seen: set[str] = set()
+        for index, tool in enumerate(value):
+            problems = _tool_problems(tool, seen)
+            if problems:
+                errors[index] = problems
+            seen.add(tool["name"])
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
         if len(value) > MAX_METADATA_KEYS:
             raise serializers.ValidationError(f"At most {MAX_METADATA_KEYS} keys.")
@@ -127,3 +142,57 @@ def _check_metadata_scalar(key: str, item: Any) -> None:
         )
     if isinstance(item, str) and jsonsafe.unstorable(item):
         raise serializers.ValidationError(f"Value of {key!r} must not contain NUL characters or lone surrogates.")
+
+
+def _tool_problems(tool: dict[str, Any], seen: set[str]) -> dict[str, list[str]]:
+    """What is wrong with one tool beyond its fields' own limits."""
+    problems: dict[str, list[str]] = {}
+    name = tool["name"]
+    if name in contracts.RESERVED_TOOL_NAMES:
+        problems["name"] = [f"{name!r} is a built-in tool; choose another name."]
+    elif name in seen:
+        problems["name"] = [f"Another tool is already named {name!r}."]
+    url_problem = _tool_url_problem(tool["url"])
+    if url_problem:
+        problems["url"] = [url_problem]
+    parameters_problem = _parameters_problem(tool["parameters"])
+    if parameters_problem:
+        problems["parameters"] = [parameters_problem]
+    return problems
+
+
+def _tool_url_problem(url: str) -> str | None:
+    schemes = ("https", "http") if settings.TOOLS_ALLOW_HTTP else ("https",)
+    if url.split(":", 1)[0].lower() not in schemes:
+        return "Must be an https URL."
+    try:
+        ssrf.check_url_form(url, allowed_networks=ssrf.parse_networks(settings.OUTBOUND_ALLOWED_NETWORKS))
+    except ssrf.DestinationRefused as error:
+        return str(error)
+    return None
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _parameters_problem(parameters: dict[str, Any]) -> str | None:
+    try:
+        size = len(json.dumps(parameters, ensure_ascii=False).encode())
+    except ValueError:
+        return "Must be plain JSON."
+    if size > contracts.MAX_TOOL_PARAMETERS_BYTES:
+        return f"Must be at most {contracts.MAX_TOOL_PARAMETERS_BYTES} bytes as JSON."
+    if _depth(parameters) > contracts.MAX_TOOL_PARAMETERS_DEPTH:
+        return f"Must be nested at most {contracts.MAX_TOOL_PARAMETERS_DEPTH} levels deep."
+    if parameters.get("type") != "object":
+        return 'Must be a JSON Schema of an object ("type": "object").'
+    try:
+        jsonschema.Draft202012Validator.check_schema(parameters)
+    except jsonschema.SchemaError as error:
+        return f"Not a valid JSON Schema: {error.message}"
+    return None

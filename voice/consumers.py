@@ -40,6 +40,7 @@ from accounts.ws_auth import SCOPE_KEY, WsKeyAuth
 from agent_worker import contracts, drain, logs
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
+from agent_worker.tools import tool_options
 
 # The provider clients are imported with the routing, at server start: imported lazily by the
 # first caller's session they would stall every live socket on this event loop for seconds.
@@ -408,7 +409,9 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             underrun_fill_seconds=self.limits.underrun_fill_seconds,
             tick_seconds=_TICK_SECONDS,
         )
-        await self._start_session(str(created.session.id), created.session.config(), rate)
+        await self._start_session(
+            str(created.session.id), created.session.config(), rate, organization_id=str(created.session.organization_id)
+        )
 
     async def _refuse_admission(self, error: ApplicationError) -> None:
         """A config the service layer refused (invalid, or not admitted): its error, its close code."""
@@ -417,7 +420,9 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------------ the session
 
-    async def _start_session(self, session_id: str, config: contracts.SessionConfig, rate: int) -> None:
+    async def _start_session(
+        self, session_id: str, config: contracts.SessionConfig, rate: int, *, organization_id: str
+    ) -> None:
         self.session_id = session_id
         logs.bind(session_id=session_id)
         if not await self._join_control_group():
@@ -436,6 +441,12 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             sample_rate=PIPELINE_RATE[rate],
             idle_timeout_seconds=settings.AGENT_IDLE_TIMEOUT_SECONDS,
             goodbye_lead_seconds=settings.AGENT_GOODBYE_LEAD_SECONDS,
+            tool_options=tool_options(
+                signing_key=settings.TOOL_SIGNING_KEY,
+                organization_id=organization_id,
+                allowed_networks=settings.OUTBOUND_ALLOWED_NETWORKS,
+                filler_delay_seconds=settings.TOOL_FILLER_DELAY_SECONDS,
+            ),
         )
         self._conversation = conversation
         self._phase = _Phase.RUNNING
@@ -626,6 +637,7 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
                 "language": event.language,
                 "start_ms": segment.start_offset_ms,
                 "end_ms": segment.end_offset_ms,
+                **({"tool_call": event.tool_call.model_dump(mode="json")} if event.tool_call else {}),
             }
         )
         if event.final and event.text.strip():

@@ -289,6 +289,7 @@ def transcript_segment_add(*, segment: contracts.TranscriptSegment) -> Transcrip
             "language": segment.language,
             "start_offset_ms": segment.start_offset_ms,
             "end_offset_ms": max(segment.end_offset_ms, segment.start_offset_ms),
+            "tool_call": segment.tool_call.model_dump(mode="json") if segment.tool_call else None,
         },
     )
     return row

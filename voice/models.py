@@ -52,6 +52,7 @@ class VoiceSession(models.Model):
     llm_model = models.CharField(max_length=contracts.MAX_LLM_MODEL_CHARS)
     tts_provider = models.CharField(max_length=32)
     max_duration_seconds = models.PositiveIntegerField()
+    tools = models.JSONField(default=list, blank=True)  # contracts.ToolSpec dicts
     metadata = models.JSONField(default=dict, blank=True)
     # contracts.BackchannelSettings as JSON; {} means its defaults.
     backchannels = models.JSONField(default=dict, blank=True)
@@ -125,6 +126,7 @@ class VoiceSession(models.Model):
             tts_provider=self.tts_provider,
             max_duration_seconds=self.max_duration_seconds,
             backchannels=contracts.BackchannelSettings.model_validate(self.backchannels or {}),
+            tools=[contracts.ToolSpec.model_validate(tool) for tool in self.tools],
         )
 
 
@@ -134,6 +136,7 @@ class TranscriptSegment(models.Model):
     class Role(models.TextChoices):
         USER = "user"
         AGENT = "agent"
+        TOOL = "tool"  # a tool call the agent made; text is the tool's name
 
     session = models.ForeignKey(VoiceSession, on_delete=models.CASCADE, related_name="transcript_segments")
     event_id = models.CharField(max_length=64, unique=True)
@@ -142,6 +145,8 @@ class TranscriptSegment(models.Model):
     language = models.CharField(max_length=16, blank=True)
     start_offset_ms = models.PositiveIntegerField()
     end_offset_ms = models.PositiveIntegerField()
+    # Role "tool": contracts.ToolCallRecord (name, call id, arguments, result excerpt, error, latency).
+    tool_call = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -155,6 +155,7 @@ def voice_session_create(
             llm_model=config["llm_model"],
             tts_provider=config["tts_provider"],
             max_duration_seconds=config["max_duration_seconds"],
+            tools=config.get("tools") or [],
             metadata=config.get("metadata") or {},
             backchannels=config.get("backchannels") or {},
             idempotency_key=idempotency_key,

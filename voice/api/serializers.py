@@ -55,7 +55,17 @@ class SessionInResultSerializer(SessionSummarySerializer):
         return field_class, {**kwargs, "source": f"session.{field_name}"}
 
 
+@extend_schema_serializer(component_name="ToolCall")
+class ToolCallOutputSerializer(ContractSerializer):
+    """A tool call the agent made: its arguments and the start of its result, and how long it took."""
+
+    contract = contracts.ToolCallRecord
+    contract_output = True
+
+
 class TranscriptSegmentSerializer(serializers.ModelSerializer):
+    tool_call = ToolCallOutputSerializer(read_only=True, allow_null=True)
+
     class Meta:
         model = TranscriptSegment
-        fields = ["role", "text", "language", "start_offset_ms", "end_offset_ms", "created_at"]
+        fields = ["role", "text", "language", "start_offset_ms", "end_offset_ms", "tool_call", "created_at"]
