@@ -148,7 +148,7 @@ class _VoiceAgent(Agent):
         stt_plugin: stt.STT,
         on_stt_usage: Callable[[], None],
         gate: BackchannelGate | None = None,
-        tools: list[llm.Tool] | None = None,
+        tools: list[llm.Tool | llm.Toolset] | None = None,
     ) -> None:
         super().__init__(instructions=instructions, tools=tools or [])
         self._stt_plugin = stt_plugin

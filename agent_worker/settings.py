@@ -13,12 +13,13 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent_worker.provider_settings import ProviderSettings
+from outbound.ssrf import parse_networks
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 DEV_TOOL_SIGNING_KEY = "dev-insecure-tool-signing-key"  # production refuses it (callmissed/settings.py)
@@ -27,6 +28,14 @@ DEV_TOOL_SIGNING_KEY = "dev-insecure-tool-signing-key"  # production refuses it 
 # changed; an unknown keyword (a typo in a test) is an error.
 # A limit of "inf" or "nan" would switch a check off without saying so: only finite numbers.
 ENV_CONFIG = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="forbid", allow_inf_nan=False)
+
+
+def _comma_list(value: object) -> object:
+    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
+
+
+# "a.example.com, b.example.com" rather than JSON.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
 
 
 class SettingsError(ValueError):
@@ -56,6 +65,20 @@ class SharedSettings(BaseSettings):
     tool_signing_key: str = Field(DEV_TOOL_SIGNING_KEY, repr=False)
     # A tool call still running after this long gets a short spoken filler; 0 turns it off.
     tool_filler_delay_seconds: float = Field(1.5, ge=0)
+    # Customer URLs (webhooks, tool calls) may resolve only to public addresses, except inside
+    # these CIDRs (e.g. 127.0.0.1/32 for a developer's local receiver; the tests' loopback
+    # receivers). Each one opens the SSRF guard (outbound/ssrf.py) to that network.
+    outbound_allowed_networks: CommaList = []
+
+    @field_validator("outbound_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        try:
+            parse_networks(value)
+        except ValueError as error:
+            raise ValueError(f"OUTBOUND_ALLOWED_NETWORKS must be CIDRs: {error}") from None
+        return value
+
     providers: ProviderSettings = Field(default_factory=lambda: load(ProviderSettings))
 
 

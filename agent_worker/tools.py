@@ -132,8 +132,8 @@ class SessionTools:
         self._on_end_call = on_end_call
         self.end_requested = False
 
-    def function_tools(self) -> list[llm.Tool]:
-        tools: list[llm.Tool] = [self._customer_tool(spec) for spec in self._specs]
+    def function_tools(self) -> list[llm.Tool | llm.Toolset]:
+        tools: list[llm.Tool | llm.Toolset] = [self._customer_tool(spec) for spec in self._specs]
         tools.append(self._end_call_tool())
         return tools
 

@@ -9,25 +9,16 @@ values (production, Redis), which settings.py resolves.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Literal
 
 from django.core.exceptions import ImproperlyConfigured
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, ValidationInfo, field_validator
 
-from agent_worker.settings import SettingsError, SharedSettings, load
+from agent_worker.settings import CommaList, SettingsError, SharedSettings, load
 from callmissed.rates import parse_rate
 from outbound.ssrf import parse_networks
 
 DEV_SECRET_KEY = "dev-insecure-callmissed-secret-key-change-me-in-production-0123456789"
-
-
-def _comma_list(value: object) -> object:
-    return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
-
-
-# "a.example.com, b.example.com" rather than JSON.
-CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
 
 
 class PlatformSettings(SharedSettings):
@@ -77,11 +68,6 @@ class PlatformSettings(SharedSettings):
     billing_concurrency_retry_after_seconds: int = 30
     # A prepaid balance falling below this (USD) sends the billing.low_balance webhook.
     billing_low_balance_usd: Decimal = Decimal("1.00")
-
-    # Customer URLs (webhooks, tool calls) may resolve only to public addresses, except inside
-    # these CIDRs (e.g. 127.0.0.1/32 for a developer's local receiver; the tests' loopback
-    # receivers). Each one opens the SSRF guard (outbound/ssrf.py) to that network.
-    outbound_allowed_networks: CommaList = []
     webhook_timeout_seconds: int = 10  # per delivery attempt
     # Encrypts endpoints' signing secrets at rest; empty: derived from DJANGO_SECRET_KEY.
     webhook_secrets_key: str = Field("", repr=False)
@@ -127,7 +113,7 @@ class PlatformSettings(SharedSettings):
     # in a terminal. Secrets are redacted either way.
     log_format: Literal["json", "plain"] = "json"
 
-    @field_validator("outbound_allowed_networks", "metrics_allowed_ips")
+    @field_validator("metrics_allowed_ips")
     @classmethod
     def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         try:

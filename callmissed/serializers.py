@@ -173,6 +173,10 @@ def contract_fields(model: type[BaseModel], *, output: bool = False) -> dict[str
             )
         elif info.annotation is int:
             field = StrictIntegerField(min_value=limits.ge, max_value=limits.le, **options)
+        elif info.annotation is bool and output:
+            field = serializers.BooleanField(**options)
+        elif info.annotation is float and output:
+            field = serializers.FloatField(**options)
         else:
             raise TypeError(f"{model.__name__}.{name}: no serializer field for {info.annotation!r}")
         fields[name] = field

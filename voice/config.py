@@ -103,12 +103,12 @@ class SessionConfigSerializer(StrictSerializer, ContractSerializer):
         return value
 
     def validate_tools(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        errors: dict[int, dict[str, list[str]]] = {}
+        errors: dict[str, Any] = {}
         seen: set[str] = set()
         for index, tool in enumerate(value):
             problems = _tool_problems(tool, seen)
             if problems:
-                errors[index] = problems
+                errors[str(index)] = problems
             seen.add(tool["name"])
         if errors:
             raise serializers.ValidationError(errors)

@@ -40,13 +40,13 @@ from accounts.ws_auth import SCOPE_KEY, WsKeyAuth
 from agent_worker import contracts, drain, logs
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
-from agent_worker.tools import tool_options
 
 # The provider clients are imported with the routing, at server start: imported lazily by the
 # first caller's session they would stall every live socket on this event loop for seconds.
 from agent_worker.providers import llm as _llm_clients  # noqa: F401
 from agent_worker.providers import sarvam_stt as _stt_client  # noqa: F401
 from agent_worker.providers import sarvam_tts as _tts_client  # noqa: F401
+from agent_worker.tools import tool_options
 from callmissed import jsonsafe
 from callmissed.errors import ApplicationError, ErrorCode
 from voice import lifecycle, selectors, services
@@ -410,7 +410,10 @@ class VoiceAgentConsumer(AsyncWebsocketConsumer):
             tick_seconds=_TICK_SECONDS,
         )
         await self._start_session(
-            str(created.session.id), created.session.config(), rate, organization_id=str(created.session.organization_id)
+            str(created.session.id),
+            created.session.config(),
+            rate,
+            organization_id=str(created.session.organization_id),
         )
 
     async def _refuse_admission(self, error: ApplicationError) -> None:

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
 
 from accounts.models import Organization
-from agent_worker import catalog, contracts
+from agent_worker import catalog, contracts, tools
 from billing import selectors as billing_selectors
 from callmissed import jsonsafe
 from callmissed.selectors import get_or_not_found
@@ -200,3 +201,8 @@ def live_session_counts() -> dict[tuple[str, str], int]:
     for transport, status, n in rows:
         counts[(transport, status)] = n
     return counts
+
+
+def tool_signing_secret(*, organization: Organization) -> str:
+    """The ``whsec_`` secret that signs the organization's tool calls (derived, never stored)."""
+    return tools.tool_signing_secret(signing_key=settings.TOOL_SIGNING_KEY, organization_id=str(organization.pk))

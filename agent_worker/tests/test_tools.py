@@ -15,8 +15,8 @@ from livekit.agents.voice.audio_recognition import _PreemptiveGenerationInfo
 from agent_worker import contracts
 from agent_worker.conversation import Conversation
 from agent_worker.provider_settings import ProviderSettings
-from agent_worker.tests.conftest import Call, RecordingObserver
 from agent_worker.tests import test_conversation_sarvam as on_the_fakes
+from agent_worker.tests.conftest import Call, RecordingObserver
 from agent_worker.tools import ToolOptions, tool_signing_secret
 from outbound import ssrf
 from testsupport.fakes.customer_tools import CustomerTools

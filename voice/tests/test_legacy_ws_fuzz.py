@@ -267,7 +267,9 @@ class _RaisesOnConfig(VoiceAgentConsumer):
 
 
 class _RaisesOnceTheRowExists(VoiceAgentConsumer):
-    async def _start_session(self, session_id: str, config: contracts.SessionConfig, rate: int) -> None:
+    async def _start_session(
+        self, session_id: str, config: contracts.SessionConfig, rate: int, *, organization_id: str
+    ) -> None:
         self.session_id = session_id
         raise RuntimeError("a bug between the row and the conversation")
 
