@@ -148,6 +148,23 @@ def test_session_detail_shows_the_transcript_in_order(owner: Client) -> None:
     assert html.index("Namaste!") < html.index("Hello")
 
 
+def test_session_detail_shows_tool_calls_with_arguments_result_and_latency(owner: Client) -> None:
+    session = VoiceSessionFactory.create(organization=_org_of("asha"))
+    call = {"name": "lookup_order", "call_id": "c1", "arguments": '{"order_id": "A-17"}', "result": "shipped"}
+    TranscriptSegmentFactory.create(
+        session=session,
+        role="tool",
+        text="lookup_order",
+        start_offset_ms=100,
+        end_offset_ms=184,
+        tool_call={**call, "is_error": True, "latency_ms": 84.2},
+    )
+    html = owner.get(f"/dashboard/sessions/{session.id}/").content.decode()
+    assert "Tool call" in html
+    assert "lookup_order({&quot;order_id&quot;: &quot;A-17&quot;})" in html
+    assert "error: <code>shipped</code>" in html and "84 ms" in html
+
+
 def test_sessions_filter_by_status(owner: Client) -> None:
     org = _org_of("asha")
     ended = VoiceSessionFactory.create(organization=org, status=VoiceSession.Status.ENDED)
