@@ -130,6 +130,17 @@ async def test_a_tool_gets_the_signed_arguments_and_its_answer_is_spoken(
     offered = {t["function"]["name"]: t["function"] for t in chat.requests[1].body["tools"]}
     assert set(offered) == {"lookup_order", "end_call"}
     assert offered["lookup_order"]["parameters"] == {"type": "object", "properties": {"order_id": {"type": "string"}}}
+    # The tokens of the extra LLM round (reading the result) are billed like any other.
+    await observer.wait_for(lambda: observer.agent_states[-1] == "listening")
+    await call.conversation.end(contracts.EndReason.COMPLETED)
+    usage = contracts.UsageComponent
+    assert len(chat.usage_served) == 3
+    assert observer.usage_total(usage.LLM_INPUT_TOKENS) == {
+        ("kimi-k2.5", "clarifai"): sum(p for p, _ in chat.usage_served)
+    }
+    assert observer.usage_total(usage.LLM_OUTPUT_TOKENS) == {
+        ("kimi-k2.5", "clarifai"): sum(c for _, c in chat.usage_served)
+    }
 
 
 async def test_parallel_tool_calls_all_run_and_all_results_reach_the_llm(
