@@ -15,7 +15,7 @@ import os
 import tempfile
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agent_worker.provider_settings import ProviderSettings
@@ -36,6 +36,15 @@ def _comma_list(value: object) -> object:
 
 # "a.example.com, b.example.com" rather than JSON.
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+
+
+def check_networks(value: list[str], info: ValidationInfo) -> list[str]:
+    """A field validator's body for a list of CIDRs."""
+    try:
+        parse_networks(value)
+    except ValueError as error:
+        raise ValueError(f"{str(info.field_name).upper()} must be CIDRs: {error}") from None
+    return value
 
 
 class SettingsError(ValueError):
@@ -72,12 +81,8 @@ class SharedSettings(BaseSettings):
 
     @field_validator("outbound_allowed_networks")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        try:
-            parse_networks(value)
-        except ValueError as error:
-            raise ValueError(f"OUTBOUND_ALLOWED_NETWORKS must be CIDRs: {error}") from None
-        return value
+    def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return check_networks(value, info)
 
     providers: ProviderSettings = Field(default_factory=lambda: load(ProviderSettings))
 

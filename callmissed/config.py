@@ -14,9 +14,8 @@ from typing import Literal
 from django.core.exceptions import ImproperlyConfigured
 from pydantic import Field, ValidationInfo, field_validator
 
-from agent_worker.settings import CommaList, SettingsError, SharedSettings, load
+from agent_worker.settings import CommaList, SettingsError, SharedSettings, check_networks, load
 from callmissed.rates import parse_rate
-from outbound.ssrf import parse_networks
 
 DEV_SECRET_KEY = "dev-insecure-callmissed-secret-key-change-me-in-production-0123456789"
 
@@ -115,12 +114,8 @@ class PlatformSettings(SharedSettings):
 
     @field_validator("metrics_allowed_ips")
     @classmethod
-    def _networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        try:
-            parse_networks(value)
-        except ValueError as error:
-            raise ValueError(f"{str(info.field_name).upper()} must be CIDRs: {error}") from None
-        return value
+    def _metrics_networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return check_networks(value, info)
 
     @field_validator(
         "api_rate_limit",
