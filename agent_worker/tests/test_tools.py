@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,9 +23,9 @@ from testsupport.fakes.customer_tools import CustomerTools
 from testsupport.fakes.openai_chat import FakeChatServer, ScriptedReply, ScriptedToolCall
 from testsupport.fakes.sarvam import FakeSarvam
 
-# The Sarvam and chat fakes and the provider settings pointing at them.
-sarvam = on_the_fakes.sarvam
-chat = on_the_fakes.chat
+# The Sarvam and chat servers and the provider settings pointing at them.
+sarvam_server = on_the_fakes.sarvam_server
+chat_server = on_the_fakes.chat_server
 settings = on_the_fakes.settings
 config = on_the_fakes.config
 
@@ -33,10 +33,17 @@ SECRET = tool_signing_secret(signing_key="test-tool-signing-key", organization_i
 LOOPBACK = ssrf.parse_networks(["127.0.0.1/32"])
 
 
+@pytest.fixture(scope="module")
+def customer_server() -> Iterator[CustomerTools]:
+    tools = CustomerTools(secret=SECRET).start()
+    yield tools
+    tools.stop()
+
+
 @pytest.fixture
-async def customer() -> AsyncIterator[CustomerTools]:
-    async with CustomerTools(secret=SECRET) as tools:
-        yield tools
+def customer(customer_server: CustomerTools) -> CustomerTools:
+    customer_server.reset()
+    return customer_server
 
 
 def tool(customer: CustomerTools, name: str, **overrides: Any) -> contracts.ToolSpec:

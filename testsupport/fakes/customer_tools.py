@@ -6,7 +6,7 @@ does not verify). Every request is recorded with its headers, parsed JSON body a
 
 Usage::
 
-    async with CustomerTools(secret="whsec_…") as tools:
+    async with CustomerTools(secret="whsec_…") as tools:     # or start() / reset() / stop()
         tools.answer("lookup_order", body={"status": "shipped"})
         tools.answer("slow", body="late", delay_s=3.0)
         url = tools.url("lookup_order")
@@ -54,6 +54,12 @@ class CustomerTools:
     def __post_init__(self) -> None:
         self._server = LoopbackServer(self._app)
 
+    def reset(self) -> None:
+        """No records and every tool answering 200 with an empty body, for the next test."""
+        self.requests.clear()
+        self.refused.clear()
+        self._answers.clear()
+
     def answer(self, tool: str, *, status: int = 200, body: Any = "", delay_s: float = 0.0) -> None:
         """How ``tool`` answers from now on; a non-string ``body`` is sent as JSON."""
         text = body if isinstance(body, str) else json.dumps(body)
@@ -89,9 +95,16 @@ class CustomerTools:
             await asyncio.sleep(answer.delay_s)
         return web.Response(status=answer.status, text=answer.body, content_type="application/json")
 
+    def start(self) -> CustomerTools:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
     async def __aenter__(self) -> CustomerTools:
-        await asyncio.to_thread(self._server.start)
+        await asyncio.to_thread(self.start)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self._server.stop)
+        await asyncio.to_thread(self.stop)
