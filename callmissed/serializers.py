@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any, ClassVar, get_args, get_origin
+from typing import Any, ClassVar, TypeGuard, get_args, get_origin
 
 from django.core.validators import RegexValidator
 from pydantic import BaseModel
@@ -39,16 +39,21 @@ class StrictSerializer(serializers.Serializer):
 
 
 def _dotted(detail: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested serializer's errors keyed by their dotted path (``backchannels.extra_phrases``), so
-    ``fields`` stays one flat object of message lists."""
+    """A nested serializer's errors keyed by their dotted path (``backchannels.extra_phrases``,
+    ``tools.1.name``), so ``fields`` stays one flat object of message lists."""
     flat: dict[str, Any] = {}
     for key, value in detail.items():
         name = str(key)
         if prefix:
             name = prefix if name == api_settings.NON_FIELD_ERRORS_KEY else f"{prefix}.{name}"
         if isinstance(value, Mapping) and all(isinstance(k, int) for k in value):
-            # A list's items: their messages stay under the list's own name.
-            flat[name] = [message for messages in value.values() for message in messages]
+            # A list's items: a string's messages stay under the list's own name; an object's
+            # fields are under its index (``tools.1.url``).
+            for index, messages in value.items():
+                if isinstance(messages, Mapping):
+                    flat.update(_dotted(messages, f"{name}.{index}"))
+                else:
+                    flat.setdefault(name, []).extend(messages)
         elif isinstance(value, Mapping):
             flat.update(_dotted(value, name))
         else:
@@ -204,7 +209,7 @@ def contract_serializer(model: type[BaseModel], *, output: bool = False) -> type
     return type(f"{name}Serializer", bases, {"contract": model, "contract_output": output, "__doc__": model.__doc__})
 
 
-def _is_contract(annotation: Any) -> bool:
+def _is_contract(annotation: Any) -> TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
