@@ -32,11 +32,13 @@ def _fields() -> dict[str, str]:
 
 
 REDACTED = "[redacted]"
-# Shapes of secrets, whatever their source: our API keys, Standard Webhooks secrets, Stripe and
-# OpenAI-style keys, bearer credentials and JSON Web Tokens (LiveKit access tokens are JWTs).
+# Shapes of secrets, whatever their source: our API keys and socket tickets, Standard Webhooks
+# secrets, Stripe and OpenAI-style keys, bearer credentials, JSON Web Tokens (LiveKit access
+# tokens are JWTs) and the password in a connection URL (redis://:pw@…, postgres://u:pw@…).
 _SECRET_SHAPES = re.compile(
     r"""
-    \bcm_[A-Za-z0-9_-]{6,}
+    \bcmt?_[A-Za-z0-9_-]{6,}
+    | (?<=://)[^/\s:@]*:[^@\s/]+(?=@)
     | \bwhsec_[A-Za-z0-9+/=_-]{6,}
     | \b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{6,}
     | \bsk[-_][A-Za-z0-9_-]{10,}

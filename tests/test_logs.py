@@ -87,3 +87,17 @@ def test_bound_fields_apply_inside_the_block_only(captured: io.StringIO) -> None
     inside, outside = (line for line in _lines(captured) if line["logger"] == "callmissed.tests.context")
     assert (inside["session_id"], inside["organization_id"]) == ("sess-1", "org-1")
     assert "session_id" not in outside
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("socket ticket cmt_Q2hhbmdlTWVQbGVhc2U used", "cmt_Q2hhbmdlTWVQbGVhc2U"),
+        ("broker redis://:hunter2-password@10.0.0.5:6379/0 unreachable", "hunter2-password"),
+        ("database postgres://app:s3cret-pass@db.internal/callmissed down", "s3cret-pass"),
+    ],
+    ids=["socket-ticket", "redis-url-password", "postgres-url-password"],
+)
+def test_tickets_and_connection_url_passwords_are_masked(line: str, secret: str) -> None:
+    masked = logs.redact(line)
+    assert secret not in masked and logs.REDACTED in masked
