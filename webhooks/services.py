@@ -444,6 +444,16 @@ def webhook_delivery_redeliver(*, delivery: WebhookDelivery, now: datetime | Non
     locked = WebhookDelivery.objects.select_for_update(of=("self",)).select_related("endpoint").get(pk=delivery.pk)
     if not locked.endpoint.enabled:
         raise Conflict("The endpoint is disabled; enable it before redelivering.")
+    # Claimed within the lease and not yet recorded: another task is sending it right now.
+    in_flight = (
+        locked.status == WebhookDelivery.Status.PENDING
+        and locked.last_attempt_at is not None
+        and locked.last_attempt_at > now - ATTEMPT_LEASE
+        and not WebhookAttempt.objects.filter(delivery=locked, number=locked.attempt_count).exists()
+    )
+    if in_flight:
+        # Another task holds this delivery's lease: redelivering now would send it twice at once.
+        raise Conflict("An attempt of this delivery is in progress; try again when it is recorded.")
     locked.status = WebhookDelivery.Status.PENDING
     locked.next_attempt_at = now
     locked.retry_until = max(locked.retry_until, now)

@@ -22,6 +22,7 @@ from accounts.tests.factories import UserFactory, make_org
 from agent_worker import contracts
 from billing import selectors as billing_selectors
 from billing.tests.support import KIMI_TURN, apply_usage, usage_event
+from callmissed.errors import Conflict
 from outbound import client, signing
 from testsupport.fakes.webhook_receiver import WebhookReceiver
 from voice import lifecycle
@@ -188,6 +189,24 @@ def test_a_receiver_answering_nul_bytes_gets_its_attempt_recorded(receiver: Webh
     attempt = services.webhook_delivery_attempt(delivery_id=delivery.pk, now=delivery.next_attempt_at, post=nul_answer)
     assert attempt is not None and attempt.succeeded
     assert attempt.response_excerpt == "ok\ufffdthen more"
+
+
+def test_a_delivery_being_sent_cannot_be_redelivered_until_its_attempt_is_recorded(receiver: WebhookReceiver) -> None:
+    org = make_org()
+    receiver.default_status = 500
+    endpoint_for(org, receiver.url())
+    delivery = emit(org, now=timezone.now())
+    now = delivery.next_attempt_at
+    assert now is not None
+    assert services._claim(delivery.pk, now) is not None  # another task holds it, mid-send
+    delivery.refresh_from_db()
+    with pytest.raises(Conflict):
+        services.webhook_delivery_redeliver(delivery=delivery, now=now)
+
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=now)
+    attempt = services.webhook_delivery_attempt(delivery_id=delivery.pk, now=now)  # recorded
+    assert attempt is not None and not attempt.succeeded
+    services.webhook_delivery_redeliver(delivery=delivery, now=now)  # a finished attempt: fine
 
 
 def test_a_delivery_past_its_retry_window_is_settled_not_attempted(receiver: WebhookReceiver) -> None:
