@@ -13,6 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agent_worker import catalog, contracts
+from agent_worker.backchannels import normalize
 from callmissed import jsonsafe
 from callmissed.serializers import ContractSerializer, StrictSerializer
 from outbound import ssrf
@@ -92,10 +93,15 @@ class SessionConfigSerializer(StrictSerializer, ContractSerializer):
 
     def validate_backchannels(self, value: dict[str, Any]) -> dict[str, Any]:
         for phrase in value.get("extra_phrases", ()):
-            if len(phrase.split()) > contracts.MAX_BACKCHANNEL_WORDS:
+            # Words as the worker's matcher counts them (punctuation separates): a phrase it would
+            # drop as empty or too long is refused here instead of being accepted and never matching.
+            words = len(normalize(phrase))
+            if words > contracts.MAX_BACKCHANNEL_WORDS:
                 raise serializers.ValidationError(
                     {"extra_phrases": [f"Phrase {phrase!r} has more than {contracts.MAX_BACKCHANNEL_WORDS} words."]}
                 )
+            if words == 0:
+                raise serializers.ValidationError({"extra_phrases": [f"Phrase {phrase!r} has no words."]})
             if jsonsafe.unstorable(phrase):
                 raise serializers.ValidationError(
                     {"extra_phrases": ["Phrases must not contain NUL characters or lone surrogates."]}

@@ -139,6 +139,13 @@ def test_duration_bounds_are_inclusive(api: Any, seconds: int) -> None:
         ({"backchannels": {"enabled": "yes"}}, "backchannels.enabled", "true or false"),
         ({"backchannels": {"mode": "strict"}}, "backchannels.mode", "Accepted fields: enabled, extra_phrases"),
         ({"backchannels": {"extra_phrases": ["a b c d e f g"]}}, "backchannels.extra_phrases", "more than 6 words"),
+        # Punctuation separates words as the worker's matcher reads them.
+        (
+            {"backchannels": {"extra_phrases": ["haan,ji,theek,hai,bilkul,sahi,baat"]}},
+            "backchannels.extra_phrases",
+            "more than 6 words",
+        ),
+        ({"backchannels": {"extra_phrases": ["!!!"]}}, "backchannels.extra_phrases", "no words"),
         ({"backchannels": {"extra_phrases": ["ok", "x" * 41]}}, "backchannels.extra_phrases", "no more than 40"),
         ({"backchannels": {"extra_phrases": ["ok"] * 51}}, "backchannels.extra_phrases", "no more than 50"),
         ({"backchannels": {"extra_phrases": [7]}}, "backchannels.extra_phrases", "string"),
