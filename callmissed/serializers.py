@@ -72,6 +72,17 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictURLField(serializers.URLField):
+    """A JSON string holding a URL; DRF would turn ``5`` into ``"5"`` before checking it."""
+
+    default_error_messages = {"type": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("type")
+        return super().to_internal_value(data)
+
+
 class StrictIntegerField(serializers.IntegerField):
     """A JSON integer; DRF would take ``"300"``, ``300.0`` or ``true``."""
 

@@ -6,13 +6,14 @@ from typing import Any
 
 from rest_framework import serializers
 
+from callmissed.serializers import StrictChoiceField, StrictListField
 from webhooks.models import EventType, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 
 def event_types_field(**options: Any) -> serializers.ListField:
     """The event types an endpoint receives: at least one, at most as many as there are."""
-    return serializers.ListField(
-        child=serializers.ChoiceField(choices=EventType.choices),
+    return StrictListField(
+        child=StrictChoiceField(choices=EventType.choices),
         allow_empty=False,
         max_length=len(EventType.choices),
         **options,

@@ -5,13 +5,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_api_key
-from callmissed.serializers import StrictSerializer
+from callmissed.serializers import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictChoiceField,
+    StrictIntegerField,
+    StrictSerializer,
+    StrictURLField,
+)
 from voice.api.pagination import PageQuerySerializer, page_response, paginated
 from webhooks import selectors, services
 from webhooks.api.serializers import (
@@ -39,8 +46,8 @@ class WebhookEndpointCreateApi(APIView):
     @extend_schema_serializer(component_name="EndpointCreateInput")
     class InputSerializer(StrictSerializer):
         event_types = event_types_field(help_text="Events this endpoint receives.")
-        url = serializers.URLField(max_length=2000, help_text="http(s) URL on the public internet.")
-        description = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+        url = StrictURLField(max_length=2000, help_text="http(s) URL on the public internet.")
+        description = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
 
     OutputSerializer = EndpointWithSecretOutputSerializer
 
@@ -77,10 +84,10 @@ class WebhookEndpointUpdateApi(APIView):
 
     @extend_schema_serializer(component_name="EndpointUpdateInput")
     class InputSerializer(StrictSerializer):
-        url = serializers.URLField(max_length=2000, required=False)
+        url = StrictURLField(max_length=2000, required=False)
         event_types = event_types_field(required=False)
-        description = serializers.CharField(max_length=200, required=False, allow_blank=True)
-        enabled = serializers.BooleanField(required=False, help_text="true re-enables an endpoint that was disabled.")
+        description = StrictCharField(max_length=200, required=False, allow_blank=True)
+        enabled = StrictBooleanField(required=False, help_text="true re-enables an endpoint that was disabled.")
 
     OutputSerializer = EndpointOutputSerializer
 
@@ -106,7 +113,7 @@ class WebhookEndpointDeleteApi(APIView):
 class WebhookSecretRotateApi(APIView):
     @extend_schema_serializer(component_name="RotateSecretInput")
     class InputSerializer(StrictSerializer):
-        overlap_seconds = serializers.IntegerField(
+        overlap_seconds = StrictIntegerField(
             min_value=0,
             max_value=int(MAX_ROTATION_OVERLAP.total_seconds()),
             required=False,
@@ -127,7 +134,7 @@ class WebhookSecretRotateApi(APIView):
 
 class WebhookDeliveryListApi(APIView):
     class FilterSerializer(PageQuerySerializer):
-        status = serializers.ChoiceField(choices=WebhookDelivery.Status.choices, required=False)
+        status = StrictChoiceField(WebhookDelivery.Status.choices, required=False)
 
     OutputSerializer = DeliveryOutputSerializer
 

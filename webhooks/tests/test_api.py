@@ -86,10 +86,32 @@ def test_update_changes_url_events_and_enabled_and_delete_removes_it(api: Any) -
         ({"url": "http://[::ffff:127.0.0.1]/hook", "event_types": ["session.ended"]}, "url"),
         ({"url": "http://localhost:8000/hook", "event_types": ["session.ended"]}, "url"),
         ({"url": "https://hooks.example.com/", "event_types": ["session.ended"], "secret": "whsec_x"}, "secret"),
+        # JSON types are kept, not coerced: a number is not a URL, a string is not a list.
+        ({"url": 5, "event_types": ["session.ended"]}, "url"),
+        ({"url": "https://hooks.example.com/", "event_types": "session.ended"}, "event_types"),
+        ({"url": "https://hooks.example.com/", "event_types": ["session.ended"], "description": 7}, "description"),
     ],
 )
 def test_bad_input_names_the_field(api: Any, body: dict[str, Any], field: str) -> None:
     response = api.post("/v1/webhooks", body, format="json")
+    assert_envelope(response, 400, "validation_error")
+    assert field in response.json()["error"]["fields"]
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "body", "field"),
+    [
+        ("", "patch", {"enabled": "yes"}, "enabled"),
+        ("/rotate-secret", "post", {"overlap_seconds": "300"}, "overlap_seconds"),
+    ],
+)
+def test_updates_take_json_types_not_coerced_strings(
+    api: Any, path: str, method: str, body: dict[str, Any], field: str
+) -> None:
+    created = api.post(
+        "/v1/webhooks", {"url": "https://hooks.example.com/", "event_types": ["session.ended"]}, format="json"
+    )
+    response = getattr(api, method)(f"/v1/webhooks/{created.json()['id']}{path}", body, format="json")
     assert_envelope(response, 400, "validation_error")
     assert field in response.json()["error"]["fields"]
 
