@@ -108,6 +108,11 @@ def check_url_form(url: str, *, allowed_networks: Networks = ()) -> None:
         raise DestinationRefused("The host is a non-public address.")
 
 
+# One answer for a name that does not resolve and one that resolves inside our walls: the
+# difference would let a customer map our internal DNS through their delivery log.
+UNREACHABLE_NAME = "The host does not resolve to a public address."
+
+
 def check_url(url: str, *, allowed_networks: Networks = (), resolver: Resolver = socket.getaddrinfo) -> Destination:
     """Parse and resolve ``url``; ``DestinationRefused`` unless every address it resolves to may
     be called (one private answer among public ones refuses the name: the client could be sent to
@@ -116,17 +121,17 @@ def check_url(url: str, *, allowed_networks: Networks = (), resolver: Resolver =
     try:
         answers = resolver(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        raise DestinationRefused(f"The host {host} does not resolve.") from None
+        raise DestinationRefused(UNREACHABLE_NAME) from None
     addresses: list[str] = []
     for answer in answers:
         address = str(answer[4][0]).split("%", 1)[0]  # drop an IPv6 zone id
         ip = ipaddress.ip_address(address)
         if not address_allowed(ip, allowed_networks):
-            raise DestinationRefused(f"The host {host} resolves to a non-public address.")
+            raise DestinationRefused(UNREACHABLE_NAME)
         if address not in addresses:
             addresses.append(address)
     if not addresses:
-        raise DestinationRefused(f"The host {host} does not resolve.")
+        raise DestinationRefused(UNREACHABLE_NAME)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query

@@ -63,8 +63,27 @@ BLOCKED = [
 
 @pytest.mark.parametrize("address", BLOCKED)
 def test_a_name_resolving_to_a_non_public_address_is_refused(address: str) -> None:
-    with pytest.raises(ssrf.DestinationRefused, match="non-public"):
+    with pytest.raises(ssrf.DestinationRefused, match=ssrf.UNREACHABLE_NAME):
         ssrf.check_url("https://hooks.example.com/x", resolver=resolving_to(address))
+
+
+def test_an_internal_name_and_a_missing_name_are_refused_alike() -> None:
+    """A customer who registers ``https://db.internal/`` learns nothing from the delivery log
+    that ``https://no-such-name.invalid/`` would not also tell them."""
+
+    def missing(*_: Any, **__: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    refusals = []
+
+    def nothing(*_: Any, **__: Any) -> list[Any]:
+        return []
+
+    for resolver in (resolving_to("10.0.0.7"), missing, nothing):
+        with pytest.raises(ssrf.DestinationRefused) as refused:
+            ssrf.check_url("https://db.internal/x", resolver=resolver)
+        refusals.append(str(refused.value))
+    assert len(set(refusals)) == 1 and "db.internal" not in refusals[0]
 
 
 @pytest.mark.parametrize("address", BLOCKED)

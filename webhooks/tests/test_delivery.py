@@ -23,7 +23,7 @@ from agent_worker import contracts
 from billing import selectors as billing_selectors
 from billing.tests.support import KIMI_TURN, apply_usage, usage_event
 from callmissed.errors import Conflict
-from outbound import client, signing
+from outbound import client, signing, ssrf
 from testsupport.fakes.webhook_receiver import WebhookReceiver
 from voice import lifecycle
 from voice.tests.factories import TranscriptSegmentFactory, VoiceSessionFactory
@@ -294,7 +294,7 @@ def test_a_private_target_is_never_called_when_the_setting_does_not_allow_it(
     attempt = services.webhook_delivery_attempt(delivery_id=delivery.pk, now=delivery.next_attempt_at)
     assert attempt is not None
     assert counted_since(before) == {"refused": 1}
-    assert attempt.status_code is None and "non-public" in attempt.error
+    assert attempt.status_code is None and attempt.error.endswith(ssrf.UNREACHABLE_NAME)
     assert receiver.received == []
     delivery.refresh_from_db()
     assert delivery.status == WebhookDelivery.Status.PENDING
@@ -307,7 +307,7 @@ def test_a_redirect_into_the_walls_is_refused(receiver: WebhookReceiver) -> None
     endpoint_for(org, receiver.url())
     delivery = emit(org, now=timezone.now())
     attempt = services.webhook_delivery_attempt(delivery_id=delivery.pk, now=delivery.next_attempt_at)
-    assert attempt is not None and attempt.status_code is None and "non-public" in attempt.error
+    assert attempt is not None and attempt.status_code is None and attempt.error.endswith(ssrf.UNREACHABLE_NAME)
     assert [r.path for r in receiver.received] == ["/hook"]
 
 
