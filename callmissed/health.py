@@ -3,9 +3,12 @@
 Plain Django views outside ``/v1``: no API key, no rate limit, not in the public OpenAPI
 document, and answered before host validation and the HTTPS redirect
 (``OperatorEndpointsMiddleware``). ``/readyz`` never answers 500: each dependency is checked with
-a short timeout, in parallel, and a failure names the dependency (503) without the URL or
-credentials it used. ``/metrics`` answers only a scraper with ``METRICS_BEARER_TOKEN`` or an
-address in ``METRICS_ALLOWED_IPS`` (scrape each process directly, not through the balancer).
+a short timeout, in parallel, and a failure names the dependency (503); the checks' states,
+timings and errors go only to an operator (the ``/metrics`` rule), and one check serves every
+probe for a second, so a stranger calling it in a loop opens no connections of ours.
+``/metrics`` answers only a scraper with ``METRICS_BEARER_TOKEN`` or an address in
+``METRICS_ALLOWED_IPS`` reached directly, not through a proxy (scrape each process, not the
+balancer).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -145,15 +149,47 @@ def readiness(timeout: float) -> tuple[bool, dict[str, dict[str, Any]]]:
     return all(r["ok"] for r in results.values()), results
 
 
+class SharedReadiness:
+    """One readiness check at a time per process, its result served to every probe for
+    ``reuse_seconds``: probes arriving together wait for the one check under way."""
+
+    def __init__(self, reuse_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.reuse_seconds = reuse_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._taken_at: float | None = None
+        self._result: tuple[bool, dict[str, dict[str, Any]]] = (False, {})
+
+    def _fresh(self) -> bool:
+        return self._taken_at is not None and self.clock() - self._taken_at < self.reuse_seconds
+
+    def get(self, timeout: float) -> tuple[bool, dict[str, dict[str, Any]]]:
+        with self._lock:
+            if not self._fresh():
+                self._result = readiness(timeout)
+                self._taken_at = self.clock()
+            return self._result
+
+    def forget(self) -> None:
+        with self._lock:
+            self._taken_at = None
+
+
+READINESS = SharedReadiness()
+
+
 @require_GET
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
-    ok, checks = readiness(settings.READYZ_CHECK_TIMEOUT_SECONDS)
-    if ok:
-        return JsonResponse({"status": "ok", "checks": checks})
+    ok, checks = READINESS.get(settings.READYZ_CHECK_TIMEOUT_SECONDS)
     failed = [name for name, result in checks.items() if not result["ok"]]
+    body: dict[str, Any] = {"status": "ok"} if ok else {"status": "unavailable", "failed": failed}
+    if _scraper_allowed(request):
+        body["checks"] = checks  # hosts' states and errors: for operators only
+    if ok:
+        return JsonResponse(body)
     logger.warning("Not ready: %s", ", ".join(f"{n} ({checks[n]['error']})" for n in failed))
-    return JsonResponse({"status": "unavailable", "failed": failed, "checks": checks}, status=503)
+    return JsonResponse(body, status=503)
 
 
 def _scraper_allowed(request: HttpRequest) -> bool:
@@ -161,6 +197,10 @@ def _scraper_allowed(request: HttpRequest) -> bool:
     presented = request.headers.get("Authorization", "")
     if token and presented.startswith("Bearer "):
         return secrets.compare_digest(presented.removeprefix("Bearer ").strip().encode(), token.encode())
+    if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
+        # Through a proxy, the peer address is the proxy's (often 127.0.0.1): it says nothing
+        # about who is asking, so only the token opens the door.
+        return False
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:

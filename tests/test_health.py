@@ -10,10 +10,19 @@ import pytest
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import Client
 
+from callmissed import health
 from testsupport.processes import free_port
 from testsupport.redis_server import RedisServer, redis_server_available
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _fresh_readiness() -> Iterator[None]:
+    """Each test changes the dependencies; a result from the test before must not answer."""
+    health.READINESS.forget()
+    yield
+    health.READINESS.forget()
 
 
 def _point_redis_at(settings: Any, url: str) -> None:
@@ -119,3 +128,48 @@ def test_probes_by_address_are_answered_in_production_mode(settings: Any) -> Non
     assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 200
     assert client.get("/v1/catalog/voices").status_code == 400  # everything else still checks the host
+
+
+def test_readyz_details_are_for_operators_only(settings: Any) -> None:
+    """A stranger learns ready or not and what failed, never hosts, timings or errors."""
+    settings.METRICS_ALLOWED_IPS = ["10.0.0.0/8"]
+    settings.METRICS_BEARER_TOKEN = "scrape-token-0123456789"
+    stranger = Client(REMOTE_ADDR="203.0.113.9").get("/readyz")
+    assert stranger.status_code == 200 and stranger.json() == {"status": "ok"}
+    operator = Client(REMOTE_ADDR="10.0.0.2").get("/readyz").json()
+    assert set(operator["checks"]) == {"database", "cache", "channel_layer", "broker"}
+    with_token = Client(REMOTE_ADDR="203.0.113.9").get("/readyz", HTTP_AUTHORIZATION="Bearer scrape-token-0123456789")
+    assert "checks" in with_token.json()
+
+
+def test_a_proxied_request_from_loopback_is_no_operator(settings: Any) -> None:
+    """Behind a reverse proxy on the same host every caller arrives from 127.0.0.1."""
+    settings.METRICS_ALLOWED_IPS = ["127.0.0.1/32"]
+    settings.METRICS_BEARER_TOKEN = "scrape-token-0123456789"
+    proxied = Client(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.4")
+    assert proxied.get("/metrics").status_code == 403
+    assert "checks" not in proxied.get("/readyz").json()
+    token = proxied.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-0123456789")
+    assert token.status_code == 200
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 200
+
+
+def test_probes_share_one_check_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop of probes costs one round of dependency checks a second, not one per probe."""
+    now = [100.0]
+    runs: list[float] = []
+
+    def counted(timeout: float) -> tuple[bool, dict[str, dict[str, Any]]]:
+        runs.append(now[0])
+        return True, {}
+
+    monkeypatch.setattr(health, "readiness", counted)
+    shared = health.SharedReadiness(reuse_seconds=1.0, clock=lambda: now[0])
+    for _ in range(50):
+        assert shared.get(2.0) == (True, {})
+    now[0] += 0.99
+    shared.get(2.0)
+    assert len(runs) == 1
+    now[0] += 0.02
+    shared.get(2.0)
+    assert len(runs) == 2
