@@ -21,6 +21,7 @@ DB_RETRY: dict[str, Any] = {
     "max_retries": 10,
 }
 
+
 def _connect_metrics() -> None:
     """Queue lag and task failures (callmissed/metrics.py); the worker serves them itself."""
     from callmissed import metrics
@@ -37,7 +38,7 @@ def _serve_metrics(**_: object) -> None:
     if settings.CELERY_METRICS_PORT:
         from callmissed import metrics
 
-        metrics.serve_worker_metrics(settings.CELERY_METRICS_PORT)
+        metrics.serve_worker_metrics(settings.CELERY_METRICS_PORT, address=settings.CELERY_METRICS_ADDRESS)
 
 
 _connect_metrics()

@@ -108,6 +108,9 @@ class PlatformSettings(SharedSettings):
     # The Celery worker's own /metrics port (its task children aggregate through
     # PROMETHEUS_MULTIPROC_DIR); 0 = off.
     celery_metrics_port: int = 0
+    # The address it listens on: loopback unless the scraper lives elsewhere (compose sets the
+    # container's network). It has no token, so never an address the internet reaches.
+    celery_metrics_address: str = "127.0.0.1"
     # "json": one JSON object per line with request, organization and session ids; "plain" to read
     # in a terminal. Secrets are redacted either way.
     log_format: Literal["json", "plain"] = "json"

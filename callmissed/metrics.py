@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -159,8 +160,9 @@ def count_task_failure(sender: Any = None, **_: Any) -> None:
     CELERY_TASK_FAILURES.labels(task=getattr(sender, "name", None) or "unknown").inc()
 
 
-def serve_worker_metrics(port: int) -> None:
-    """The Celery worker's own ``/metrics`` (its task children in multiprocess mode)."""
+def serve_worker_metrics(port: int, *, address: str) -> WSGIServer:
+    """The Celery worker's own ``/metrics`` (its task children in multiprocess mode), served
+    from a daemon thread; the server is returned for whoever must close it."""
     from prometheus_client import start_http_server
 
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -175,6 +177,7 @@ def serve_worker_metrics(port: int) -> None:
                 os.unlink(os.path.join(directory, name))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        start_http_server(port, registry=registry)
+        server, _ = start_http_server(port, addr=address, registry=registry)
     else:
-        start_http_server(port)
+        server, _ = start_http_server(port, addr=address)
+    return server

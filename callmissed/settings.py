@@ -330,6 +330,7 @@ READYZ_CHECK_TIMEOUT_SECONDS = _env.readyz_check_timeout_seconds
 METRICS_BEARER_TOKEN = _env.metrics_bearer_token
 METRICS_ALLOWED_IPS = _env.metrics_allowed_ips
 CELERY_METRICS_PORT = _env.celery_metrics_port
+CELERY_METRICS_ADDRESS = _env.celery_metrics_address
 DRAIN_WAIT_SECONDS = _env.drain_wait_seconds
 LOGGING = logs.dict_config(level=_env.log_level, json_lines=_env.log_format == "json")
 

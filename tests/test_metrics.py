@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from callmissed import metrics
 from callmissed.celery import app as celery_app
+from testsupport.processes import free_port
 
 
 class _BrokenTask(Exception):
@@ -82,3 +84,16 @@ def test_a_failing_task_is_counted_and_its_queue_lag_observed() -> None:
     assert _value("callmissed_celery_task_failures_total", task=task.name) == failures_before + 1
     assert _value("callmissed_celery_queue_lag_seconds_count", task=task.name) == count_before + 1
     assert _value("callmissed_celery_queue_lag_seconds_sum", task=task.name) - lag_before >= 42.0
+
+
+def test_the_celery_workers_metrics_listen_only_where_told() -> None:
+    """No token guards the worker's port: by default only this machine can scrape it."""
+    port = free_port()
+    server = metrics.serve_worker_metrics(port, address="127.0.0.1")
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert b"callmissed_celery_task_failures" in response.read()
+    finally:
+        server.shutdown()
+        server.server_close()
