@@ -72,6 +72,8 @@ class PlatformSettings(SharedSettings):
     webhook_secrets_key: str = Field("", repr=False)
     # Settled deliveries and their attempts are kept this long (dashboard, API, redelivery).
     webhook_delivery_retention_days: int = 30
+    # Endpoints one organization may register: each event fans out to all of them.
+    webhook_max_endpoints: int = Field(20, ge=1)
 
     # Dashboard throttles, per client address and per username (atomic counters in the cache).
     login_rate_limit: str = "10/min"  # login attempts per client address

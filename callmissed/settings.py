@@ -300,6 +300,7 @@ OUTBOUND_ALLOWED_NETWORKS = _env.outbound_allowed_networks
 WEBHOOK_TIMEOUT_SECONDS = _env.webhook_timeout_seconds
 WEBHOOK_SECRETS_KEY = _env.webhook_secrets_key
 WEBHOOK_DELIVERY_RETENTION_DAYS = _env.webhook_delivery_retention_days
+WEBHOOK_MAX_ENDPOINTS = _env.webhook_max_endpoints
 
 # --- Security ------------------------------------------------------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

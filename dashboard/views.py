@@ -40,7 +40,7 @@ from billing import services as billing_services
 from billing import stripe_gateway
 from billing.pricing import display
 from callmissed import ratelimit
-from callmissed.errors import ApplicationError, NotFound, ValidationFailed
+from callmissed.errors import ApplicationError, Conflict, NotFound, ValidationFailed
 from dashboard.forms import (
     ApiKeyCreateForm,
     SessionFilterForm,
@@ -450,6 +450,8 @@ def webhooks(request: HttpRequest, organization: Organization) -> HttpResponse:
             for field, problems in refused.fields.items():
                 for problem in problems:
                     form.add_error(field if field in form.fields else None, problem)
+        except Conflict as refused:  # the organization's endpoint cap
+            form.add_error(None, refused.message)
         else:
             form = WebhookEndpointForm()
     context = {

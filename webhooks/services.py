@@ -111,6 +111,12 @@ def webhook_endpoint_create(
     actor: User | None = None,
 ) -> EndpointWithSecret:
     _check_url(url)
+    # Counted under the organization's row lock, so concurrent creates cannot pass the cap together.
+    Organization.objects.select_for_update().get(pk=organization.pk)
+    if WebhookEndpoint.objects.filter(organization=organization).count() >= settings.WEBHOOK_MAX_ENDPOINTS:
+        raise Conflict(
+            f"An organization has at most {settings.WEBHOOK_MAX_ENDPOINTS} webhook endpoints; delete one first."
+        )
     secret = signing.generate_secret()
     endpoint = WebhookEndpoint(
         organization=organization,

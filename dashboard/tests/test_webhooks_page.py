@@ -65,6 +65,17 @@ def test_a_private_url_is_refused_on_the_form(owner: Client) -> None:
     assert not WebhookEndpoint.objects.exists()
 
 
+def test_the_endpoint_cap_is_said_on_the_form(owner: Client, settings: Any) -> None:
+    settings.WEBHOOK_MAX_ENDPOINTS = 1
+    endpoint_for(_org(), "https://hooks.example.com/first")
+    response = owner.post(
+        "/dashboard/webhooks/", {"url": "https://hooks.example.com/2", "event_types": ["session.ended"]}
+    )
+    assert response.status_code == 200
+    assert "at most 1 webhook endpoints" in response.content.decode()
+    assert WebhookEndpoint.objects.filter(organization=_org()).count() == 1
+
+
 def test_rotating_shows_the_new_secret_on_that_page_only(owner: Client) -> None:
     created = endpoint_for(_org(), "https://hooks.example.com/cm")
     response = owner.post(f"/dashboard/webhooks/{created.endpoint.pk}/rotate/")

@@ -3,16 +3,20 @@ are not found, and every refusal is the error envelope."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import AuditLog
+from accounts.tests.factories import make_org
+from callmissed.errors import Conflict
 from testsupport.envelope import assert_envelope
 from testsupport.fakes.webhook_receiver import WebhookReceiver
 from webhooks import services
-from webhooks.models import WebhookAttempt, WebhookDelivery
+from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from webhooks.tests.support import emit
 
 pytestmark = pytest.mark.django_db
@@ -195,3 +199,43 @@ def test_the_deliveries_list_costs_the_same_queries_for_one_delivery_or_twenty(
         response = api.get(f"/v1/webhooks/{endpoint.pk}/deliveries?limit=20")
     assert response.status_code == 200
     assert [len(row["attempts"]) for row in response.json()["results"]] == [2] * 20
+
+
+def test_an_organization_has_a_bounded_number_of_endpoints(api: Any, settings: Any) -> None:
+    """Every event fans out to every endpoint: an unbounded list multiplies our outbound calls."""
+    settings.WEBHOOK_MAX_ENDPOINTS = 2
+    first = _create(api, "https://hooks.example.com/1").json()["id"]
+    assert _create(api, "https://hooks.example.com/2").status_code == 201
+    refused = _create(api, "https://hooks.example.com/3")
+    assert_envelope(refused, 409, "conflict")
+    assert "at most 2" in refused.json()["error"]["message"]
+    assert api.delete(f"/v1/webhooks/{first}").status_code == 204
+    assert _create(api, "https://hooks.example.com/3").status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_cannot_pass_the_cap_together(settings: Any) -> None:
+    settings.WEBHOOK_MAX_ENDPOINTS = 3
+    org = make_org()
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def create(n: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            services.webhook_endpoint_create(
+                organization=org, url=f"https://hooks.example.com/{n}", event_types=["session.ended"]
+            )
+            outcomes.append("created")
+        except Conflict:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    assert WebhookEndpoint.objects.filter(organization=org).count() == 3
