@@ -180,7 +180,8 @@ class DispatchMetadata(_Payload):
     session_id: str
     config: SessionConfig = Field(default_factory=SessionConfig)
     # For the worker's log lines (agent_worker/logs.py) and to derive the organization's tool
-    # signing secret (agent_worker/tools.py); never a secret itself: it travels in the caller's token.
+    # signing secret (agent_worker/tools.py); never a secret itself: it travels, sealed, in the
+    # caller's token.
     organization_id: str = ""
 
 

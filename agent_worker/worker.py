@@ -2,10 +2,11 @@
 
 Start it with ``python -m agent_worker start`` (or ``python -m agent_worker.worker start``;
 ``dev`` for hot reload). It registers with the LiveKit server as ``LIVEKIT_AGENT_NAME``; each
-job carries a ``contracts.DispatchMetadata`` (session id and config) put into the caller's token
-by Django. The job runs the ``Conversation`` in the room, reports what happens to Django through
-Celery, and reports the end — user left, room deleted (REST DELETE), idle, error, or
-``max_duration_seconds`` (with a spoken goodbye just before); the platform then deletes the room. SIGTERM drains:
+job carries a ``contracts.DispatchMetadata`` (session id and config) sealed into the caller's
+token by Django (agent_worker/sealing.py). The job runs the ``Conversation`` in the room,
+reports what happens to Django through Celery, and reports the end — user left, room deleted
+(REST DELETE), idle, error, or ``max_duration_seconds`` (with a spoken goodbye just before);
+the platform then deletes the room. SIGTERM drains:
 the worker stops taking jobs, lets live conversations go on for ``DRAIN_WAIT_SECONDS``, then
 ends the rest with a spoken goodbye (agent_worker/drain.py).
 """
@@ -23,7 +24,7 @@ from livekit.agents import AgentServer, JobContext, JobProcess, cli
 from livekit.agents.voice import io
 from pydantic import ValidationError
 
-from agent_worker import contracts, drain, heap, logs
+from agent_worker import contracts, drain, heap, logs, sealing
 from agent_worker.conversation import Conversation, ConversationEnded, ConversationObserver, TranscriptEvent
 from agent_worker.provider_settings import ProviderSettings
 from agent_worker.reporting import EventReporter, Reporter
@@ -66,10 +67,10 @@ class ReportingObserver(ConversationObserver):
         self.reporter.report(ended.event(self.session_id))
 
 
-def parse_dispatch(metadata: str) -> contracts.DispatchMetadata:
-    """The job metadata Django put in the token; raises ValueError with a readable reason."""
+def parse_dispatch(metadata: str, *, secret: str) -> contracts.DispatchMetadata:
+    """The job metadata Django sealed into the token; raises ValueError with a readable reason."""
     try:
-        return contracts.DispatchMetadata.model_validate_json(metadata or "{}")
+        return contracts.DispatchMetadata.model_validate_json(sealing.unseal(metadata, secret=secret))
     except ValidationError as error:
         fields = ", ".join(".".join(map(str, e["loc"])) or "metadata" for e in error.errors())
         raise ValueError(f"job metadata is not a CallMissed dispatch ({fields})") from None
@@ -124,7 +125,7 @@ async def run_job(
     """Run one dispatched session to its end. ``session_io`` replaces the room's audio (tests)."""
     room_name = ctx.job.room.name or ctx.room.name
     try:
-        dispatch = parse_dispatch(ctx.job.metadata)
+        dispatch = parse_dispatch(ctx.job.metadata, secret=settings.livekit_api_secret)
     except ValueError as error:
         # Without a session id there is nobody to report to; the room is not one of ours.
         logger.error("Rejected job %s in room %s: %s", ctx.job.id, room_name, error)

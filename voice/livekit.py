@@ -1,7 +1,7 @@
 """LiveKit: access tokens with explicit agent dispatch, and the server API (Twirp over HTTP).
 
-No provider secret goes into a token: the browser receives only a room grant and the
-dispatch metadata (session id and config)."""
+No secret goes into a token: the browser receives a room grant and the dispatch metadata
+(session id and config) sealed for the agent (``agent_worker/sealing.py``), which it cannot read."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from livekit import api
 
-from agent_worker import contracts
+from agent_worker import contracts, sealing
 from callmissed.errors import UpstreamError
 
 
@@ -49,7 +49,7 @@ def participant_token(*, room_name: str, identity: str, dispatch: contracts.Disp
                 agents=[
                     api.RoomAgentDispatch(
                         agent_name=settings.LIVEKIT_AGENT_NAME,
-                        metadata=dispatch.model_dump_json(),
+                        metadata=sealing.seal(dispatch.model_dump_json(), secret=settings.LIVEKIT_API_SECRET),
                     )
                 ],
             )

@@ -22,7 +22,7 @@ import pytest
 from livekit import rtc
 from livekit.agents.testing import fake_job_context
 
-from agent_worker import contracts, drain
+from agent_worker import contracts, drain, sealing
 from agent_worker.audio_io import CallbackAudioOutput, QueueAudioInput
 from agent_worker.conversation import ConversationEnded
 from agent_worker.provider_settings import ProviderSettings, SpeechMode
@@ -108,9 +108,10 @@ def _settings(lk_server: FakeLiveKitServer, **overrides: Any) -> WorkerSettings:
 
 def _metadata(**config: Any) -> str:
     defaults: dict[str, Any] = {"llm_model": "sarvam-105b", "max_duration_seconds": 60}
-    return contracts.DispatchMetadata(
+    dispatch = contracts.DispatchMetadata(
         session_id=SESSION_ID, config=contracts.SessionConfig(**{**defaults, **config})
-    ).model_dump_json()
+    )
+    return sealing.seal(dispatch.model_dump_json(), secret=WorkerSettings().livekit_api_secret)
 
 
 @pytest.fixture
@@ -298,7 +299,18 @@ async def test_a_job_without_callmissed_metadata_is_refused(
     assert await asyncio.wait_for(harness.task, 10) is None
     assert harness.reporter.events == []
     assert _deleted_rooms(lk_server) == []
-    assert "session_id" in caplog.text
+    assert "not sealed" in caplog.text
+
+
+async def test_a_dispatch_sealed_by_another_deployment_is_refused(
+    start_job: Any, lk_server: FakeLiveKitServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token minted with a LIVEKIT_API_SECRET the worker does not share starts no conversation."""
+    dispatch = contracts.DispatchMetadata(session_id=SESSION_ID)
+    harness = await start_job(sealing.seal(dispatch.model_dump_json(), secret="another-deployment"))
+    assert await asyncio.wait_for(harness.task, 10) is None
+    assert harness.reporter.events == []
+    assert "LIVEKIT_API_SECRET" in caplog.text
 
 
 def test_the_server_registers_for_explicit_dispatch_under_the_configured_name() -> None:

@@ -16,7 +16,7 @@ import jwt
 import pytest
 from livekit import api
 
-from agent_worker import contracts
+from agent_worker import contracts, sealing
 from testsupport.fakes.livekit_server import DEFAULT_DEPARTURE_TIMEOUT_S, DEFAULT_EMPTY_TIMEOUT_S, FakeLiveKitServer
 from voice import livekit as voice_livekit
 
@@ -88,6 +88,7 @@ def test_token_verifier_accepts_the_participant_tokens_we_mint(settings: Any) ->
     assert claims.room_config is not None
     [agent] = claims.room_config.agents
     assert agent.agent_name == settings.LIVEKIT_AGENT_NAME
-    assert contracts.DispatchMetadata.model_validate_json(agent.metadata).session_id == dispatch.session_id
+    opened = sealing.unseal(agent.metadata, secret=settings.LIVEKIT_API_SECRET)
+    assert contracts.DispatchMetadata.model_validate_json(opened).session_id == dispatch.session_id
     with pytest.raises(jwt.InvalidSignatureError):  # another deployment's secret cannot verify it
         api.TokenVerifier(settings.LIVEKIT_API_KEY, "another-secret-of-32-bytes-or-more!").verify(token)

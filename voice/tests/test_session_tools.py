@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from livekit import api as lk
 
-from agent_worker import contracts, tools
+from agent_worker import contracts, sealing, tools
 from voice import lifecycle
 from voice.models import VoiceSession
 
@@ -47,7 +47,9 @@ def test_a_session_with_tools_stores_them_returns_them_and_dispatches_them(api: 
     session = VoiceSession.objects.get(pk=body["id"])
     claims = lk.TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET).verify(body["token"])
     assert claims.room_config is not None
-    dispatch = contracts.DispatchMetadata.model_validate_json(claims.room_config.agents[0].metadata)
+    dispatch = contracts.DispatchMetadata.model_validate_json(
+        sealing.unseal(claims.room_config.agents[0].metadata, secret=settings.LIVEKIT_API_SECRET)
+    )
     assert dispatch.config.tools == session.config().tools
     assert [t.name for t in dispatch.config.tools] == ["lookup_order", "store-hours"]
     assert dispatch.organization_id == str(api.org.pk)

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from livekit import api as lk
 
-from agent_worker import contracts
+from agent_worker import contracts, sealing
 from agent_worker.provider_settings import ProviderSettings
 from voice.models import VoiceSession
 
@@ -84,11 +84,27 @@ def test_token_grants_one_room_and_dispatches_the_agent(api: Any, settings: Any)
     assert payload["exp"] - payload["nbf"] == settings.LIVEKIT_TOKEN_TTL_SECONDS
     agents = claims.room_config.agents
     assert [a.agent_name for a in agents] == [settings.LIVEKIT_AGENT_NAME]
-    dispatch = contracts.DispatchMetadata.model_validate_json(agents[0].metadata)
+    dispatch = contracts.DispatchMetadata.model_validate_json(
+        sealing.unseal(agents[0].metadata, secret=settings.LIVEKIT_API_SECRET)
+    )
     assert dispatch.session_id == str(session.id)
     assert dispatch.config == session.config()
     for secret in ("sarvam-secret-value", "clarifai-secret-value", settings.LIVEKIT_API_SECRET):
         assert secret not in _jwt_payload(token)
+
+
+def test_the_callers_token_does_not_reveal_the_prompt_or_the_tools(api: Any) -> None:
+    """The token goes to the customer's end user; the prompt and tool endpoints stay the customer's."""
+    tool = {
+        "name": "lookup_order",
+        "description": "Look up an order",
+        "url": "https://crm.example.com/internal/orders",
+        "parameters": {"type": "object", "properties": {}},
+    }
+    body = _post(api, {**QUICKSTART, "system_prompt": "Offer the VIP discount code GOLD-77.", "tools": [tool]}).json()
+    readable = _jwt_payload(body["token"])
+    assert "GOLD-77" not in readable and "crm.example.com" not in readable
+    assert body["config"]["system_prompt"] == "Offer the VIP discount code GOLD-77."  # the customer still sees it
 
 
 def _jwt_payload(token: str) -> str:
