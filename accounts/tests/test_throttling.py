@@ -104,9 +104,7 @@ def test_a_forged_x_forwarded_for_does_not_buy_an_anonymous_client_a_fresh_budge
 ) -> None:
     settings.API_RATE_LIMIT = "3/min"
     client = APIClient()
-    statuses = [
-        client.get("/v1/catalog/voices", HTTP_X_FORWARDED_FOR=f"203.0.113.{i}").status_code for i in range(6)
-    ]
+    statuses = [client.get("/v1/catalog/voices", HTTP_X_FORWARDED_FOR=f"203.0.113.{i}").status_code for i in range(6)]
     assert statuses == [200, 200, 200, 429, 429, 429]
 
 
