@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import math
 import multiprocessing
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -364,26 +366,58 @@ class Figures:
     chat_load: FakeLoad
 
 
-async def run(sessions: int, turns: int, spread_s: float) -> Figures:
+@dataclass
+class Fakes:
+    """The running fakes' addresses; their loads once ``serve_fakes`` has stopped them."""
+
+    sarvam_http: str
+    sarvam_ws: str
+    chat_base: str
+    sarvam_load: FakeLoad | None = None
+    chat_load: FakeLoad | None = None
+
+
+@contextlib.asynccontextmanager
+async def serve_fakes(turns: int) -> AsyncIterator[Fakes]:
+    """The Sarvam and chat fakes, each in a child process, for one run of ``turns`` measured turns.
+
+    Raises if a client broke the Sarvam protocol during the run."""
     spawn = multiprocessing.get_context("spawn")
     sarvam_conn, sarvam_child = spawn.Pipe()
     chat_conn, chat_child = spawn.Pipe()
-    fakes = [
+    processes = [
         spawn.Process(target=serve_sarvam, args=(sarvam_child,), name="bench-sarvam", daemon=True),
         spawn.Process(target=serve_chat, args=(chat_child, turns), name="bench-chat", daemon=True),
     ]
-    for fake in fakes:
-        fake.start()
+    for process in processes:
+        process.start()
     try:
         sarvam_http, sarvam_ws = await asyncio.to_thread(sarvam_conn.recv)
         chat_base = await asyncio.to_thread(chat_conn.recv)
+        fakes = Fakes(sarvam_http=sarvam_http, sarvam_ws=sarvam_ws, chat_base=chat_base)
+        yield fakes
+        sarvam_conn.send("stop")
+        chat_conn.send("stop")
+        fakes.sarvam_load, violations = await asyncio.to_thread(sarvam_conn.recv)
+        fakes.chat_load = await asyncio.to_thread(chat_conn.recv)
+    finally:
+        for process in processes:
+            await asyncio.to_thread(process.join, 10)
+            if process.is_alive():
+                process.terminate()
+    if violations:
+        raise RuntimeError(f"the clients broke the Sarvam protocol: {violations[:3]}")
+
+
+async def run(sessions: int, turns: int, spread_s: float) -> Figures:
+    async with serve_fakes(turns) as fakes:
         settings = ProviderSettings(
             speech_providers=SpeechMode.REAL,
             sarvam_api_key=SARVAM_KEY,
-            sarvam_base_url=sarvam_http,
-            sarvam_ws_url=sarvam_ws,
+            sarvam_base_url=fakes.sarvam_http,
+            sarvam_ws_url=fakes.sarvam_ws,
             clarifai_pat=CLARIFAI_PAT,
-            clarifai_base_url=chat_base,
+            clarifai_base_url=fakes.chat_base,
         )
         callers = [BenchCaller() for _ in range(sessions)]
         schedule = Schedule(sessions=sessions, spread_s=spread_s)
@@ -401,17 +435,7 @@ async def run(sessions: int, turns: int, spread_s: float) -> Figures:
             await feeder
         cpu_share = await watcher
         base = await baseline(schedule, turns)
-        sarvam_conn.send("stop")
-        chat_conn.send("stop")
-        sarvam_load, violations = await asyncio.to_thread(sarvam_conn.recv)
-        chat_load = await asyncio.to_thread(chat_conn.recv)
-    finally:
-        for fake in fakes:
-            await asyncio.to_thread(fake.join, 10)
-            if fake.is_alive():
-                fake.terminate()
-    if violations:
-        raise RuntimeError(f"the clients broke the Sarvam protocol: {violations[:3]}")
+    assert fakes.sarvam_load is not None and fakes.chat_load is not None
     all_turns = [t for r in results for t in r.turns]
     return Figures(
         overhead=[t.first_audio_at - t.speech_ended_at - INJECTED_S for t in all_turns],
@@ -423,8 +447,8 @@ async def run(sessions: int, turns: int, spread_s: float) -> Figures:
         barge_ins_missed=sum(1 for r in results if r.barge_in_stop is None),
         loop_lag=lags,
         cpu_share=cpu_share,
-        sarvam_load=sarvam_load,
-        chat_load=chat_load,
+        sarvam_load=fakes.sarvam_load,
+        chat_load=fakes.chat_load,
     )
 
 
