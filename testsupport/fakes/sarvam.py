@@ -707,7 +707,13 @@ class FakeSarvam:
             return self._violation(f"tts: unsupported model {data.get('model')!r}")
         if data.get("speaker") not in TTS_V3_SPEAKERS:
             return self._violation(f"tts: unknown speaker {data.get('speaker')!r} for bulbul:v3")
-        if data.get("speech_sample_rate", TTS_DEFAULT_SAMPLE_RATE) not in TTS_SAMPLE_RATES:
+        # Pipecat's SarvamTTSService (1.14) sends the rate as a decimal string, the SDK as a number;
+        # both are taken so that bench.peers can run Pipecat against this fake (whether Sarvam's
+        # service takes the string cannot be checked from here: bench/peers/README.md).
+        rate = data.get("speech_sample_rate", TTS_DEFAULT_SAMPLE_RATE)
+        if isinstance(rate, str) and rate.isdigit():
+            rate = int(rate)
+        if rate not in TTS_SAMPLE_RATES:
             return self._violation(f"tts: unsupported speech_sample_rate {data.get('speech_sample_rate')!r}")
         codec = data.get("output_audio_codec", TTS_DEFAULT_CODEC)
         if codec not in TTS_CODECS:

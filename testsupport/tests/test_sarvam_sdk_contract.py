@@ -294,3 +294,27 @@ async def test_the_config_language_is_taken_under_either_name_but_must_be_one_la
         first = await ws.receive_json()
     assert (first["type"] == "audio") is accepted
     assert (sarvam.violations == []) is accepted
+
+
+@pytest.mark.parametrize(
+    ("rate", "accepted"), [(16000, True), ("16000", True), ("44100", False), ("16k", False), (44100, False)]
+)
+async def test_the_config_sample_rate_is_taken_as_a_number_or_a_decimal_string(
+    sarvam: FakeSarvam, rate: int | str, accepted: bool
+) -> None:
+    # Pipecat's SarvamTTSService sends it as a string (bench/peers runs it against this fake).
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            f"{sarvam.ws_url}/text-to-speech/ws?model=bulbul:v3", headers={"api-subscription-key": KEY}
+        ) as ws,
+    ):
+        config = {"target_language_code": "en-IN", "speaker": "shubh", "output_audio_codec": "linear16"}
+        await ws.send_json({"type": "config", "data": {**config, "speech_sample_rate": rate}})
+        await ws.send_json({"type": "text", "data": {"text": "Hello."}})
+        await ws.send_json({"type": "flush"})
+        first = await ws.receive_json()
+    assert (first["type"] == "audio") is accepted
+    assert (sarvam.violations == []) is accepted
+    if accepted:
+        assert sarvam.tts_audio_seconds == pytest.approx(len(base64.b64decode(first["data"]["audio"])) / 2 / 16000)
