@@ -1,0 +1,1 @@
+"""Peer benches: the same conversation in another voice framework, beside ours (README.md)."""
