@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
             f"round {round_ + 1} {side:<17} {level:>3} sessions: overhead p50 {po.ms(po.pct(figures.overhead, 0.5))}"
             f" p95 {po.ms(po.pct(figures.overhead, 0.95))} ms, STT leg p50 {po.ms(po.pct(figures.stt_leg, 0.5))},"
             f" reply leg p50 {po.ms(po.pct(figures.reply_leg, 0.5))}, CPU {figures.cpu_share * 100:.0f}%,"
-            f" loop lag p99 {po.ms(po.pct(figures.loop_lag, 0.99))} ms, load {os.getloadavg()[0]:.1f}",
+            f" loop lag p99 {po.ms(po.pct(figures.loop_lag, 0.99))} ms; Sarvam fake CPU, lag p99"
+            f" {po.fake_load(figures.sarvam_load).strip()}; load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     print()
