@@ -1,6 +1,7 @@
 """What the conversation pipeline adds to the providers' own latency, at 1 and N sessions.
 
     .venv/bin/python -m bench.pipeline_overhead [--sessions 1,50] [--turns 5] [--spread 1.0]
+        [--heap stock|settled|both]
 
 Every session is a whole ``Conversation`` (livekit AgentSession, the real Sarvam STT/TTS and
 OpenAI-compatible LLM clients, ``audio_io`` in and out) in this process, on one event loop,
@@ -26,7 +27,16 @@ then a tone the fake's VAD hears as speech) into each session on a 20 ms clock.
   on ``interrupted`` still plays; loop lag (how late a 5 ms timer fires) and the CPU use of this
   process over the measured turns say whether the time went to a busy, a starved or a blocked
   event loop; the same two for each fake's process (over its whole run) say how much of it was
-  the fakes' own queueing, which no real provider would add.
+  the fakes' own queueing, which no real provider would add;
+* CPU per session = this process's CPU over the measured turns (every thread, ``process_time``)
+  per wall second, divided by the number of sessions: the share of a core one conversing
+  session costs, the figure that decides how many sessions a core carries;
+* collector: the garbage collections during the measured turns (``gc.callbacks``): how many
+  full (generation 2) ones, the time all of them stopped the loop, and the longest single one.
+
+``--heap`` chooses the collector: ``settled`` is what the servers run (``agent_worker.heap``:
+start-up's objects frozen, a larger young generation), ``stock`` CPython's defaults with nothing
+frozen, ``both`` runs each level twice in one run, stock then settled, for a same-run A/B.
 
 Sessions start together, greet, and then begin their measured turns spread evenly over
 ``--spread`` seconds, because independent callers do not stop talking on the same 20 ms tick;
@@ -39,6 +49,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import math
 import multiprocessing
@@ -352,6 +363,31 @@ def _reply(request: ChatRequest, *, turns: int) -> str:
 
 
 @dataclass
+class Collections:
+    """The collector's passes while it is ``watching``: how long each stopped the loop, by generation."""
+
+    pauses: dict[int, list[float]] = field(default_factory=lambda: {0: [], 1: [], 2: []})
+    watching: bool = False
+    _began: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self._began is not None:
+            if self.watching:
+                self.pauses[info["generation"]].append(time.perf_counter() - self._began)
+            self._began = None
+
+    @property
+    def total(self) -> float:
+        return sum(sum(p) for p in self.pauses.values())
+
+    @property
+    def longest(self) -> float:
+        return max((max(p, default=0.0) for p in self.pauses.values()), default=0.0)
+
+
+@dataclass
 class Figures:
     overhead: list[float]
     stt_leg: list[float]
@@ -364,6 +400,7 @@ class Figures:
     cpu_share: float  # this process's CPU seconds per wall second while the sessions ran
     sarvam_load: FakeLoad
     chat_load: FakeLoad
+    collections: Collections = field(default_factory=Collections)  # none watched: a peer's figures
 
 
 @dataclass
@@ -423,8 +460,10 @@ async def run(sessions: int, turns: int, spread_s: float) -> Figures:
         schedule = Schedule(sessions=sessions, spread_s=spread_s)
         stop, measuring = asyncio.Event(), asyncio.Event()
         lags: list[float] = []
+        collections = Collections()
+        gc.callbacks.append(collections)
         feeder = asyncio.create_task(feed(callers, stop))
-        watcher = asyncio.create_task(_watch_after(schedule, lags, measuring))
+        watcher = asyncio.create_task(_watch_after(schedule, lags, measuring, collections))
         try:
             results = await asyncio.gather(
                 *(one_session(i, settings, caller, turns, schedule) for i, caller in enumerate(callers))
@@ -433,6 +472,7 @@ async def run(sessions: int, turns: int, spread_s: float) -> Figures:
             stop.set()
             measuring.set()
             await feeder
+            gc.callbacks.remove(collections)
         cpu_share = await watcher
         base = await baseline(schedule, turns)
     assert fakes.sarvam_load is not None and fakes.chat_load is not None
@@ -449,14 +489,18 @@ async def run(sessions: int, turns: int, spread_s: float) -> Figures:
         cpu_share=cpu_share,
         sarvam_load=fakes.sarvam_load,
         chat_load=fakes.chat_load,
+        collections=collections,
     )
 
 
-async def _watch_after(schedule: Schedule, lags: list[float], done: asyncio.Event) -> float:
-    """Loop lag and CPU share from the first measured turn (session start-up excluded) to the end."""
+async def _watch_after(schedule: Schedule, lags: list[float], done: asyncio.Event, collections: Collections) -> float:
+    """Loop lag, collections and CPU share from the first measured turn (session start-up
+    excluded) to the end."""
     await schedule.all_ready.wait()
+    collections.watching = True
     cpu, wall = time.process_time(), time.monotonic()
     await watch_loop(lags, done)
+    collections.watching = False
     return (time.process_time() - cpu) / max(1e-9, time.monotonic() - wall)
 
 
@@ -476,39 +520,55 @@ def p50_p95(values: list[float]) -> str:
 
 
 MAIN_HEADER = (
-    f"{'':>15} {'overhead':>15} {'baseline':>15} {'p95 vs':>9} {'barge-in stop':>15}",
-    f"{'sessions':>8} {'turns':>6} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'baseline':>9} {'p50':>7} {'p95':>7}",
+    f"{'':>24} {'overhead':>15} {'baseline':>15} {'p95 vs':>9} {'barge-in stop':>15} {'CPU per':>8}",
+    f"{'sessions':>8} {'heap':>8} {'turns':>6} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'baseline':>9}"
+    f" {'p50':>7} {'p95':>7} {'session':>8}",
 )
 DIAGNOSTICS_HEADER = (
-    f"{'':>8} {'STT leg':>15} {'reply leg':>15} {'barge-in tail':>15} {'loop lag':>15} {'CPU':>7}"
-    f" {'Sarvam fake':>13} {'chat fake':>13}",
-    f"{'sessions':>8} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}"
-    f" {'':>7} {'CPU':>5} {'lag99':>7} {'CPU':>5} {'lag99':>7}",
+    f"{'':>17} {'STT leg':>15} {'reply leg':>15} {'barge-in tail':>15} {'loop lag':>15} {'CPU':>7}"
+    f" {'collector':>21} {'Sarvam fake':>13} {'chat fake':>13}",
+    f"{'sessions':>8} {'heap':>8} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'p50':>7} {'p95':>7} {'p99':>7}"
+    f" {'max':>7} {'':>7} {'full':>5} {'all ms':>7} {'max':>7} {'CPU':>5} {'lag99':>7} {'CPU':>5} {'lag99':>7}",
 )
 
 
-def main_row(sessions: int, f: Figures) -> str:
+def main_row(sessions: int, heap_mode: str, f: Figures) -> str:
     base_p95 = pct(f.baseline, 0.95)
     ratio = pct(f.overhead, 0.95) / base_p95 if base_p95 > 0 else math.inf
     row = (
-        f"{sessions:>8} {len(f.overhead):>6} {p50_p95(f.overhead)} {p50_p95(f.baseline)} {ratio:>8.0f}x"
-        f" {p50_p95(f.barge_in_stop)}"
+        f"{sessions:>8} {heap_mode:>8} {len(f.overhead):>6} {p50_p95(f.overhead)} {p50_p95(f.baseline)}"
+        f" {ratio:>8.0f}x {p50_p95(f.barge_in_stop)} {f.cpu_share / sessions * 100:>7.2f}%"
     )
     if f.barge_ins_missed:
         row += f"  ({f.barge_ins_missed} of {sessions} sessions did not stop when the caller talked over the agent)"
     return row
 
 
-def diagnostics_row(sessions: int, f: Figures) -> str:
+def diagnostics_row(sessions: int, heap_mode: str, f: Figures) -> str:
     return (
-        f"{sessions:>8} {p50_p95(f.stt_leg)} {p50_p95(f.reply_leg)} {p50_p95(f.unplayed_at_barge_in)}"
+        f"{sessions:>8} {heap_mode:>8} {p50_p95(f.stt_leg)} {p50_p95(f.reply_leg)} {p50_p95(f.unplayed_at_barge_in)}"
         f" {ms(pct(f.loop_lag, 0.99)):>7} {ms(max(f.loop_lag, default=math.nan)):>7}"
-        f" {f.cpu_share * 100:>6.0f}% {fake_load(f.sarvam_load)} {fake_load(f.chat_load)}"
+        f" {f.cpu_share * 100:>6.0f}% {len(f.collections.pauses[2]):>5} {ms(f.collections.total):>7}"
+        f" {ms(f.collections.longest):>7} {fake_load(f.sarvam_load)} {fake_load(f.chat_load)}"
     )
 
 
 def fake_load(load: FakeLoad) -> str:
     return f"{load.cpu_share * 100:>4.0f}% {ms(load.loop_lag_p99):>7}"
+
+
+# CPython's own collector settings (3.11's defaults), for the stock side of the A/B.
+STOCK_THRESHOLDS = (700, 10, 10)
+
+
+def use_heap(mode: str) -> None:
+    """Set the collector up as ``mode`` says before a run; ``both`` switches it within one process."""
+    gc.unfreeze()
+    if mode == "settled":
+        heap.settle_after_startup()  # as the Daphne server and the agent worker's job processes do
+    else:
+        gc.collect()  # the previous run's garbage is not this run's
+        gc.set_threshold(*STOCK_THRESHOLDS)
 
 
 def main() -> None:
@@ -519,29 +579,32 @@ def main() -> None:
         "--spread", type=float, default=1.0, help="seconds over which sessions' first turns are spread (0: lockstep)"
     )
     parser.add_argument(
-        "--default-gc", action="store_true", help="keep CPython's collector defaults instead of the servers' settings"
+        "--heap",
+        choices=("settled", "stock", "both"),
+        default="settled",
+        help="the servers' collector settings (agent_worker.heap), CPython's, or each level with both",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    if not args.default_gc:
-        heap.settle_after_startup()  # as the Daphne server and the agent worker's job processes do
+    modes = ("stock", "settled") if args.heap == "both" else (args.heap,)
     print(
-        f"collector: {'CPython defaults' if args.default_gc else 'agent_worker.heap settings'};"
-        f" injected provider latency per turn: {INJECTED_S * 1000:.0f} ms (STT end-of-speech"
+        f"injected provider latency per turn: {INJECTED_S * 1000:.0f} ms (STT end-of-speech"
         f" {STT_END_SILENCE_S * 1000:.0f} + transcript {STT_TRANSCRIPT_DELAY_S * 1000:.0f}"
         f" + LLM TTFT {LLM_FIRST_TOKEN_S * 1000:.0f} + TTS first audio {TTS_FIRST_AUDIO_S * 1000:.0f});"
-        f" turns spread over {args.spread:g} s; times in ms"
+        f" turns spread over {args.spread:g} s; times in ms; CPU per session in % of one core"
     )
     print(*MAIN_HEADER, sep="\n")
-    measured: list[tuple[int, Figures]] = []
+    measured: list[tuple[int, str, Figures]] = []
     for level in (int(x) for x in args.sessions.split(",")):
-        figures = asyncio.run(run(level, args.turns, args.spread))
-        measured.append((level, figures))
-        print(main_row(level, figures), flush=True)
+        for mode in modes:
+            use_heap(mode)
+            figures = asyncio.run(run(level, args.turns, args.spread))
+            measured.append((level, mode, figures))
+            print(main_row(level, mode, figures), flush=True)
     print()
     print(*DIAGNOSTICS_HEADER, sep="\n")
-    for level, figures in measured:
-        print(diagnostics_row(level, figures))
+    for level, mode, figures in measured:
+        print(diagnostics_row(level, mode, figures))
 
 
 if __name__ == "__main__":
