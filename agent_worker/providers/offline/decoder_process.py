@@ -1,9 +1,9 @@
 """A pocketsphinx decoder in its own process, driven over stdin/stdout.
 
-pocketsphinx's Python binding holds the GIL while it decodes (measured: a 100 ms chunk can
-hold it for 100-300 ms, the end-of-utterance search for 150-350 ms), so a worker thread is not
-enough to keep the conversation's audio flowing: the event loop stalls with it. A child process
-decodes on another core with no lock in common, and pipes cost nothing at 32 KB/s of audio.
+pocketsphinx's Python binding holds the GIL for as long as it decodes (bench/README.md,
+``offline_speech``, has how long), so a worker thread is not enough to keep the conversation's
+audio flowing: the event loop stalls with it. A child process decodes on another core with no
+lock in common, and pipes cost nothing at 32 KB/s of audio.
 
 Run as a script (``python -P decoder_process.py``), so the child imports only the standard
 library and pocketsphinx — not this package, livekit or anything else the parent has loaded
