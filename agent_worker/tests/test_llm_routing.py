@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import openai
 import pytest
 from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APIStatusError, llm
 from livekit.agents.metrics import LLMMetrics
@@ -262,6 +263,56 @@ async def test_a_streamed_tool_call_reaches_the_session_whole(chat: FakeChatServ
     assert call.call_id
     [tool] = chat.requests[0].body["tools"]
     assert tool["function"]["name"] == "opening_hours"
+
+
+async def test_the_client_speaks_the_pinned_openai_sdks_wire_format(chat: FakeChatServer) -> None:
+    """Same chat, same tool, same scripted stream: our request body is the one the official SDK
+    puts on the wire, and we read back the text, tool call and usage the SDK reads."""
+    reply = ScriptedReply("Let me check.", tool_calls=(ScriptedToolCall("opening_hours", '{"day": "tuesday"}'),))
+    chat.script_replies(reply, reply)
+    ctx = llm.ChatContext.empty()
+    ctx.add_message(role="system", content="You are a helpful voice assistant.")
+    ctx.add_message(role="user", content="are you open on tuesday")
+    ctx.add_message(role="assistant", content="Which branch?")
+    ctx.add_message(role="user", content="Pune")
+    base_url = chat.base_url("/api/v1")
+
+    ours = openai_compat.OpenAICompatibleLLM(model="vendor/model", base_url=base_url, api_key=OPENROUTER_KEY)
+    text, calls, usage = "", [], None
+    try:
+        async with ours.chat(chat_ctx=ctx, tools=[opening_hours], tool_choice="auto", conn_options=FAST_RETRY) as s:
+            async for chunk in s:
+                text += (chunk.delta.content or "") if chunk.delta else ""
+                calls += (chunk.delta.tool_calls or []) if chunk.delta else []
+                usage = chunk.usage or usage
+    finally:
+        await ours.aclose()
+
+    messages, _ = ctx.to_provider_format(format="openai")
+    tools = llm.ToolContext([opening_hours]).parse_function_tools("openai", strict=True)
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=OPENROUTER_KEY, max_retries=0) as sdk:
+        stream = await sdk.chat.completions.create(
+            model="vendor/model",
+            messages=messages,  # type: ignore[arg-type]
+            tools=tools,  # type: ignore[arg-type]
+            tool_choice="auto",
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+
+    ours_request, sdk_request = chat.requests
+    assert ours_request.body == sdk_request.body
+    assert ours_request.headers["Authorization"] == sdk_request.headers["Authorization"]
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert text == "".join(d.content or "" for d in deltas) == "Let me check."
+    sdk_calls = [t for d in deltas for t in d.tool_calls or ()]
+    assert [(c.name, c.arguments) for c in calls] == [("opening_hours", '{"day": "tuesday"}')]
+    assert sdk_calls[0].function is not None and sdk_calls[0].function.name == "opening_hours"
+    assert "".join((t.function.arguments or "") for t in sdk_calls if t.function) == calls[0].arguments
+    sdk_usage = chunks[-1].usage
+    assert usage is not None and sdk_usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (sdk_usage.prompt_tokens, sdk_usage.completion_tokens)
 
 
 @llm.function_tool
