@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import openai
 import pytest
@@ -293,8 +294,9 @@ async def test_the_client_speaks_the_pinned_openai_sdks_wire_format(chat: FakeCh
     async with openai.AsyncOpenAI(base_url=base_url, api_key=OPENROUTER_KEY, max_retries=0) as sdk:
         stream = await sdk.chat.completions.create(
             model="vendor/model",
-            messages=messages,  # type: ignore[arg-type]
-            tools=tools,  # type: ignore[arg-type]
+            # livekit's OpenAI-format dicts, typed for the SDK
+            messages=cast("list[openai.types.chat.ChatCompletionMessageParam]", messages),
+            tools=cast("list[openai.types.chat.ChatCompletionToolParam]", tools),
             tool_choice="auto",
             stream=True,
             stream_options={"include_usage": True},
