@@ -13,20 +13,21 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import AuditLog, Organization
 from agent_worker import contracts
 from billing import signals, stripe_gateway
 from billing.models import BillingAccount, LedgerEntry, MeterEventReport, TopUpCheckout, UsageRecord
-from billing.pricing import display, price_usage
+from billing.pricing import PriceBook, display
 from billing.selectors import billing_account_get, month_to_date_spend
 from callmissed import queueing
 from callmissed.errors import (
@@ -45,7 +46,7 @@ MIN_TOP_UP = Decimal("5.00")
 MAX_TOP_UP = Decimal("10000.00")
 TOP_UP_CURRENCY = "usd"
 MIN_ADMIN_CREDIT = Decimal("0.01")
-# What a balance credit may be: usage debits are posted by ``usage_event_apply`` alone.
+# What a balance credit may be: usage debits are posted by ``usage_events_apply`` alone.
 CREDIT_KINDS = (LedgerEntry.Kind.GRANT, LedgerEntry.Kind.TOP_UP, LedgerEntry.Kind.ADJUSTMENT)
 
 
@@ -198,37 +199,52 @@ def session_admission_check(*, account: BillingAccount, live_sessions: int) -> N
 
 @dataclass
 class UsageApplied:
+    # The records this call inserted (the events seen before insert none).
     records: list[UsageRecord] = field(default_factory=list)
     duplicate: bool = False
     # Why the organization may no longer run sessions after this usage, or None.
     exhausted: str | None = None
 
 
-def usage_event_apply(*, event: contracts.UsageReported, organization: Organization) -> UsageApplied:
-    """Record one usage event of ``organization``'s session as priced, immutable records and one
-    ledger debit — once per event id.
+def usage_events_apply(*, events: Sequence[contracts.UsageReported], organization: Organization) -> UsageApplied:
+    """Record usage events of ``organization``'s sessions as priced, immutable records and one
+    ledger debit for all that is new in them — each event id once, whether it repeats in
+    ``events``, came alone or in an earlier call, or is being applied by another worker at this
+    very moment: the records are inserted skipping the (event id, index) pairs already stored,
+    and only what this call inserted is debited and reported to Stripe. A lone event is a batch
+    of one.
 
-    When the usage leaves the organization unable to pay, ``signals.balance_exhausted`` is sent
-    (the voice app ends its live sessions). Raises ``PriceMissing`` when a price is not
-    configured, so the task retries (and an admin can add the row) rather than dropping billable
-    usage."""
-    account = billing_account_get(organization=organization)
-    with transaction.atomic():
-        # The account lock serialises usage per organization: a duplicate waits, then sees the rows.
-        account = BillingAccount.objects.select_for_update().get(pk=account.pk)
-        if UsageRecord.objects.filter(event_id=event.event_id).exists():
+    The prices are read once, before anything is written: a missing one raises ``PriceMissing``
+    with nothing written, so the task retries (an admin can add the row) rather than dropping
+    billable usage, and a caller's transaction holding other writes may still commit them. Runs
+    in the caller's transaction when there is one. When the usage leaves the organization unable
+    to pay, ``signals.balance_exhausted`` is sent once, after the commit (the voice app ends its
+    live sessions)."""
+    distinct = {event.event_id: event for event in events}.values()
+    billable = [(event, i, item) for event in distinct for i, item in enumerate(event.items) if item.quantity > 0]
+    if not billable:
+        return UsageApplied()
+    book = PriceBook.load(
+        items={(item.component, item.model) for _, _, item in billable},
+        until=max(event.occurred_at for event, _, _ in billable),
+    )
+    records = [
+        _record_build(organization=organization, event=event, index=index, item=item, book=book)
+        for event, index, item in billable
+    ]
+    with transaction.atomic(savepoint=False):
+        inserted = _records_insert_new(records)
+        if not inserted:
             return UsageApplied(duplicate=True)
-        records = [
-            _record(organization=organization, event=event, index=index, item=item)
-            for index, item in enumerate(event.items)
-            if item.quantity > 0
-        ]
-        if records:
-            _debit(account=account, records=records)
+        account = _debit(organization=organization, records=inserted)
         exhausted = funds_problem(account=account)
-    if exhausted:
-        signals.balance_exhausted.send(sender=BillingAccount, organization=organization, reason=exhausted)
-    return UsageApplied(records=records, exhausted=exhausted)
+        if exhausted:
+            transaction.on_commit(
+                lambda: signals.balance_exhausted.send(
+                    sender=BillingAccount, organization=organization, reason=exhausted
+                )
+            )
+    return UsageApplied(records=inserted, exhausted=exhausted)
 
 
 def _signal_low_balance(*, account: BillingAccount, before: Decimal, reference: str) -> None:
@@ -237,48 +253,50 @@ def _signal_low_balance(*, account: BillingAccount, before: Decimal, reference: 
         signals.low_balance.send(sender=BillingAccount, account=account, threshold=threshold, reference=reference)
 
 
-def usage_events_apply(*, events: list[contracts.UsageReported], organization: Organization) -> UsageApplied:
-    """``usage_event_apply`` for several events of one organization at once: one account lock,
-    one read of which event ids are already recorded, the new records inserted together and one
-    ledger debit for their total. Each event id is still recorded once, whether it repeats in
-    the batch, was applied alone or came in an earlier batch. ``exhausted`` is signalled once the
-    transaction commits (this may run inside a caller's)."""
-    account = billing_account_get(organization=organization)
-    with transaction.atomic():
-        account = BillingAccount.objects.select_for_update().get(pk=account.pk)
-        seen = set(
-            UsageRecord.objects.filter(event_id__in={e.event_id for e in events})
-            .values_list("event_id", flat=True)
-            .distinct()
-        )
-        records: list[UsageRecord] = []
-        for event in events:
-            if event.event_id in seen:
-                continue
-            seen.add(event.event_id)
-            records += [
-                _record_build(organization=organization, event=event, index=index, item=item)
-                for index, item in enumerate(event.items)
-                if item.quantity > 0
-            ]
-        if not records:
-            return UsageApplied(duplicate=True)
-        UsageRecord.objects.bulk_create(records)
-        _debit(account=account, records=records)
-        exhausted = funds_problem(account=account)
-        if exhausted:
-            transaction.on_commit(
-                lambda: signals.balance_exhausted.send(
-                    sender=BillingAccount, organization=organization, reason=exhausted
-                )
+def _records_insert_new(records: list[UsageRecord]) -> list[UsageRecord]:
+    """Insert the records whose (event id, index) is not stored yet and return those, with their
+    primary keys: ``INSERT … ON CONFLICT DO NOTHING RETURNING``, which Django's ``bulk_create``
+    cannot say (with ``ignore_conflicts`` it returns nothing). A record another transaction is
+    inserting at the same moment waits for it and is skipped if it commits, so two workers
+    applying the same event record it once, without locking anything first. Rows go in key order:
+    two such inserts never hold each other's rows (no deadlock)."""
+    records = sorted(records, key=lambda r: (r.event_id, r.index))
+    meta = UsageRecord._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    conflict = ", ".join(quote(meta.get_field(name).column) for name in ("event_id", "index"))
+    returning = ", ".join(quote(meta.get_field(name).column) for name in ("id", "event_id", "index"))
+    by_key = {(r.event_id, r.index): r for r in records}
+    inserted: list[UsageRecord] = []
+    step = connection.ops.bulk_batch_size(fields, records)
+    with connection.cursor() as cursor:
+        for start in range(0, len(records), step):
+            chunk = records[start : start + step]
+            values = ", ".join([f"({', '.join(['%s'] * len(fields))})"] * len(chunk))
+            params = [f.get_db_prep_save(f.pre_save(r, add=True), connection) for r in chunk for f in fields]
+            cursor.execute(
+                f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values} "  # noqa: S608 (names from the model)
+                f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}",
+                params,
             )
-    return UsageApplied(records=records, exhausted=exhausted)
+            for pk, event_id, index in cursor.fetchall():
+                record = by_key[(event_id, index)]
+                record.pk = pk
+                record._state.adding = False
+                record._state.db = connection.alias
+                inserted.append(record)
+    inserted.sort(key=lambda r: (r.event_id, r.index))
+    return inserted
 
 
-def _debit(*, account: BillingAccount, records: list[UsageRecord]) -> None:
-    """One ledger post for new usage records (of one event or a batch), under the account's lock,
-    named by the first record's event: no other post records that event id again."""
+def _debit(*, organization: Organization, records: list[UsageRecord]) -> BillingAccount:
+    """One balance update and one ledger post for the records just inserted, named by the first
+    record's event (only the transaction that inserted its records posts that reference), then
+    their meter events. The balance is changed in the statement that reads it back, so the
+    account's row is locked only from here to the commit. Returns the account as updated."""
     total = sum((r.cost for r in records), Decimal(0))
+    account = _balance_subtract(organization=organization, amount=total)
     LedgerEntry.objects.create(
         account=account,
         kind=LedgerEntry.Kind.USAGE,
@@ -286,26 +304,38 @@ def _debit(*, account: BillingAccount, records: list[UsageRecord]) -> None:
         reference=f"usage:{records[0].event_id}",
         description=f"Session {records[0].session_id}",
     )
-    balance_before = account.balance
-    account.balance -= total
-    account.save(update_fields=["balance"])
-    _signal_low_balance(account=account, before=balance_before, reference=records[0].event_id)
-    _queue_meter_events(account=account, records=records)
+    _signal_low_balance(account=account, before=account.balance + total, reference=records[0].event_id)
+    _queue_meter_events(records=records)
+    return account
 
 
-def _record(
-    *, organization: Organization, event: contracts.UsageReported, index: int, item: contracts.UsageItem
-) -> UsageRecord:
-    record = _record_build(organization=organization, event=event, index=index, item=item)
-    record.save(force_insert=True)
-    return record
+def _balance_subtract(*, organization: Organization, amount: Decimal) -> BillingAccount:
+    meta = BillingAccount._meta
+    quote = connection.ops.quote_name
+    balance = meta.get_field("balance")
+    owner = meta.get_field("organization")
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {quote(balance.column)} = {quote(balance.column)} - %s "  # noqa: S608 (names from the model)
+        f"WHERE {quote(owner.column)} = %s RETURNING *"
+    )
+    params = [balance.get_db_prep_save(amount, connection), owner.get_db_prep_save(organization.pk, connection)]
+    updated = list(BillingAccount.objects.raw(sql, params))
+    if not updated:
+        raise BillingAccount.DoesNotExist(f"Organization {organization.pk} has no billing account")
+    updated[0].organization = organization
+    return updated[0]
 
 
 def _record_build(
-    *, organization: Organization, event: contracts.UsageReported, index: int, item: contracts.UsageItem
+    *,
+    organization: Organization,
+    event: contracts.UsageReported,
+    index: int,
+    item: contracts.UsageItem,
+    book: PriceBook,
 ) -> UsageRecord:
     quantity = Decimal(str(item.quantity)).quantize(Decimal("0.000001"))
-    priced = price_usage(component=item.component, model=item.model, quantity=quantity, at=event.occurred_at)
+    priced = book.price(component=item.component, model=item.model, quantity=quantity, at=event.occurred_at)
     return UsageRecord(
         event_id=event.event_id,
         index=index,
@@ -325,25 +355,28 @@ def _record_build(
     )
 
 
-def _queue_meter_events(*, account: BillingAccount, records: list[UsageRecord]) -> None:
-    """One meter event per record, created in the same transaction so none is ever forgotten;
-    the Celery task sends it after commit, and a periodic flush catches any that were not."""
+def _queue_meter_events(*, records: list[UsageRecord]) -> None:
+    """One meter event per record, inserted together in the same transaction so none is ever
+    forgotten; the Celery task sends each after commit, and a periodic flush catches any that
+    were not."""
     from billing import tasks  # the task module imports this one
 
     billable = stripe_gateway.enabled()
-    reports = [
-        MeterEventReport.objects.create(
-            usage_record=record,
-            identifier=f"cm-usage-{record.event_id}-{record.index}",
-            value=int((record.cost * MICRO).to_integral_value()),
-            status=MeterEventReport.Status.PENDING if billable else MeterEventReport.Status.SKIPPED,
-        )
-        for record in records
-    ]
+    reports = MeterEventReport.objects.bulk_create(
+        [
+            MeterEventReport(
+                usage_record=record,
+                identifier=f"cm-usage-{record.event_id}-{record.index}",
+                value=int((record.cost * MICRO).to_integral_value()),
+                status=MeterEventReport.Status.PENDING if billable else MeterEventReport.Status.SKIPPED,
+            )
+            for record in records
+        ]
+    )
     if billable:
-        ids = [r.pk for r in reports if r.value > 0]
-        for report_id in ids:
-            queueing.enqueue_on_commit(tasks.report_meter_event, report_id=report_id)
+        for report in reports:
+            if report.value > 0:
+                queueing.enqueue_on_commit(tasks.report_meter_event, report_id=report.pk)
 
 
 def meter_event_send(*, report_id: int) -> MeterEventReport:

@@ -14,6 +14,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from agent_worker import contracts
 from billing import services as billing_services
+from billing.pricing import PriceMissing
 from callmissed import queueing
 from voice import events, livekit, ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
@@ -273,66 +274,66 @@ def _queue_room_delete(room_name: str) -> None:
         logger.warning("Could not delete LiveKit room %s yet; it stays queued for the reaper", room_name, exc_info=True)
 
 
-def transcript_segment_add(*, segment: contracts.TranscriptSegment) -> TranscriptSegment | None:
-    """Store a final segment once; a redelivered event id returns the stored row unchanged. None
-    (the line dropped) when the session is unknown or its content was deleted."""
-    session = VoiceSession.objects.filter(pk=segment.session_id, content_deleted_at__isnull=True).first()
-    if session is None:
-        logger.info("Transcript segment for unknown or deleted session %s dropped", segment.session_id)
-        return None
-    row, _ = TranscriptSegment.objects.get_or_create(
-        event_id=segment.event_id,
-        defaults={
-            "session": session,
-            "role": segment.role,
-            "text": segment.text,
-            "language": segment.language,
-            "start_offset_ms": segment.start_offset_ms,
-            "end_offset_ms": max(segment.end_offset_ms, segment.start_offset_ms),
-            "tool_call": segment.tool_call.model_dump(mode="json") if segment.tool_call else None,
-        },
-    )
-    return row
+def transcript_segment_add(*, segment: contracts.TranscriptSegment) -> None:
+    """Store a final segment once (a batch of one): a redelivered event id changes nothing; the
+    line is dropped when the session is unknown or its content was deleted."""
+    worker_events_apply(batch=contracts.EventBatch(session_id=segment.session_id, segments=[segment]))
 
 
 def usage_add(*, usage: contracts.UsageReported) -> billing_services.UsageApplied | None:
-    """Bill one usage event to its session's organization (once per event id); None when the
-    session is unknown. Usage outlives deleted content, so a deleted session's usage still bills."""
-    session = VoiceSession.objects.select_related("organization").filter(pk=usage.session_id).first()
-    if session is None:
-        logger.warning("usage_reported for unknown session %s", usage.session_id)
-        return None
-    return billing_services.usage_event_apply(event=usage, organization=session.organization)
+    """Bill one usage event (a batch of one) to its session's organization, once per event id;
+    None when the session is unknown."""
+    return worker_events_apply(batch=contracts.EventBatch(session_id=usage.session_id, usage=[usage]))
 
 
-def worker_events_apply(*, batch: contracts.EventBatch) -> None:
-    """A session's batch of segments and usage: the segments in one insert that skips event ids
-    already stored, then the usage in one transaction and one ledger post
-    (``usage_events_apply``). Each event id takes effect once, in this batch, another or alone.
-    The segments are stored before the usage is priced: a missing price retries the task, and the
-    transcript must not wait for an admin (the retry inserts nothing twice)."""
+def worker_events_apply(*, batch: contracts.EventBatch) -> billing_services.UsageApplied | None:
+    """A session's segments and usage, from the reporter's batch or one event alone, in one
+    transaction: the segments in one insert that skips event ids already stored, the usage in
+    ``usage_events_apply`` (one insert of what is new, one ledger post). Each event id takes
+    effect once, in this batch, another or alone, whichever worker applies it. Usage outlives
+    deleted content, so a deleted session's usage still bills while its lines are dropped.
+
+    A missing price raises (the task retries) after the segments are committed: the transcript
+    must not wait for an admin, and the retry inserts nothing twice. None when the session is
+    unknown (nothing is stored)."""
     session = VoiceSession.objects.select_related("organization").filter(pk=batch.session_id).first()
     if session is None:
-        logger.warning("Event batch for unknown session %s dropped", batch.session_id)
-        return
-    if batch.segments and session.content_deleted_at is None:
-        TranscriptSegment.objects.bulk_create(
-            [
-                TranscriptSegment(
-                    event_id=segment.event_id,
-                    session=session,
-                    role=segment.role,
-                    text=segment.text,
-                    language=segment.language,
-                    start_offset_ms=segment.start_offset_ms,
-                    end_offset_ms=max(segment.end_offset_ms, segment.start_offset_ms),
-                )
-                for segment in batch.segments
-            ],
-            ignore_conflicts=True,  # the unique event id: a repeat inserts nothing
-        )
-    if batch.usage:
-        billing_services.usage_events_apply(events=batch.usage, organization=session.organization)
+        logger.warning("Events of unknown session %s dropped", batch.session_id)
+        return None
+    applied = None
+    missing: PriceMissing | None = None
+    with transaction.atomic():
+        if batch.segments and session.content_deleted_at is None:
+            _segments_insert(session=session, segments=batch.segments)
+        if batch.usage:
+            try:
+                applied = billing_services.usage_events_apply(events=batch.usage, organization=session.organization)
+            except PriceMissing as error:  # raised before billing wrote anything
+                missing = error
+    if missing is not None:
+        raise missing
+    return applied
+
+
+def _segments_insert(*, session: VoiceSession, segments: list[contracts.TranscriptSegment]) -> None:
+    # In event-id order: two workers inserting overlapping batches never wait on each other in a cycle.
+    distinct = sorted({segment.event_id: segment for segment in segments}.values(), key=lambda s: s.event_id)
+    TranscriptSegment.objects.bulk_create(
+        [
+            TranscriptSegment(
+                event_id=segment.event_id,
+                session=session,
+                role=segment.role,
+                text=segment.text,
+                language=segment.language,
+                start_offset_ms=segment.start_offset_ms,
+                end_offset_ms=max(segment.end_offset_ms, segment.start_offset_ms),
+                tool_call=segment.tool_call.model_dump(mode="json") if segment.tool_call else None,
+            )
+            for segment in distinct
+        ],
+        ignore_conflicts=True,  # the unique event id: a repeat inserts nothing
+    )
 
 
 def worker_event_queue(*, event: contracts.WorkerEvent) -> None:

@@ -37,7 +37,7 @@ def usage_event(
 def apply_usage(event: contracts.UsageReported) -> services.UsageApplied:
     """What the voice app does with a usage event: bill it to its session's organization."""
     session = VoiceSession.objects.select_related("organization").get(pk=event.session_id)
-    return services.usage_event_apply(event=event, organization=session.organization)
+    return services.usage_events_apply(events=[event], organization=session.organization)
 
 
 def _provider(model: str) -> str:

@@ -106,7 +106,9 @@ def test_a_limits_change_is_audited_with_old_and_new_values_and_a_no_op_is_not(a
     assert AuditLog.objects.filter(organization=api.org, action=LIMITS).count() == 1
 
 
-def test_usage_that_exhausts_the_balance_is_reported_not_acted_on(api: Any) -> None:
+def test_usage_that_exhausts_the_balance_is_reported_once_after_commit_not_acted_on(
+    api: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     heard: list[dict[str, Any]] = []
 
     def listener(sender: Any, **kwargs: Any) -> None:
@@ -115,13 +117,21 @@ def test_usage_that_exhausts_the_balance_is_reported_not_acted_on(api: Any) -> N
     signals.balance_exhausted.connect(listener, dispatch_uid="test.listener")
     try:
         session = VoiceSessionFactory.create(organization=api.org)
-        applied = apply_usage(usage_event(session, (C.LLM_OUTPUT_TOKENS, "kimi-k2.5", 3_000_000)))
+        over = [usage_event(session, (C.LLM_OUTPUT_TOKENS, "kimi-k2.5", 3_000_000)) for _ in range(2)]
+        with django_capture_on_commit_callbacks() as after_commit:
+            lone = apply_usage(usage_event(session, (C.LLM_OUTPUT_TOKENS, "kimi-k2.5", 1_000_000)))
+            batch = services.usage_events_apply(events=[*over, over[0]], organization=api.org)
+            # Nobody hears of it before the usage is committed: a rollback must not end calls.
+            assert heard == []
+        for callback in after_commit:
+            callback()
     finally:
         signals.balance_exhausted.disconnect(dispatch_uid="test.listener")
 
-    assert applied.exhausted is not None and "exhausted" in applied.exhausted
-    [kwargs] = heard
-    assert kwargs["organization"] == api.org and kwargs["reason"] == applied.exhausted
+    assert lone.exhausted is None  # 2.30 of the 5.00 credit
+    assert batch.exhausted is not None and "exhausted" in batch.exhausted
+    [kwargs] = heard  # once for the batch, not once per event
+    assert kwargs["organization"] == api.org and kwargs["reason"] == batch.exhausted
 
 
 def test_organizations_from_before_get_their_account_by_migration(settings: Any) -> None:

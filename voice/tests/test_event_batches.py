@@ -1,17 +1,24 @@
 """A session's segments and usage arriving as batches: each event id takes effect once whatever
-repeats, overlaps or arrives out of order, and a batch's usage is one ledger post."""
+repeats, overlaps or arrives out of order, whichever worker applies it, and a batch is one
+transaction of a fixed number of statements with one ledger post."""
 
 from __future__ import annotations
 
+import os
+import threading
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.db.models import Sum
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent_worker import contracts
-from billing.models import BillingAccount, LedgerEntry, ModelPrice, UsageRecord
-from billing.tests.support import KIMI_TURN, usage_event
-from voice import tasks
+from billing.models import BillingAccount, LedgerEntry, MeterEventReport, ModelPrice, UsageRecord
+from billing.tests.support import KIMI_TURN, C, usage_event
+from voice import lifecycle, tasks
 from voice.models import TranscriptSegment, VoiceSession
 from voice.tests.factories import VoiceSessionFactory
 
@@ -99,3 +106,172 @@ def test_a_batch_whose_usage_has_no_price_still_stores_its_transcript(api: Any) 
         lifecycle.worker_events_apply(batch=batch)
     assert [s.text for s in TranscriptSegment.objects.filter(session=session)] == ["Namaste"]
     assert not UsageRecord.objects.filter(session_id=session.id).exists()
+
+
+def test_a_tool_line_in_a_batch_keeps_its_call(api: Any) -> None:
+    session = VoiceSessionFactory.create(organization=api.org)
+    record = contracts.ToolCallRecord(name="lookup", call_id="call_1", arguments="{}", result="{}", latency_ms=9.0)
+    tool = contracts.TranscriptSegment(
+        session_id=str(session.id), role="tool", text="lookup", start_offset_ms=0, end_offset_ms=5, tool_call=record
+    )
+    _send_batch(session, tool, _segment(session, 100, "It has shipped."))
+    lines = api.get(f"/v1/voice/sessions/{session.id}/transcripts").json()["segments"]
+    assert [line["tool_call"] for line in lines] == [record.model_dump(mode="json"), None]
+
+
+def test_usage_before_the_sessions_start_bills_and_the_start_still_applies(api: Any) -> None:
+    session = VoiceSessionFactory.create(organization=api.org)
+    before = _balance(session)
+    _send_batch(session, usage_event(session, *KIMI_TURN), _segment(session, 0, "pehle"))
+    tasks.session_started.apply(
+        kwargs={"payload": contracts.SessionStarted(session_id=str(session.id)).model_dump(mode="json")}
+    ).get()
+
+    session.refresh_from_db()
+    assert session.status == VoiceSession.Status.ACTIVE
+    assert before - _balance(session) == Decimal("0.0487184")
+    assert TranscriptSegment.objects.filter(session=session).count() == 1
+
+
+ON_POSTGRESQL = os.environ.get("DATABASE_URL", "").startswith("postgres")
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        1,
+        pytest.param(
+            40, marks=pytest.mark.skipif(not ON_POSTGRESQL, reason="SQLite's parameter limit splits a long insert")
+        ),
+    ],
+)
+def test_a_batch_costs_the_same_statements_whatever_its_size(
+    api: Any, django_assert_num_queries: Any, size: int
+) -> None:
+    """The session; the segments' insert; the prices and the rates they are in (one read each);
+    the usage's insert; the balance; the ledger post; the meter events — plus the batch's own
+    transaction, a savepoint inside a test."""
+    session = VoiceSessionFactory.create(organization=api.org)
+    events = [
+        *(_segment(session, 1000 * i, f"line {i}") for i in range(size)),
+        *(usage_event(session, *KIMI_TURN) for _ in range(size)),
+    ]
+    batch = contracts.EventBatch(
+        session_id=str(session.id),
+        segments=[e for e in events if isinstance(e, contracts.TranscriptSegment)],
+        usage=[e for e in events if isinstance(e, contracts.UsageReported)],
+    )
+    with django_assert_num_queries(8 + 2):
+        lifecycle.worker_events_apply(batch=batch)
+    # Redelivered: nothing new, so no balance, ledger or meter statement.
+    with django_assert_num_queries(5 + 2):
+        lifecycle.worker_events_apply(batch=batch)
+    assert MeterEventReport.objects.filter(usage_record__session_id=session.id).count() == size * len(KIMI_TURN)
+
+
+# Priced in USD at 0.52 per million: a record's cost is exact, so the expected total is too.
+_PER_TOKEN = Decimal("0.52") / 1_000_000
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pool=st.lists(st.tuples(st.booleans(), st.integers(1, 5_000)), min_size=1, max_size=8),
+    deliveries=st.lists(
+        st.tuples(st.booleans(), st.lists(st.integers(0, 7), min_size=1, max_size=10)), min_size=1, max_size=5
+    ),
+)
+def test_any_deliveries_with_repeats_store_and_charge_exactly_the_distinct_events(
+    pool: list[tuple[bool, int]], deliveries: list[tuple[bool, list[int]]]
+) -> None:
+    """Events (segments, or usage of ``tokens``) delivered in batches or alone, repeated and in
+    any order: the stored rows and the ledger are those of the distinct events delivered."""
+    session = VoiceSessionFactory.create()  # its own organization and account each example
+    sid = str(session.id)
+    events: list[contracts.WorkerEvent] = [
+        usage_event(session, (C.LLM_INPUT_TOKENS, "kimi-k2.5", tokens))
+        if is_usage
+        else _segment(session, 1000 * n, f"line {n}")
+        for n, (is_usage, tokens) in enumerate(pool)
+    ]
+    before = _balance(session)
+    delivered: dict[str, contracts.WorkerEvent] = {}
+    for alone, picks in deliveries:
+        chosen = [events[i % len(events)] for i in picks]
+        delivered.update((e.event_id, e) for e in chosen)
+        if alone:
+            for event in chosen:
+                if isinstance(event, contracts.UsageReported):
+                    lifecycle.usage_add(usage=event)
+                else:
+                    lifecycle.transcript_segment_add(segment=event)
+        else:
+            lifecycle.worker_events_apply(
+                batch=contracts.EventBatch(
+                    session_id=sid,
+                    segments=[e for e in chosen if isinstance(e, contracts.TranscriptSegment)],
+                    usage=[e for e in chosen if isinstance(e, contracts.UsageReported)],
+                )
+            )
+
+    usage = [e for e in delivered.values() if isinstance(e, contracts.UsageReported)]
+    segments = [e for e in delivered.values() if isinstance(e, contracts.TranscriptSegment)]
+    expected = sum((Decimal(int(e.items[0].quantity)) * _PER_TOKEN for e in usage), Decimal(0))
+    stored = set(TranscriptSegment.objects.filter(session=session).values_list("event_id", flat=True))
+    assert stored == {e.event_id for e in segments}
+    records = UsageRecord.objects.filter(session_id=session.id)
+    assert sorted(records.values_list("event_id", flat=True)) == sorted(e.event_id for e in usage)
+    debited = LedgerEntry.objects.filter(account__organization=session.organization, kind=LedgerEntry.Kind.USAGE)
+    assert -(debited.aggregate(t=Sum("amount"))["t"] or 0) == expected == before - _balance(session)
+    assert MeterEventReport.objects.filter(usage_record__session_id=session.id).count() == len(usage)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("seeded_prices")
+@pytest.mark.skipif(
+    not ON_POSTGRESQL,
+    reason="two workers at once need PostgreSQL's row locks (SQLite serialises writers itself)",
+)
+def test_two_workers_applying_the_same_events_at_once_count_each_once() -> None:
+    """A redelivery racing the first delivery (acks late, a worker presumed lost): both workers
+    insert the same event ids at the same moment, in different orders and batches."""
+    session = VoiceSessionFactory.create()
+    sid = str(session.id)
+    before = _balance(session)
+    rounds = 6
+    for round_ in range(rounds):
+        segments = [_segment(session, 10_000 * round_ + 1000 * i, f"r{round_} line {i}") for i in range(6)]
+        usage = [usage_event(session, *KIMI_TURN) for _ in range(4)]
+        batches = [
+            contracts.EventBatch(session_id=sid, segments=segments, usage=usage),
+            contracts.EventBatch(session_id=sid, segments=segments[::-1], usage=usage[::-1]),
+        ]
+        barrier = threading.Barrier(len(batches))
+        errors: list[BaseException] = []
+
+        def apply(batch: contracts.EventBatch, barrier: threading.Barrier = barrier, errors: list = errors) -> None:
+            try:
+                barrier.wait(timeout=30)
+                lifecycle.worker_events_apply(batch=batch)
+            except BaseException as error:  # reported below, on the test's thread
+                errors.append(error)
+            finally:
+                connection.close()
+
+        workers = [threading.Thread(target=apply, args=(batch,)) for batch in batches]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert errors == []
+
+    assert TranscriptSegment.objects.filter(session=session).count() == rounds * 6
+    records = UsageRecord.objects.filter(session_id=session.id)
+    assert records.count() == rounds * 4 * len(KIMI_TURN)
+    assert (
+        LedgerEntry.objects.filter(account__organization=session.organization)
+        .exclude(kind=LedgerEntry.Kind.GRANT)
+        .count()
+        == rounds
+    )  # one post per round: whoever inserted the events
+    charged = records.aggregate(t=Sum("cost"))["t"]
+    assert before - _balance(session) == charged == rounds * 4 * Decimal("0.0487184")
