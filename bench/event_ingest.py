@@ -2,15 +2,19 @@
 batches, same run.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/cm_bench \\
-        .venv/bin/python -m bench.event_ingest [--sessions 10] [--segments 400] [--usage 100]
+        .venv/bin/python -m bench.event_ingest [--sessions 10] [--segments 400] [--usage 100] \\
+        [--modes per-event,batched]
 
 A private Redis (``testsupport.redis_server``) is the broker and a Celery worker with two prefork
 children (as docker-compose runs it) applies the events. For each mode the agent worker's own
 ``EventReporter`` reports, per session, the segments and usage events interleaved, and then 10 %
 of them again (a redelivery); the clock runs from the first report until every event is in
 PostgreSQL. ``per event`` is the reporter with its batch window at 0 (one task per event, the
-baseline), ``batched`` its default window. Lost: events never stored; doubled: usage records or
-ledger debits beyond one per event (segments are unique by event id).
+baseline), ``batched`` its default window (``--modes batched`` runs that one alone). Lost: events
+never stored; doubled: usage records or ledger debits beyond one per event (segments are unique
+by event id). Worker CPU: the user and system seconds the Celery worker (its main process and
+its two children) spent during the mode, per event reported, republished ones included: the cost
+that does not depend on what else runs on the machine (PostgreSQL's own share is not in it).
 """
 
 from __future__ import annotations
@@ -34,11 +38,17 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--segments", type=int, default=400, help="per session")
     parser.add_argument("--usage", type=int, default=100, help="per session")
+    parser.add_argument("--modes", default="per-event,batched", help="comma-separated: per-event, batched")
     args = parser.parse_args()
+    windows = {"per-event": 0.0, "batched": 0.05}
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - set(windows):
+        parser.error(f"--modes takes {', '.join(windows)}")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "callmissed.settings")
     server_env = dict(os.environ)
     os.environ["DATABASE_POOL_MAX_SIZE"] = "0"
     import django
+    import psutil
 
     django.setup()
     from django.core.management import call_command
@@ -74,7 +84,13 @@ def main() -> None:
                 if worker.poll() is not None:
                     raise RuntimeError(log.read_text(errors="replace")[-4000:])
                 time.sleep(0.2)
-            for mode, window in (("per event", 0.0), ("batched", 0.05)):
+
+            def worker_cpu_seconds() -> float:
+                processes = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+                return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+            for mode in modes:
+                window = windows[mode]
                 sessions = [
                     VoiceSessionFactory.create(room_name=f"ingest-{time.time_ns()}-{i}") for i in range(args.sessions)
                 ]
@@ -123,6 +139,7 @@ def main() -> None:
                     await reporter.flush(within=300)
 
                 reporter = EventReporter(broker_url=redis.url(0), batch_window=window)
+                cpu_before = worker_cpu_seconds()
                 started = time.perf_counter()
                 asyncio.run(report(reporter, [*events, *again]))
                 published = time.perf_counter() - started
@@ -130,6 +147,8 @@ def main() -> None:
                 while stored() != (expected_segments, expected_usage) and time.monotonic() < deadline:
                     time.sleep(0.05)
                 drained = time.perf_counter() - started
+                cpu = worker_cpu_seconds() - cpu_before
+                load = os.getloadavg()[0]
                 asyncio.run(reporter.aclose())
                 time.sleep(1.0)  # anything late (a redelivery applied twice) lands too
                 segments, usage_events = stored()
@@ -147,14 +166,34 @@ def main() -> None:
                     0 if debited == cost else 1
                 )
                 total = expected_segments + expected_usage
-                rows.append((mode, total, len(again), published, drained, total / drained, lost, doubled))
+                reported = total + len(again)
+                rows.append(
+                    (
+                        mode,
+                        total,
+                        len(again),
+                        published,
+                        drained,
+                        total / drained,
+                        cpu * 1e6 / reported,
+                        load,
+                        lost,
+                        doubled,
+                    )
+                )
         finally:
             stop_process(worker, timeout=30)
     print(f"# done {time.strftime('%H:%M:%S')} load average {os.getloadavg()[0]:.2f}")
-    print("| mode | events | republished | reported in s | drained in s | events/s | lost | doubled |")
-    print("|---|---|---|---|---|---|---|---|")
-    for mode, total, again_n, published, drained, rate, lost, doubled in rows:
-        print(f"| {mode} | {total} | {again_n} | {published:.1f} | {drained:.1f} | {rate:.0f} | {lost} | {doubled} |")
+    print(
+        "| mode | events | republished | reported in s | drained in s | events/s | worker CPU µs/event "
+        "| load average | lost | doubled |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mode, total, again_n, published, drained, rate, cpu_us, load, lost, doubled in rows:
+        print(
+            f"| {mode} | {total} | {again_n} | {published:.1f} | {drained:.1f} | {rate:.0f} | {cpu_us:.0f} "
+            f"| {load:.2f} | {lost} | {doubled} |"
+        )
 
 
 if __name__ == "__main__":
