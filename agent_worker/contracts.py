@@ -260,10 +260,12 @@ PUBLISHED_AT_HEADER = "callmissed_published_at"
 
 
 class EventBatch(_Payload):
-    """Transcript segments and usage one session reported within the reporter's window, sent as
-    one task; Django applies each event id in it once, as if it had come alone."""
+    """Transcript segments and usage the sessions of one worker process reported within the
+    reporter's window, sent as one task; Django applies each event id in it once, to the session
+    the event names, as if it had come alone."""
 
-    session_id: str
+    # The session when every event is one session's, else empty: Django reads each event's own.
+    session_id: str = ""
     segments: list[TranscriptSegment] = Field(default_factory=list)
     usage: list[UsageReported] = Field(default_factory=list)
 

@@ -3,11 +3,13 @@
 ``EventReporter.report(event)`` returns at once: a single publisher thread sends the events in
 the order they were reported, with ``send_task`` to the task name ``contracts`` gives their type
 and ``{"payload": event}`` as the body, so the asyncio loop running the conversation never waits
-on Redis. Transcript segments and usage a session reports within ``batch_window`` seconds leave
-as one ``EventBatch`` task (a lone one as its own task); any other event of the session first
-sends what is waiting, so a session's events still arrive in the order they happened. A broker
-that is briefly away is retried with bounded backoff; an event that still cannot be sent is
-logged with its id and dropped, and the conversation goes on.
+on Redis. Transcript segments and usage that all the process's sessions report within
+``batch_window`` seconds leave as one ``EventBatch`` task (a lone one as its own task), at most
+``max_batch`` events each: Django's cost is mostly per task, and one session alone fills a
+window with two or three events. Any other event (a start, an end) first sends what is waiting,
+so a session's events still arrive in the order they happened. A broker that is briefly away is
+retried with bounded backoff; an event that still cannot be sent is logged with its id and
+dropped, and the conversation goes on.
 """
 
 from __future__ import annotations
@@ -99,9 +101,9 @@ class EventReporter:
         self._pending: set[asyncio.Future[bool]] = set()
         self._batch_window = batch_window
         self._max_batch = max(1, max_batch)
-        # Per session: the segments and usage waiting for the window to close, and its timer.
-        self._waiting: dict[str, list[contracts.WorkerEvent]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # The segments and usage waiting for the window to close, and its timer.
+        self._waiting: list[contracts.WorkerEvent] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = threading.Event()
         self.sent = 0
         self.dropped = 0
@@ -109,17 +111,13 @@ class EventReporter:
     def report(self, event: contracts.WorkerEvent) -> None:
         """Queue one event for sending; never blocks. Call from the event loop."""
         if self._batch_window > 0 and isinstance(event, _BATCHED):
-            waiting = self._waiting.setdefault(event.session_id, [])
-            waiting.append(event)
-            if len(waiting) >= self._max_batch:
-                self._send_waiting(event.session_id)
-            elif len(waiting) == 1:
-                loop = asyncio.get_running_loop()
-                self._timers[event.session_id] = loop.call_later(
-                    self._batch_window, self._send_waiting, event.session_id
-                )
+            self._waiting.append(event)
+            if len(self._waiting) >= self._max_batch:
+                self._send_waiting()
+            elif self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._batch_window, self._send_waiting)
             return
-        self._send_waiting(event.session_id)
+        self._send_waiting()
         self._submit(self._publish, event)
 
     def _submit(self, fn: Any, *args: Any) -> None:
@@ -127,20 +125,19 @@ class EventReporter:
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
-    def _send_waiting(self, session_id: str) -> None:
-        timer = self._timers.pop(session_id, None)
-        if timer is not None:
-            timer.cancel()
-        events = self._waiting.pop(session_id, [])
+    def _send_waiting(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        events, self._waiting = self._waiting, []
         if len(events) == 1:
             self._submit(self._publish, events[0])
         elif events:
-            self._submit(self._publish_batch, session_id, events)
+            self._submit(self._publish_batch, events)
 
     async def flush(self, within: float = 30.0) -> bool:
         """Wait until everything reported so far was sent or given up; False on timeout."""
-        for session_id in list(self._waiting):
-            self._send_waiting(session_id)
+        self._send_waiting()
         if not self._pending:
             return True
         _, not_done = await asyncio.wait(set(self._pending), timeout=within)
@@ -158,15 +155,18 @@ class EventReporter:
         sent = self._send(TASK_NAMES[type(event)], event.model_dump(mode="json"), event.event_id, event.session_id)
         return self._count(sent, 1)
 
-    def _publish_batch(self, session_id: str, events: list[contracts.WorkerEvent]) -> bool:
+    def _publish_batch(self, events: list[contracts.WorkerEvent]) -> bool:
+        sessions = {e.session_id for e in events}
         batch = contracts.EventBatch(
-            session_id=session_id,
+            session_id=next(iter(sessions)) if len(sessions) == 1 else "",
             segments=[e for e in events if isinstance(e, contracts.TranscriptSegment)],
             usage=[e for e in events if isinstance(e, contracts.UsageReported)],
         )
         # Named by its events, so a resend is the same task.
         task_id = uuid.uuid5(uuid.NAMESPACE_OID, ",".join(e.event_id for e in events)).hex
-        sent = self._send(contracts.TASK_EVENT_BATCH, batch.model_dump(mode="json"), task_id, session_id)
+        sent = self._send(
+            contracts.TASK_EVENT_BATCH, batch.model_dump(mode="json"), task_id, ",".join(sorted(sessions))
+        )
         return self._count(sent, len(events))
 
     def _count(self, sent: bool, events: int) -> bool:
@@ -176,7 +176,7 @@ class EventReporter:
             self.dropped += events
         return sent
 
-    def _send(self, name: str, payload: dict[str, Any], task_id: str, session_id: str) -> bool:
+    def _send(self, name: str, payload: dict[str, Any], task_id: str, sessions: str) -> bool:
         delay = self._first_retry_delay
         for attempt in range(1, self._attempts + 1):
             try:
@@ -204,5 +204,5 @@ class EventReporter:
                 delay = min(delay * 2, 10.0)
             else:
                 return True
-        logger.error("Gave up sending %s %s for session %s", name, task_id, session_id)
+        logger.error("Gave up sending %s %s for sessions %s", name, task_id, sessions)
         return False

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -27,7 +27,7 @@ from accounts.models import AuditLog, Organization
 from agent_worker import contracts
 from billing import signals, stripe_gateway
 from billing.models import BillingAccount, LedgerEntry, MeterEventReport, TopUpCheckout, UsageRecord
-from billing.pricing import PriceBook, display
+from billing.pricing import PriceBook, PriceMissing, display
 from billing.selectors import billing_account_get, month_to_date_spend
 from callmissed import queueing
 from callmissed.errors import (
@@ -202,49 +202,54 @@ class UsageApplied:
     # The records this call inserted (the events seen before insert none).
     records: list[UsageRecord] = field(default_factory=list)
     duplicate: bool = False
-    # Why the organization may no longer run sessions after this usage, or None.
-    exhausted: str | None = None
+    # The organizations (by primary key) that may no longer run sessions after this usage: why.
+    exhausted: dict[Any, str] = field(default_factory=dict)
+    # Events left out for want of a price (everything else was applied): the caller raises it
+    # once its transaction commits, so the task retries them after an admin adds the row.
+    price_missing: PriceMissing | None = None
 
 
-def usage_events_apply(*, events: Sequence[contracts.UsageReported], organization: Organization) -> UsageApplied:
-    """Record usage events of ``organization``'s sessions as priced, immutable records and one
-    ledger debit for all that is new in them — each event id once, whether it repeats in
-    ``events``, came alone or in an earlier call, or is being applied by another worker at this
-    very moment: the records are inserted skipping the (event id, index) pairs already stored,
-    and only what this call inserted is debited and reported to Stripe. A lone event is a batch
-    of one.
+def usage_events_apply(
+    *, events: Sequence[contracts.UsageReported], organizations: Mapping[str, Organization]
+) -> UsageApplied:
+    """Record usage events as priced, immutable records, billed to ``organizations[session id]``
+    (the voice app knows whose session it is), with one ledger debit per organization for all
+    that is new — each event id once, whether it repeats in ``events``, came alone or in an
+    earlier call, or is being applied by another worker at this very moment: the records are
+    inserted skipping the (event id, index) pairs already stored, and only what this call
+    inserted is debited and reported to Stripe. A lone event is a batch of one.
 
-    The prices are read once, before anything is written: a missing one raises ``PriceMissing``
-    with nothing written, so the task retries (an admin can add the row) rather than dropping
-    billable usage, and a caller's transaction holding other writes may still commit them. Runs
-    in the caller's transaction when there is one. When the usage leaves the organization unable
-    to pay, ``signals.balance_exhausted`` is sent once, after the commit (the voice app ends its
-    live sessions)."""
+    Prices are read once for all the events. An event priced only in part is left out whole
+    (``price_missing``) and the rest applied: billable usage is never dropped, nor held up by
+    another's missing price. Runs in the caller's transaction when there is one. An organization
+    this usage leaves unable to pay gets ``signals.balance_exhausted``, once, after the commit
+    (the voice app ends its live sessions)."""
     distinct = {event.event_id: event for event in events}.values()
-    billable = [(event, i, item) for event in distinct for i, item in enumerate(event.items) if item.quantity > 0]
+    billable = [(event, [(i, item) for i, item in enumerate(event.items) if item.quantity > 0]) for event in distinct]
+    billable = [(event, items) for event, items in billable if items]
     if not billable:
         return UsageApplied()
     book = PriceBook.load(
-        items={(item.component, item.model) for _, _, item in billable},
-        until=max(event.occurred_at for event, _, _ in billable),
+        items={(item.component, item.model) for _, items in billable for _, item in items},
+        until=max(event.occurred_at for event, _ in billable),
     )
-    records = [
-        _record_build(organization=organization, event=event, index=index, item=item, book=book)
-        for event, index, item in billable
-    ]
+    records: list[UsageRecord] = []
+    missing: PriceMissing | None = None
+    for event, items in billable:
+        organization = organizations[event.session_id]
+        try:
+            records += [
+                _record_build(organization=organization, event=event, index=index, item=item, book=book)
+                for index, item in items
+            ]
+        except PriceMissing as error:
+            missing = missing or error
+    if not records:
+        return UsageApplied(price_missing=missing)
     with transaction.atomic(savepoint=False):
         inserted = _records_insert_new(records)
-        if not inserted:
-            return UsageApplied(duplicate=True)
-        account = _debit(organization=organization, records=inserted)
-        exhausted = funds_problem(account=account)
-        if exhausted:
-            transaction.on_commit(
-                lambda: signals.balance_exhausted.send(
-                    sender=BillingAccount, organization=organization, reason=exhausted
-                )
-            )
-    return UsageApplied(records=inserted, exhausted=exhausted)
+        exhausted = _debit(records=inserted) if inserted else {}
+    return UsageApplied(records=inserted, duplicate=not inserted, exhausted=exhausted, price_missing=missing)
 
 
 def _signal_low_balance(*, account: BillingAccount, before: Decimal, reference: str) -> None:
@@ -290,23 +295,43 @@ def _records_insert_new(records: list[UsageRecord]) -> list[UsageRecord]:
     return inserted
 
 
-def _debit(*, organization: Organization, records: list[UsageRecord]) -> BillingAccount:
-    """One balance update and one ledger post for the records just inserted, named by the first
-    record's event (only the transaction that inserted its records posts that reference), then
-    their meter events. The balance is changed in the statement that reads it back, so the
-    account's row is locked only from here to the commit. Returns the account as updated."""
-    total = sum((r.cost for r in records), Decimal(0))
-    account = _balance_subtract(organization=organization, amount=total)
-    LedgerEntry.objects.create(
-        account=account,
-        kind=LedgerEntry.Kind.USAGE,
-        amount=-total,
-        reference=f"usage:{records[0].event_id}",
-        description=f"Session {records[0].session_id}",
-    )
-    _signal_low_balance(account=account, before=account.balance + total, reference=records[0].event_id)
+def _debit(*, records: list[UsageRecord]) -> dict[Any, str]:
+    """For the records just inserted: per organization, in key order (two batches never wait on
+    each other's accounts in a cycle), one balance update and one ledger post named by its first
+    record's event (only the transaction that inserted that event's records posts it); then the
+    meter events. The balance is changed in the statement that reads it back, so an account's
+    row is locked only from here to the commit. Returns the organizations left unable to pay."""
+    by_organization: dict[Any, list[UsageRecord]] = {}
+    for record in records:
+        by_organization.setdefault(record.organization_id, []).append(record)
+    posts: list[tuple[BillingAccount, Decimal, str, LedgerEntry]] = []
+    for organization_id in sorted(by_organization, key=str):
+        mine = by_organization[organization_id]
+        total = sum((r.cost for r in mine), Decimal(0))
+        account = _balance_subtract(organization=mine[0].organization, amount=total)
+        sessions = sorted({str(r.session_id) for r in mine})
+        entry = LedgerEntry(
+            account=account,
+            kind=LedgerEntry.Kind.USAGE,
+            amount=-total,
+            reference=f"usage:{mine[0].event_id}",
+            description=f"Session{'s' if len(sessions) > 1 else ''} {', '.join(sessions)}"[:200],
+        )
+        posts.append((account, total, mine[0].event_id, entry))
+    LedgerEntry.objects.bulk_create([entry for *_, entry in posts])
     _queue_meter_events(records=records)
-    return account
+    exhausted: dict[Any, str] = {}
+    for account, total, event_id, _ in posts:
+        _signal_low_balance(account=account, before=account.balance + total, reference=event_id)
+        problem = funds_problem(account=account)
+        if problem:
+            exhausted[account.organization_id] = problem
+            transaction.on_commit(
+                lambda organization=account.organization, reason=problem: signals.balance_exhausted.send(
+                    sender=BillingAccount, organization=organization, reason=reason
+                )
+            )
+    return exhausted
 
 
 def _balance_subtract(*, organization: Organization, amount: Decimal) -> BillingAccount:

@@ -5,6 +5,7 @@ per event id, and the deletion of ended sessions' LiveKit rooms until LiveKit co
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,6 @@ from django.utils import timezone
 from accounts.models import Organization
 from agent_worker import contracts
 from billing import services as billing_services
-from billing.pricing import PriceMissing
 from callmissed import queueing
 from voice import events, livekit, ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
@@ -277,52 +277,60 @@ def _queue_room_delete(room_name: str) -> None:
 def transcript_segment_add(*, segment: contracts.TranscriptSegment) -> None:
     """Store a final segment once (a batch of one): a redelivered event id changes nothing; the
     line is dropped when the session is unknown or its content was deleted."""
-    worker_events_apply(batch=contracts.EventBatch(session_id=segment.session_id, segments=[segment]))
+    worker_events_apply(batch=contracts.EventBatch(segments=[segment]))
 
 
-def usage_add(*, usage: contracts.UsageReported) -> billing_services.UsageApplied | None:
+def usage_add(*, usage: contracts.UsageReported) -> billing_services.UsageApplied:
     """Bill one usage event (a batch of one) to its session's organization, once per event id;
-    None when the session is unknown."""
-    return worker_events_apply(batch=contracts.EventBatch(session_id=usage.session_id, usage=[usage]))
+    nothing when the session is unknown."""
+    return worker_events_apply(batch=contracts.EventBatch(usage=[usage]))
 
 
-def worker_events_apply(*, batch: contracts.EventBatch) -> billing_services.UsageApplied | None:
-    """A session's segments and usage, from the reporter's batch or one event alone, in one
-    transaction: the segments in one insert that skips event ids already stored, the usage in
-    ``usage_events_apply`` (one insert of what is new, one ledger post). Each event id takes
-    effect once, in this batch, another or alone, whichever worker applies it. Usage outlives
+def worker_events_apply(*, batch: contracts.EventBatch) -> billing_services.UsageApplied:
+    """Segments and usage of one or more sessions (the reporter's batch, or one event alone), each
+    applied to the session it names, in one transaction: the segments in one insert that skips
+    event ids already stored, the usage in ``usage_events_apply`` (one insert of what is new, one
+    ledger post per organization). Each event id takes effect once, in this batch, another or
+    alone, whichever worker applies it. Events of unknown sessions are dropped; usage outlives
     deleted content, so a deleted session's usage still bills while its lines are dropped.
 
-    A missing price raises (the task retries) after the segments are committed: the transcript
-    must not wait for an admin, and the retry inserts nothing twice. None when the session is
-    unknown (nothing is stored)."""
-    session = VoiceSession.objects.select_related("organization").filter(pk=batch.session_id).first()
-    if session is None:
-        logger.warning("Events of unknown session %s dropped", batch.session_id)
-        return None
-    applied = None
-    missing: PriceMissing | None = None
+    Usage whose price is missing raises ``PriceMissing`` (the task retries) once everything else
+    is committed: the transcript and the other usage must not wait for an admin, and the retry
+    inserts nothing twice."""
+    events = [*batch.segments, *batch.usage]
+    sessions = {
+        session.pk: session
+        for session in VoiceSession.objects.select_related("organization").filter(
+            pk__in={uuid.UUID(e.session_id) for e in events}
+        )
+    }
+    known = {e.session_id: sessions[key] for e in events if (key := uuid.UUID(e.session_id)) in sessions}
+    unknown = {e.session_id for e in events} - known.keys()
+    if unknown:
+        logger.warning("Events of unknown sessions %s dropped", ", ".join(sorted(unknown)))
+    segments = [s for s in batch.segments if s.session_id in known and known[s.session_id].content_deleted_at is None]
+    usage = [u for u in batch.usage if u.session_id in known]
+    applied = billing_services.UsageApplied()
     with transaction.atomic():
-        if batch.segments and session.content_deleted_at is None:
-            _segments_insert(session=session, segments=batch.segments)
-        if batch.usage:
-            try:
-                applied = billing_services.usage_events_apply(events=batch.usage, organization=session.organization)
-            except PriceMissing as error:  # raised before billing wrote anything
-                missing = error
-    if missing is not None:
-        raise missing
+        if segments:
+            _segments_insert(segments=segments, sessions=known)
+        if usage:
+            applied = billing_services.usage_events_apply(
+                events=usage, organizations={sid: session.organization for sid, session in known.items()}
+            )
+    if applied.price_missing is not None:
+        raise applied.price_missing
     return applied
 
 
-def _segments_insert(*, session: VoiceSession, segments: list[contracts.TranscriptSegment]) -> None:
+def _segments_insert(*, segments: list[contracts.TranscriptSegment], sessions: dict[str, VoiceSession]) -> None:
     # In event-id order: two workers inserting overlapping batches never wait on each other in a cycle.
     distinct = sorted({segment.event_id: segment for segment in segments}.values(), key=lambda s: s.event_id)
     TranscriptSegment.objects.bulk_create(
         [
             TranscriptSegment(
                 event_id=segment.event_id,
-                session=session,
+                session=sessions[segment.session_id],
                 role=segment.role,
                 text=segment.text,
                 language=segment.language,

@@ -37,7 +37,11 @@ EventT = TypeVar("EventT", bound=contracts.WorkerEvent | contracts.EventBatch)
 def _parse(model: type[EventT], payload: Any) -> EventT | None:
     try:
         event = cast(EventT, model.model_validate(payload))
-        uuid.UUID(event.session_id)
+        if isinstance(event, contracts.EventBatch):
+            for each in (*event.segments, *event.usage):
+                uuid.UUID(each.session_id)
+        else:
+            uuid.UUID(event.session_id)
     except (ValidationError, ValueError, AttributeError) as error:
         # The error names fields and types only; transcript text stays out of the logs.
         summary = (
@@ -82,7 +86,7 @@ def usage_reported(payload: dict[str, Any]) -> None:
 
 @shared_task(name=contracts.TASK_EVENT_BATCH, **_USAGE_RETRY)
 def event_batch(payload: dict[str, Any]) -> None:
-    """A missing price retries the whole batch (its segments too: each applies once anyway)."""
+    """A missing price retries the whole batch once the rest is applied (each event applies once)."""
     batch = _parse(contracts.EventBatch, payload)
     if batch is not None:
         lifecycle.worker_events_apply(batch=batch)

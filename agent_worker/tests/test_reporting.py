@@ -84,7 +84,7 @@ async def test_events_reach_the_broker_in_order_as_celery_tasks(queue: str) -> N
 
 
 @needs_redis
-async def test_a_sessions_segments_and_usage_within_the_window_leave_as_one_batch_in_order(queue: str) -> None:
+async def test_the_sessions_segments_and_usage_within_the_window_leave_as_one_batch_in_order(queue: str) -> None:
     reporter = EventReporter(broker_url=REDIS_URL, queue=queue, batch_window=30, max_batch=3)
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
 
@@ -98,13 +98,12 @@ async def test_a_sessions_segments_and_usage_within_the_window_leave_as_one_batc
         items=[contracts.UsageItem(component="tts_characters", model="bulbul:v3", provider="sarvam", quantity=8)],
     )
     started = contracts.SessionStarted(session_id=a)
-    a1, a2, b1, a3, a4, a5 = segment(a, 1), segment(a, 2), segment(b, 1), segment(a, 3), segment(a, 4), segment(a, 5)
+    a1, b1, a2, a3, a4 = segment(a, 1), segment(b, 1), segment(a, 2), segment(a, 3), segment(a, 4)
     ended = contracts.SessionEnded(session_id=a, reason="user_left", duration_seconds=3)
-    # a's third waiting event fills the batch; a's end sends what is waiting before itself; b's
-    # lone segment leaves as its own task when the reporter flushes.
-    for event in (started, a1, b1, a2, usage, a3, a4, ended):
+    # The third waiting event (of either session) fills a batch; a's end sends what is waiting
+    # before itself; a lone segment leaves as its own task when the reporter flushes.
+    for event in (started, a1, b1, a2, usage, a3, ended, a4):
         reporter.report(event)
-    reporter.report(a5)
     assert await reporter.flush(within=30)
     await reporter.aclose()
 
@@ -116,16 +115,20 @@ async def test_a_sessions_segments_and_usage_within_the_window_leave_as_one_batc
         contracts.TASK_EVENT_BATCH,
         contracts.TASK_SESSION_ENDED,
         contracts.TASK_TRANSCRIPT_SEGMENT,
-        contracts.TASK_TRANSCRIPT_SEGMENT,
     ]
-    full, rest = (contracts.EventBatch.model_validate(payload) for _, payload in sent[1:3])
-    assert ([s.event_id for s in full.segments], [u.event_id for u in full.usage]) == (
-        [a1.event_id, a2.event_id],
-        [usage.event_id],
+    both, before_end = (contracts.EventBatch.model_validate(payload) for _, payload in sent[1:3])
+    assert ([s.event_id for s in both.segments], both.usage, both.session_id) == (
+        [a1.event_id, b1.event_id, a2.event_id],
+        [],
+        "",  # two sessions': Django reads each event's own
     )
-    assert [s.event_id for s in rest.segments] == [a3.event_id, a4.event_id]
-    assert {payload["event_id"] for _, payload in sent[4:]} == {a5.event_id, b1.event_id}
-    assert (reporter.sent, reporter.dropped) == (9, 0)
+    assert ([s.event_id for s in before_end.segments], before_end.usage, before_end.session_id) == (
+        [a3.event_id],
+        [usage],
+        a,
+    )
+    assert sent[4][1]["event_id"] == a4.event_id
+    assert (reporter.sent, reporter.dropped) == (8, 0)
 
 
 async def test_a_dead_broker_is_retried_then_logged_and_the_loop_keeps_running(

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from agent_worker import contracts
 from billing import services
+from voice import lifecycle
 from voice.models import VoiceSession
 
 C = contracts.UsageComponent
@@ -36,8 +37,7 @@ def usage_event(
 
 def apply_usage(event: contracts.UsageReported) -> services.UsageApplied:
     """What the voice app does with a usage event: bill it to its session's organization."""
-    session = VoiceSession.objects.select_related("organization").get(pk=event.session_id)
-    return services.usage_events_apply(events=[event], organization=session.organization)
+    return lifecycle.usage_add(usage=event)
 
 
 def _provider(model: str) -> str:

@@ -120,7 +120,7 @@ def test_usage_that_exhausts_the_balance_is_reported_once_after_commit_not_acted
         over = [usage_event(session, (C.LLM_OUTPUT_TOKENS, "kimi-k2.5", 3_000_000)) for _ in range(2)]
         with django_capture_on_commit_callbacks() as after_commit:
             lone = apply_usage(usage_event(session, (C.LLM_OUTPUT_TOKENS, "kimi-k2.5", 1_000_000)))
-            batch = services.usage_events_apply(events=[*over, over[0]], organization=api.org)
+            batch = services.usage_events_apply(events=[*over, over[0]], organizations={str(session.id): api.org})
             # Nobody hears of it before the usage is committed: a rollback must not end calls.
             assert heard == []
         for callback in after_commit:
@@ -128,10 +128,10 @@ def test_usage_that_exhausts_the_balance_is_reported_once_after_commit_not_acted
     finally:
         signals.balance_exhausted.disconnect(dispatch_uid="test.listener")
 
-    assert lone.exhausted is None  # 2.30 of the 5.00 credit
-    assert batch.exhausted is not None and "exhausted" in batch.exhausted
+    assert lone.exhausted == {}  # 2.30 of the 5.00 credit
+    assert "exhausted" in batch.exhausted[api.org.pk]
     [kwargs] = heard  # once for the batch, not once per event
-    assert kwargs["organization"] == api.org and kwargs["reason"] == batch.exhausted
+    assert kwargs["organization"] == api.org and kwargs["reason"] == batch.exhausted[api.org.pk]
 
 
 def test_organizations_from_before_get_their_account_by_migration(settings: Any) -> None:

@@ -169,6 +169,69 @@ def test_a_batch_costs_the_same_statements_whatever_its_size(
     assert MeterEventReport.objects.filter(usage_record__session_id=session.id).count() == size * len(KIMI_TURN)
 
 
+def test_one_batch_of_several_sessions_bills_each_organization_once_and_drops_only_the_unknown(
+    api: Any, make_client: Any, django_assert_num_queries: Any
+) -> None:
+    other = make_client("Other Org")
+    mine, also_mine, theirs = (
+        VoiceSessionFactory.create(organization=api.org),
+        VoiceSessionFactory.create(organization=api.org),
+        VoiceSessionFactory.create(organization=other.org),
+    )
+    ghost = "00000000-0000-0000-0000-000000000000"
+    before = {s.pk: _balance(s) for s in (mine, theirs)}
+    events = [
+        _segment(mine, 0, "mine"),
+        _segment(theirs, 0, "theirs"),
+        usage_event(mine, *KIMI_TURN),
+        usage_event(also_mine, *KIMI_TURN),
+        usage_event(theirs, *KIMI_TURN),
+        contracts.TranscriptSegment(session_id=ghost, role="user", text="?", start_offset_ms=0, end_offset_ms=1),
+    ]
+    batch = contracts.EventBatch(
+        segments=[e for e in events if isinstance(e, contracts.TranscriptSegment)],
+        usage=[e for e in events if isinstance(e, contracts.UsageReported)],
+    )
+    # One more statement than for one organization: its balance (the ledger posts go in together).
+    with django_assert_num_queries(9 + 2):
+        tasks.event_batch.apply(kwargs={"payload": batch.model_dump(mode="json")}).get()
+    tasks.event_batch.apply(kwargs={"payload": batch.model_dump(mode="json")}).get()  # redelivered
+
+    assert [s.text for s in TranscriptSegment.objects.filter(session=mine)] == ["mine"]
+    assert [s.text for s in TranscriptSegment.objects.filter(session=theirs)] == ["theirs"]
+    assert not TranscriptSegment.objects.filter(event_id=events[-1].event_id).exists()
+    assert before[mine.pk] - _balance(mine) == 2 * Decimal("0.0487184")
+    assert before[theirs.pk] - _balance(theirs) == Decimal("0.0487184")
+    posts = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.USAGE)
+    assert sorted(posts.values_list("account__organization", flat=True)) == sorted([api.org.pk, other.org.pk])
+
+
+def test_a_missing_price_holds_back_only_its_own_event_until_the_retry(api: Any, make_client: Any) -> None:
+    from billing.pricing import PriceMissing
+
+    other = make_client("Other Org")
+    priced, unpriced = (
+        VoiceSessionFactory.create(organization=api.org),
+        VoiceSessionFactory.create(organization=other.org),
+    )
+    ready = usage_event(priced, *KIMI_TURN)
+    waiting = usage_event(unpriced, (C.TTS_CHARACTERS, "bulbul:v9", 100), *KIMI_TURN)
+    batch = contracts.EventBatch(usage=[waiting, ready])
+
+    with pytest.raises(PriceMissing, match="bulbul:v9"):  # the task retries on it
+        lifecycle.worker_events_apply(batch=batch)
+    assert UsageRecord.objects.filter(session_id=priced.id).count() == len(KIMI_TURN)
+    assert not UsageRecord.objects.filter(session_id=unpriced.id).exists()  # none of its items, not some
+
+    bulbul = ModelPrice.objects.get(model="bulbul:v3")
+    bulbul.pk, bulbul.model = None, "bulbul:v9"
+    bulbul.save()  # the admin adds the row; the retry applies the rest, and nothing twice
+    lifecycle.worker_events_apply(batch=batch)
+    assert UsageRecord.objects.filter(session_id=priced.id).count() == len(KIMI_TURN)
+    assert UsageRecord.objects.filter(session_id=unpriced.id).count() == 1 + len(KIMI_TURN)
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.USAGE).count() == 2
+
+
 # Priced in USD at 0.52 per million: a record's cost is exact, so the expected total is too.
 _PER_TOKEN = Decimal("0.52") / 1_000_000
 
