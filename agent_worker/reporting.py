@@ -5,11 +5,13 @@ the order they were reported, with ``send_task`` to the task name ``contracts`` 
 and ``{"payload": event}`` as the body, so the asyncio loop running the conversation never waits
 on Redis. Transcript segments and usage that all the process's sessions report within
 ``batch_window`` seconds leave as one ``EventBatch`` task (a lone one as its own task), at most
-``max_batch`` events each: Django's cost is mostly per task, and one session alone fills a
-window with two or three events. Any other event (a start, an end) first sends what is waiting,
-so a session's events still arrive in the order they happened. A broker that is briefly away is
-retried with bounded backoff; an event that still cannot be sent is logged with its id and
-dropped, and the conversation goes on.
+``max_batch`` events each: Django's cost is mostly per task and per statement, not per event,
+and one session emits a few events a second. The window is also what a crash of this process
+can lose (events not yet handed to the broker) and how late a transcript line reaches the
+database. Any other event (a start, an end) first sends what is waiting, so a session's events
+still arrive in the order they happened. A broker that is briefly away is retried with bounded
+backoff; an event that still cannot be sent is logged with its id and dropped, and the
+conversation goes on.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class EventReporter:
         first_retry_delay: float = 0.5,
         connect_timeout: float = 4.0,
         queue: str = "celery",
-        batch_window: float = 0.05,
+        batch_window: float = 0.2,
         max_batch: int = 200,
     ) -> None:
         self.broker_url = broker_url

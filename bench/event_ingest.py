@@ -38,9 +38,13 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--segments", type=int, default=400, help="per session")
     parser.add_argument("--usage", type=int, default=100, help="per session")
+    parser.add_argument(
+        "--pace", type=float, default=0, help="events/s each session reports at, all sessions at once; 0: all at once"
+    )
+    parser.add_argument("--window", type=float, help="the batched mode's batch window, s (default: the reporter's)")
     parser.add_argument("--modes", default="per-event,batched", help="comma-separated: per-event, batched")
     args = parser.parse_args()
-    windows = {"per-event": 0.0, "batched": 0.05}
+    windows = {"per-event": 0.0, "batched": args.window}  # None: the reporter's own default
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - set(windows):
         parser.error(f"--modes takes {', '.join(windows)}")
@@ -131,14 +135,32 @@ def main() -> None:
                         UsageRecord.objects.filter(session_id__in=ids).values("event_id").distinct().count(),
                     )
 
-                async def report(reporter: EventReporter, batch: list[contracts.WorkerEvent]) -> None:
-                    for n, event in enumerate(batch):
-                        reporter.report(event)
-                        if n % 20 == 0:
-                            await asyncio.sleep(0)  # a conversation's loop yields between events
+                async def report(
+                    reporter: EventReporter, batch: list[contracts.WorkerEvent], ids: list[str] = ids
+                ) -> None:
+                    if args.pace <= 0:
+                        for n, event in enumerate(batch):
+                            reporter.report(event)
+                            if n % 20 == 0:
+                                await asyncio.sleep(0)  # a conversation's loop yields between events
+                    else:
+                        # Every session at once, each at its own pace, as conversations run.
+                        async def one_session(sid: str) -> None:
+                            loop = asyncio.get_running_loop()
+                            due = loop.time()
+                            for event in (e for e in batch if e.session_id == sid):
+                                reporter.report(event)
+                                due += 1 / args.pace
+                                await asyncio.sleep(max(0.0, due - loop.time()))
+
+                        await asyncio.gather(*(one_session(sid) for sid in ids))
                     await reporter.flush(within=300)
 
-                reporter = EventReporter(broker_url=redis.url(0), batch_window=window)
+                reporter = (
+                    EventReporter(broker_url=redis.url(0))
+                    if window is None
+                    else EventReporter(broker_url=redis.url(0), batch_window=window)
+                )
                 cpu_before = worker_cpu_seconds()
                 started = time.perf_counter()
                 asyncio.run(report(reporter, [*events, *again]))
