@@ -16,11 +16,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import connection, transaction
+from django.db.models import Field, Model
 from django.utils import timezone
 
 from accounts.models import AuditLog, Organization
@@ -268,10 +270,9 @@ def _records_insert_new(records: list[UsageRecord]) -> list[UsageRecord]:
     records = sorted(records, key=lambda r: (r.event_id, r.index))
     meta = UsageRecord._meta
     fields = [f for f in meta.concrete_fields if not f.primary_key]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
-    conflict = ", ".join(quote(meta.get_field(name).column) for name in ("event_id", "index"))
-    returning = ", ".join(quote(meta.get_field(name).column) for name in ("id", "event_id", "index"))
+    columns = ", ".join(_column(UsageRecord, f.name) for f in fields)
+    conflict = ", ".join(_column(UsageRecord, name) for name in ("event_id", "index"))
+    returning = ", ".join(_column(UsageRecord, name) for name in ("id", "event_id", "index"))
     by_key = {(r.event_id, r.index): r for r in records}
     inserted: list[UsageRecord] = []
     step = connection.ops.bulk_batch_size(fields, records)
@@ -281,7 +282,7 @@ def _records_insert_new(records: list[UsageRecord]) -> list[UsageRecord]:
             values = ", ".join([f"({', '.join(['%s'] * len(fields))})"] * len(chunk))
             params = [f.get_db_prep_save(f.pre_save(r, add=True), connection) for r in chunk for f in fields]
             cursor.execute(
-                f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values} "  # noqa: S608 (names from the model)
+                f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES {values} "  # noqa: S608 (names from the model)
                 f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}",
                 params,
             )
@@ -327,8 +328,11 @@ def _debit(*, records: list[UsageRecord]) -> dict[Any, str]:
         if problem:
             exhausted[account.organization_id] = problem
             transaction.on_commit(
-                lambda organization=account.organization, reason=problem: signals.balance_exhausted.send(
-                    sender=BillingAccount, organization=organization, reason=reason
+                partial(
+                    signals.balance_exhausted.send,
+                    sender=BillingAccount,
+                    organization=account.organization,
+                    reason=problem,
                 )
             )
     return exhausted
@@ -336,19 +340,26 @@ def _debit(*, records: list[UsageRecord]) -> dict[Any, str]:
 
 def _balance_subtract(*, organization: Organization, amount: Decimal) -> BillingAccount:
     meta = BillingAccount._meta
-    quote = connection.ops.quote_name
-    balance = meta.get_field("balance")
-    owner = meta.get_field("organization")
+    balance = _column(BillingAccount, "balance")
     sql = (
-        f"UPDATE {quote(meta.db_table)} SET {quote(balance.column)} = {quote(balance.column)} - %s "  # noqa: S608 (names from the model)
-        f"WHERE {quote(owner.column)} = %s RETURNING *"
+        f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {balance} = {balance} - %s "  # noqa: S608 (names from the model)
+        f"WHERE {_column(BillingAccount, 'organization')} = %s RETURNING *"
     )
-    params = [balance.get_db_prep_save(amount, connection), owner.get_db_prep_save(organization.pk, connection)]
+    balance_field, owner = meta.get_field("balance"), meta.get_field("organization")
+    assert isinstance(balance_field, Field) and isinstance(owner, Field)
+    params = [balance_field.get_db_prep_save(amount, connection), owner.get_db_prep_save(organization.pk, connection)]
     updated = list(BillingAccount.objects.raw(sql, params))
     if not updated:
         raise BillingAccount.DoesNotExist(f"Organization {organization.pk} has no billing account")
     updated[0].organization = organization
     return updated[0]
+
+
+def _column(model: type[Model], name: str) -> str:
+    """A field's column, quoted for raw SQL: the statements above say what the ORM cannot."""
+    model_field = model._meta.get_field(name)
+    assert isinstance(model_field, Field) and model_field.column
+    return connection.ops.quote_name(model_field.column)
 
 
 def _record_build(

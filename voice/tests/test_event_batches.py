@@ -265,7 +265,7 @@ def test_any_deliveries_with_repeats_store_and_charge_exactly_the_distinct_event
             for event in chosen:
                 if isinstance(event, contracts.UsageReported):
                     lifecycle.usage_add(usage=event)
-                else:
+                elif isinstance(event, contracts.TranscriptSegment):
                     lifecycle.transcript_segment_add(segment=event)
         else:
             lifecycle.worker_events_apply(
