@@ -3,17 +3,21 @@ batches, same run.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/cm_bench \\
         .venv/bin/python -m bench.event_ingest [--sessions 10] [--segments 400] [--usage 100] \\
-        [--modes per-event,batched]
+        [--modes per-event,batched] [--pace 50] [--window 0.2]
 
 A private Redis (``testsupport.redis_server``) is the broker and a Celery worker with two prefork
 children (as docker-compose runs it) applies the events. For each mode the agent worker's own
 ``EventReporter`` reports, per session, the segments and usage events interleaved, and then 10 %
 of them again (a redelivery); the clock runs from the first report until every event is in
-PostgreSQL. ``per event`` is the reporter with its batch window at 0 (one task per event, the
-baseline), ``batched`` its default window (``--modes batched`` runs that one alone). Lost: events
+PostgreSQL. ``per-event`` is the reporter with its batch window at 0 (one task per event, the
+baseline), ``batched`` its default window or ``--window`` (``--modes batched`` runs that one
+alone). By default each session's events are reported all at once, one session after another;
+``--pace N`` reports every session at the same time, each at N events/s, as live conversations
+do (a session emits ~50 a second at most), so a window holds a few events of each. Lost: events
 never stored; doubled: usage records or ledger debits beyond one per event (segments are unique
 by event id). Worker CPU: the user and system seconds the Celery worker (its main process and
-its two children) spent during the mode, per event reported, republished ones included: the cost
+its two children) spent during the mode until the queue is empty, per event reported,
+republished ones included: the cost
 that does not depend on what else runs on the machine (PostgreSQL's own share is not in it).
 """
 
