@@ -31,17 +31,13 @@ TASK_CLEAR_IDEMPOTENCY_RESPONSES = "voice.clear_idempotency_responses"
 # A database blip must not lose an event.
 _DB_RETRY = DB_RETRY
 
-EventT = TypeVar("EventT", bound=contracts.WorkerEvent | contracts.EventBatch)
+EventT = TypeVar("EventT", bound=contracts.WorkerEvent)
 
 
 def _parse(model: type[EventT], payload: Any) -> EventT | None:
     try:
         event = cast(EventT, model.model_validate(payload))
-        if isinstance(event, contracts.EventBatch):
-            for each in (*event.segments, *event.usage):
-                uuid.UUID(each.session_id)
-        else:
-            uuid.UUID(event.session_id)
+        uuid.UUID(event.session_id)
     except (ValidationError, ValueError, AttributeError) as error:
         # The error names fields and types only; transcript text stays out of the logs.
         summary = (
@@ -52,6 +48,23 @@ def _parse(model: type[EventT], payload: Any) -> EventT | None:
         logger.error("Dropped an invalid %s event: %s", model.__name__, summary)
         return None
     return event
+
+
+def _parse_batch(payload: Any) -> contracts.EventBatch:
+    """Each event of a batch on its own: a batch carries many sessions' events, and one that
+    does not parse must not take the others with it."""
+    body = payload if isinstance(payload, dict) else {}
+    if not isinstance(payload, dict):
+        logger.error("Dropped an invalid EventBatch: not an object")
+
+    def each(model: type[EventT], items: Any) -> list[EventT]:
+        parsed = (_parse(model, item) for item in (items if isinstance(items, list) else []))
+        return [event for event in parsed if event is not None]
+
+    return contracts.EventBatch(
+        segments=each(contracts.TranscriptSegment, body.get("segments")),
+        usage=each(contracts.UsageReported, body.get("usage")),
+    )
 
 
 @shared_task(name=contracts.TASK_SESSION_STARTED, **_DB_RETRY)
@@ -87,9 +100,7 @@ def usage_reported(payload: dict[str, Any]) -> None:
 @shared_task(name=contracts.TASK_EVENT_BATCH, **_USAGE_RETRY)
 def event_batch(payload: dict[str, Any]) -> None:
     """A missing price retries the whole batch once the rest is applied (each event applies once)."""
-    batch = _parse(contracts.EventBatch, payload)
-    if batch is not None:
-        lifecycle.worker_events_apply(batch=batch)
+    lifecycle.worker_events_apply(batch=_parse_batch(payload))
 
 
 @shared_task(name=contracts.TASK_SESSION_ENDED, **_DB_RETRY)

@@ -178,6 +178,25 @@ def test_invalid_payloads_are_dropped_with_a_log_naming_the_field(
     assert not TranscriptSegment.objects.exists()
 
 
+def test_a_malformed_event_in_a_batch_drops_only_itself(caplog: pytest.LogCaptureFixture) -> None:
+    """A batch carries every session of a worker process: one bad line must not lose the others'."""
+    first, second = VoiceSessionFactory.create(), VoiceSessionFactory.create()
+    good = [
+        _segment(first, 0, "first caller").model_dump(mode="json"),
+        _segment(second, 0, "second caller").model_dump(mode="json"),
+    ]
+    bad = {**good[0], "event_id": "bad-1", "role": "robot"}
+    payload = {"segments": [good[0], bad, good[1], "not an object"], "usage": [{"session_id": "not-a-uuid"}]}
+    with caplog.at_level(logging.ERROR, logger="voice.tasks"):
+        assert tasks.event_batch.apply(kwargs={"payload": payload}).successful()
+    assert sorted(TranscriptSegment.objects.values_list("text", flat=True)) == ["first caller", "second caller"]
+    assert "role" in caplog.text
+    junk: Any
+    for junk in (None, [], "batch", {"segments": "none"}):
+        assert tasks.event_batch.apply(kwargs={"payload": junk}).successful()
+    assert TranscriptSegment.objects.count() == 2
+
+
 def test_events_for_unknown_sessions_change_nothing() -> None:
     ghost = "00000000-0000-0000-0000-000000000000"
     _send(tasks.session_started, contracts.SessionStarted(session_id=ghost))
