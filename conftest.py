@@ -3,6 +3,7 @@ and the loopback LiveKit server API."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,14 @@ class KeyClient(APIClient):
         super().__init__(**kwargs)
         self.plaintext = plaintext
         self.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+
+
+@pytest.fixture(autouse=True)
+def _api_key_cache_cleared() -> None:
+    """Keys a test cached must not answer in the next (its rows are rolled back)."""
+    key_cache = sys.modules.get("accounts.key_cache")  # not imported by tests that never authenticate
+    if key_cache is not None:
+        key_cache.clear()
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from accounts.key_cache import api_key_authenticate_cached
 from accounts.models import ApiKey
-from accounts.selectors import InvalidApiKey, api_key_authenticate
+from accounts.selectors import InvalidApiKey
 from accounts.services import api_key_touch
 from agent_worker import logs
 
@@ -56,7 +57,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.") from None
         try:
-            key = api_key_authenticate(plaintext=plaintext)
+            key = api_key_authenticate_cached(plaintext=plaintext)
         except InvalidApiKey as error:
             raise KeyAuthFailed(error) from None
         api_key_touch(api_key=key)

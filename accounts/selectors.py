@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
@@ -27,7 +29,7 @@ class ExpiredApiKey(InvalidApiKey):
     default_message = "This API key has expired."
 
 
-def api_key_authenticate(*, plaintext: str) -> ApiKey:
+def api_key_authenticate(*, plaintext: str, now: datetime | None = None) -> ApiKey:
     """The live key for a plaintext secret; raises a typed 401 error for every other case."""
     if not looks_like_key(plaintext):
         raise InvalidApiKey()
@@ -35,11 +37,16 @@ def api_key_authenticate(*, plaintext: str) -> ApiKey:
         key = ApiKey.objects.select_related("organization").get(hashed_secret=hash_key(plaintext))
     except ApiKey.DoesNotExist:
         raise InvalidApiKey() from None
-    if key.revoked_at is not None:
-        raise RevokedApiKey()
-    if key.expires_at is not None and key.expires_at <= timezone.now():
-        raise ExpiredApiKey()
+    api_key_check_usable(api_key=key, now=now)
     return key
+
+
+def api_key_check_usable(*, api_key: ApiKey, now: datetime | None = None) -> None:
+    """Raise the key's 401 when it is revoked or expired (at its ``expires_at`` exactly)."""
+    if api_key.revoked_at is not None:
+        raise RevokedApiKey()
+    if api_key.expires_at is not None and api_key.expires_at <= (now or timezone.now()):
+        raise ExpiredApiKey()
 
 
 def api_key_list(*, organization: Organization) -> QuerySet[ApiKey]:

@@ -45,6 +45,10 @@ class PlatformSettings(SharedSettings):
     celery_task_always_eager: bool | None = None  # unset: on without Redis
 
     api_rate_limit: str = "600/min"
+    # How long a process may answer a key from memory (accounts/key_cache.py): a revocation reaches
+    # every process at its next request through the cache's key generation; this bounds it should
+    # that cache have been down at the revocation. 0: every request reads its key from the database.
+    api_key_cache_seconds: int = Field(30, ge=0)
     # Largest JSON body the API reads (413 above): an 8000-character prompt JSON-escaped is ~48 KB.
     api_max_body_bytes: int = 256 * 1024
 

@@ -226,6 +226,7 @@ REST_FRAMEWORK = {
 }
 
 API_RATE_LIMIT = _env.api_rate_limit
+API_KEY_CACHE_SECONDS = _env.api_key_cache_seconds
 API_MAX_BODY_BYTES = _env.api_max_body_bytes
 
 SPECTACULAR_SETTINGS = {
