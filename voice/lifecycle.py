@@ -1,11 +1,13 @@
-"""Lifecycle writes driven by the agent worker's events, the reaper and expiry at read and
-admission: status transitions (created → active → ended|failed, never backwards), applied once
-per event id, and the deletion of ended sessions' LiveKit rooms until LiveKit confirms it."""
+"""Lifecycle writes driven by the agent worker's events, the reaper and expiry at admission and
+of the sessions a read shows: status transitions (created → active → ended|failed, never
+backwards), applied once per event id, and the deletion of ended sessions' LiveKit rooms until
+LiveKit confirms it."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -200,16 +202,23 @@ def voice_session_terminate(*, session_id: str, reason: contracts.EndReason, err
 
 
 def voice_sessions_expire_unjoined(
-    *, organization: Organization | None = None, now: datetime | None = None, limit: int = EXPIRE_BATCH_SIZE
+    *,
+    organization: Organization | None = None,
+    session_ids: Iterable[uuid.UUID | str] | None = None,
+    now: datetime | None = None,
+    limit: int = EXPIRE_BATCH_SIZE,
 ) -> list[VoiceSession]:
     """Fail ``created`` sessions past their join deadline as ``unjoined`` and queue their rooms'
-    deletion. Called at admission and at read (so no deployment needs beat for a session to stop
-    counting against the caps) and by the reaper; ``voice_session_end`` makes it exactly-once
-    with the worker's own events, whoever comes first."""
+    deletion (of ``organization``, or only ``session_ids``, or all). Called at admission (so no
+    deployment needs beat for a session to stop counting against the caps), for the sessions a
+    read is about to show (``voice_sessions_expire_shown``) and by the reaper;
+    ``voice_session_end`` makes it exactly-once with the worker's own events, whoever comes first."""
     now = now or timezone.now()
     overdue = VoiceSession.objects.filter(status=VoiceSession.Status.CREATED, join_deadline__lt=now)
     if organization is not None:
         overdue = overdue.filter(organization=organization)
+    if session_ids is not None:
+        overdue = overdue.filter(pk__in=list(session_ids))
     expired = []
     for session_id in overdue.order_by("pk").values_list("pk", flat=True)[:limit]:
         session = voice_session_end(
@@ -222,6 +231,19 @@ def voice_sessions_expire_unjoined(
         if session is not None and session.end_reason == contracts.EndReason.UNJOINED:
             expired.append(session)
     return expired
+
+
+def voice_sessions_expire_shown(sessions: Iterable[VoiceSession], *, now: datetime | None = None) -> bool:
+    """Before a read shows ``sessions``: end those nobody joined before their deadline, so none is
+    shown waiting past it (the reaper's next tick would; a read must not wait for it). A read whose
+    sessions are all in time, nearly every one, writes and queries nothing. True when one was
+    ended: the caller reads its sessions again."""
+    now = now or timezone.now()
+    overdue = [s.pk for s in sessions if s.status == VoiceSession.Status.CREATED and s.join_deadline < now]
+    if not overdue:
+        return False
+    voice_sessions_expire_unjoined(session_ids=overdue, now=now)
+    return True
 
 
 def voice_session_room_delete(*, room_name: str) -> None:

@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
@@ -75,9 +76,17 @@ class PageQuerySerializer(StrictSerializer):
 
 
 def page_response(
-    items: QuerySet[Any], *, request: Any, view: Any, serializer: type[serializers.Serializer]
+    items: QuerySet[Any],
+    *,
+    request: Any,
+    view: Any,
+    serializer: type[serializers.Serializer],
+    before_shown: Callable[[list[Any]], bool] | None = None,
 ) -> Response:
-    """One page of ``items``, newest first, in the shape ``paginated`` documents."""
+    """One page of ``items``, newest first, in the shape ``paginated`` documents. ``before_shown``
+    sees the page first; when it returns True (it changed some of them) the page is read again."""
     paginator = NewestFirstCursorPagination()
-    page = paginator.paginate_queryset(items, request, view=view)
+    page = paginator.paginate_queryset(items, request, view=view) or []
+    if before_shown is not None and before_shown(page):
+        page = paginator.paginate_queryset(items, request, view=view) or []
     return paginator.get_paginated_response(serializer(page, many=True).data)

@@ -139,11 +139,20 @@ class VoiceSessionListApi(APIView):
         query = {name: value for name, value in request.query_params.items() if not name.startswith("metadata")}
         filters = self.FilterSerializer(data=query)
         filters.is_valid(raise_exception=True)
-        lifecycle.voice_sessions_expire_unjoined(organization=organization)
+        if filters.validated_data.get("status") == VoiceSession.Status.FAILED:
+            # Sessions past their join deadline are failed ones: this filter must find those the
+            # reaper has not closed yet too (any other page shows them as they are found).
+            lifecycle.voice_sessions_expire_unjoined(organization=organization)
         sessions = selectors.voice_session_list(
             organization=organization, metadata=_metadata_filters(request.query_params), **filters.validated_data
         )
-        return page_response(sessions, request=request, view=self, serializer=SessionSummarySerializer)
+        return page_response(
+            sessions,
+            request=request,
+            view=self,
+            serializer=SessionSummarySerializer,
+            before_shown=lifecycle.voice_sessions_expire_shown,
+        )
 
 
 @extend_schema_serializer(component_name="SessionLatency")
@@ -171,8 +180,9 @@ class VoiceSessionRetrieveApi(APIView):
     @extend_schema(operation_id="voice_sessions_retrieve", responses={200: OutputSerializer})
     def get(self, request: Request, session_id: str) -> Response:
         organization = request_api_key(request).organization
-        lifecycle.voice_sessions_expire_unjoined(organization=organization)
         detail = selectors.voice_session_detail(organization=organization, session_id=session_id)
+        if lifecycle.voice_sessions_expire_shown([detail.session]):
+            detail = selectors.voice_session_detail(organization=organization, session_id=session_id)
         return Response(self.OutputSerializer(detail).data)
 
 

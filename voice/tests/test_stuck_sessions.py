@@ -1,5 +1,5 @@
-"""No session stays live by accident: join deadlines expire without beat (at admission and at
-read), DELETE ends a session even while LiveKit is down and its room is deleted once LiveKit is
+"""No session stays live by accident: join deadlines expire without beat (at admission and for
+the sessions a read shows), DELETE ends a session even while LiveKit is down and its room is deleted once LiveKit is
 back, and revoking a key ends the socket calls it opened."""
 
 from __future__ import annotations
@@ -98,6 +98,37 @@ def test_listing_expires_only_the_callers_overdue_sessions(api: Any, make_client
 
     assert VoiceSession.objects.get(pk=mine.pk).status == "failed"
     assert VoiceSession.objects.get(pk=theirs.pk).status == "created"
+
+
+def test_a_status_filter_never_shows_a_session_past_its_deadline_as_waiting(api: Any) -> None:
+    past = timezone.now() - timedelta(seconds=1)
+    VoiceSessionFactory.create(organization=api.org, join_deadline=past)
+    waiting = VoiceSessionFactory.create(organization=api.org)
+
+    created = api.get(f"{SESSIONS}?status=created").json()["results"]
+    assert [s["id"] for s in created] == [str(waiting.pk)]
+
+
+def test_the_failed_filter_finds_sessions_past_their_deadline_the_reaper_has_not_closed(api: Any) -> None:
+    past = timezone.now() - timedelta(seconds=1)
+    overdue = VoiceSessionFactory.create(organization=api.org, join_deadline=past)
+    VoiceSessionFactory.create_batch(3, organization=api.org)  # newer, in time
+
+    failed = api.get(f"{SESSIONS}?status=failed").json()["results"]
+    assert [(s["id"], s["end_reason"]) for s in failed] == [(str(overdue.pk), "unjoined")]
+
+
+def test_a_read_ends_only_the_overdue_sessions_it_shows(api: Any) -> None:
+    """Reads cost no sweep: a session past its deadline that a page does not show is left to the
+    reaper and the next admission (neither of which a read waits for)."""
+    past = timezone.now() - timedelta(seconds=1)
+    unseen = VoiceSessionFactory.create(organization=api.org, join_deadline=past)
+    shown = VoiceSessionFactory.create(organization=api.org)  # newer: the page of one
+
+    [listed] = api.get(f"{SESSIONS}?limit=1").json()["results"]
+
+    assert listed["id"] == str(shown.pk)
+    assert VoiceSession.objects.get(pk=unseen.pk).status == "created"
 
 
 def test_expiry_follows_the_clock_it_is_given() -> None:
