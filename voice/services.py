@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q, Subquery
+from django.db.models import Func, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from accounts.models import ApiKey, AuditLog, Organization
@@ -55,58 +55,56 @@ def _token_for(session: VoiceSession) -> str:
     return livekit.participant_token(room_name=session.room_name, identity=f"user-{session.id}", dispatch=dispatch)
 
 
-# The provider cap is platform-wide, but a create locks only its own organization's row: without a
-# lock of its own, creates of different organizations all count the same sessions and all pass.
+# The provider cap is platform-wide: every create takes this one lock first (an organization's
+# row lock would let creates of different organizations all count the same sessions and all pass).
 _PROVIDER_CAPACITY_LOCK = 0x63616C6C  # any constant no other advisory lock uses ("call")
 
 
-def _lock_organization(*, organization: Organization, api_key: ApiKey | None) -> Organization:
-    """Lock the organization's row (serialising its admissions) and read, in the same statement,
-    its billing account and the state of the key the request came with."""
-    locked = Organization.objects.select_for_update(of=("self",)).select_related("billing_account")
+def _count(sessions: QuerySet[VoiceSession]) -> Subquery:
+    return Subquery(sessions.order_by().annotate(n=Func("pk", function="COUNT")).values("n"))
+
+
+def _admission_state(*, organization: Organization, api_key: ApiKey | None, now: datetime) -> Organization:
+    """Under the provider lock, in one statement: the organization's row (locked), its billing
+    account, the state of the key the request came with and everything admission counts.
+
+    On PostgreSQL the lock is a statement of its own, taken first by every create and held to the
+    end of its transaction: a statement's snapshot is taken when it starts, so counts in the
+    statement that waited for the lock would miss a create that committed meanwhile. (SQLite, the
+    development default, serialises writers by itself.)"""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PROVIDER_CAPACITY_LOCK])
+    holding = holding_capacity_condition(now=now)
+    live = VoiceSession.objects.live()
+    mine = live.filter(organization_id=organization.pk)
+    state = (
+        Organization.objects.select_for_update(of=("self",))
+        .select_related("billing_account")
+        .annotate(
+            org_live=_count(mine.filter(holding)),
+            provider_live=_count(live.filter(holding)),
+            org_overdue=_count(mine.filter(status=VoiceSession.Status.CREATED, join_deadline__lt=now)),
+        )
+    )
     if api_key is not None:
         key_row = ApiKey.objects.filter(pk=api_key.pk)
-        locked = locked.annotate(
+        state = state.annotate(
             key_revoked_at=Subquery(key_row.values("revoked_at")),
             key_expires_at=Subquery(key_row.values("expires_at")),
         )
-    return locked.get(pk=organization.pk)
+    return state.get(pk=organization.pk)
 
 
 def _check_key_still_valid(*, locked: Organization, now: datetime) -> None:
-    # The key was checked when the request (or the socket) arrived; a revocation since then
-    # must not admit one more session, on a socket left open for exactly that.
+    # The key was checked when the request (or the socket) arrived, possibly from a process's
+    # key cache; a revocation since then must not admit one more session, on a socket left open
+    # for exactly that.
     if locked.key_revoked_at is not None:  # type: ignore[attr-defined]
         raise RevokedApiKey()
     expires_at = locked.key_expires_at  # type: ignore[attr-defined]
     if expires_at is not None and expires_at <= now:
         raise ExpiredApiKey()
-
-
-@dataclass(frozen=True)
-class _LiveCounts:
-    organization: int  # the organization's sessions holding capacity (its concurrency limit)
-    provider: int  # every organization's (the provider account's cap)
-    overdue: int  # the organization's created sessions past their join deadline
-
-
-def _live_counts(*, organization: Organization, now: datetime) -> _LiveCounts:
-    """Everything admission counts, in one statement. On PostgreSQL it runs under the provider
-    advisory lock, taken in a statement of its own first: a statement's snapshot is taken when it
-    starts, so a count in the locking statement would miss a create that committed while it waited."""
-    if connection.vendor == "postgresql":
-        # Held to the end of the create's transaction, taken after the organization's row lock by
-        # every create alike. (SQLite, the development default, serialises writers by itself.)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PROVIDER_CAPACITY_LOCK])
-    holding = holding_capacity_condition(now=now)
-    mine = Q(organization=organization)
-    counts = VoiceSession.objects.live().aggregate(
-        org_live=Count("pk", filter=mine & holding),
-        provider_live=Count("pk", filter=holding),
-        org_overdue=Count("pk", filter=mine & Q(status=VoiceSession.Status.CREATED, join_deadline__lt=now)),
-    )
-    return _LiveCounts(organization=counts["org_live"], provider=counts["provider_live"], overdue=counts["org_overdue"])
 
 
 def voice_session_create(
@@ -127,22 +125,24 @@ def voice_session_create(
     now = now or timezone.now()
     idempotency_key = idempotency_key or None
     with transaction.atomic():
-        # Serialise admission per organization so two racing creates cannot both pass the caps;
-        # every create of the org takes this lock first, so the key lookup below sees any winner.
-        locked = _lock_organization(organization=organization, api_key=api_key)
+        # Serialise admission so two racing creates cannot both pass the caps; every create takes
+        # the lock first, so the key lookup below sees any winner.
+        locked = _admission_state(organization=organization, api_key=api_key, now=now)
         if api_key is not None:
             _check_key_still_valid(locked=locked, now=now)
         if idempotency_key:
             earlier = _bound_session(organization=organization, idempotency_key=idempotency_key, now=now)
             if earlier is not None:
                 return _replay(earlier, fingerprint, now=now)
-        counts = _live_counts(organization=organization, now=now)
-        if counts.overdue:
+        if locked.org_overdue:  # type: ignore[attr-defined]
             # Sessions nobody joined stop counting at once (the counts above leave them out);
             # ending them here too means no deployment needs beat to close them.
             lifecycle.voice_sessions_expire_unjoined(organization=organization, now=now)
-        billing_services.session_admission_check(account=locked.billing_account, live_sessions=counts.organization)
-        if counts.provider >= settings.PROVIDER_MAX_LIVE_SESSIONS:
+        billing_services.session_admission_check(
+            account=locked.billing_account,
+            live_sessions=locked.org_live,  # type: ignore[attr-defined]
+        )
+        if locked.provider_live >= settings.PROVIDER_MAX_LIVE_SESSIONS:  # type: ignore[attr-defined]
             raise CapacityExhausted(retry_after=CAPACITY_RETRY_AFTER_SECONDS)
         session = VoiceSession(
             organization=organization,
