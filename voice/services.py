@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -12,15 +13,17 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Func, Q, QuerySet, Subquery
+from django.db.models import DateTimeField, Exists, Func, Q, QuerySet, Subquery, UUIDField
 from django.utils import timezone
 
 from accounts.models import ApiKey, AuditLog, Organization
-from accounts.selectors import ExpiredApiKey, RevokedApiKey
+from accounts.selectors import InvalidApiKey, api_key_check_usable
 from agent_worker import contracts
 from billing import selectors as billing_selectors
 from billing import services as billing_services
+from billing.models import BillingAccount
 from callmissed.errors import CapacityExhausted, Conflict, IdempotencyConflict, PaymentRequired
+from callmissed.statements import CompiledStatement, Placeholder, compile_statement
 from voice import lifecycle, livekit
 from voice.models import TranscriptSegment, VoiceSession, holding_capacity_condition
 
@@ -55,8 +58,9 @@ def _token_for(session: VoiceSession) -> str:
     return livekit.participant_token(room_name=session.room_name, identity=f"user-{session.id}", dispatch=dispatch)
 
 
-# The provider cap is platform-wide: every create takes this one lock first (an organization's
-# row lock would let creates of different organizations all count the same sessions and all pass).
+# The provider cap is platform-wide: every create takes this one lock first, so admissions of
+# every organization run one at a time (a lock per organization would let creates of different
+# organizations all count the same sessions and all pass). Nothing else locks what they read.
 _PROVIDER_CAPACITY_LOCK = 0x63616C6C  # any constant no other advisory lock uses ("call")
 
 
@@ -64,47 +68,61 @@ def _count(sessions: QuerySet[VoiceSession]) -> Subquery:
     return Subquery(sessions.order_by().annotate(n=Func("pk", function="COUNT")).values("n"))
 
 
-def _admission_state(*, organization: Organization, api_key: ApiKey | None, now: datetime) -> Organization:
-    """Under the provider lock, in one statement: the organization's row (locked), its billing
-    account, the state of the key the request came with and everything admission counts.
-
-    On PostgreSQL the lock is a statement of its own, taken first by every create and held to the
-    end of its transaction: a statement's snapshot is taken when it starts, so counts in the
-    statement that waited for the lock would miss a create that committed meanwhile. (SQLite, the
-    development default, serialises writers by itself.)"""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PROVIDER_CAPACITY_LOCK])
+@functools.cache
+def _admission_statement(using: str) -> CompiledStatement:
+    """The organization's billing account, whether the request's key is still usable and every
+    count admission needs, in one statement."""
+    now = Placeholder("now", DateTimeField())
+    organization_id = Placeholder("organization_id", UUIDField())
+    key_id = Placeholder("key_id", UUIDField())
     holding = holding_capacity_condition(now=now)
-    live = VoiceSession.objects.live()
-    mine = live.filter(organization_id=organization.pk)
-    state = (
-        Organization.objects.select_for_update(of=("self",))
-        .select_related("billing_account")
+    live = VoiceSession.objects.using(using).live()
+    mine = live.filter(organization_id=organization_id)
+    usable_key = ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+    return compile_statement(
+        BillingAccount.objects.using(using)
+        .filter(organization_id=organization_id)
         .annotate(
             org_live=_count(mine.filter(holding)),
             provider_live=_count(live.filter(holding)),
             org_overdue=_count(mine.filter(status=VoiceSession.Status.CREATED, join_deadline__lt=now)),
+            key_usable=Exists(usable_key),
         )
     )
-    if api_key is not None:
-        key_row = ApiKey.objects.filter(pk=api_key.pk)
-        state = state.annotate(
-            key_revoked_at=Subquery(key_row.values("revoked_at")),
-            key_expires_at=Subquery(key_row.values("expires_at")),
-        )
-    return state.get(pk=organization.pk)
 
 
-def _check_key_still_valid(*, locked: Organization, now: datetime) -> None:
+def _admission_state(*, organization: Organization, api_key: ApiKey | None, now: datetime) -> BillingAccount:
+    """Under the provider lock: the organization's billing account with the counts admission
+    needs (``org_live``, ``provider_live``, ``org_overdue``) and whether the request's key is still
+    usable (``key_usable``), read in one statement.
+
+    On PostgreSQL the lock is a statement of its own, taken first by every create and held to the
+    end of its transaction, so admissions run one at a time: a statement's snapshot is taken when
+    it starts, so counts in the statement that waited for the lock would miss a create that
+    committed meanwhile. (SQLite, the development default, serialises writers by itself.)"""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_PROVIDER_CAPACITY_LOCK])
+    [account] = _admission_statement(connection.alias).raw(
+        now=now, organization_id=organization.pk, key_id=api_key.pk if api_key is not None else None
+    )
+    account.organization = organization  # the caller's, already loaded
+    return account
+
+
+def _check_key_still_valid(*, state: BillingAccount, api_key: ApiKey, now: datetime) -> None:
     # The key was checked when the request (or the socket) arrived, possibly from a process's
     # key cache; a revocation since then must not admit one more session, on a socket left open
-    # for exactly that.
-    if locked.key_revoked_at is not None:  # type: ignore[attr-defined]
-        raise RevokedApiKey()
-    expires_at = locked.key_expires_at  # type: ignore[attr-defined]
-    if expires_at is not None and expires_at <= now:
-        raise ExpiredApiKey()
+    # for exactly that. Which refusal it is takes a read of its own, on this rare path only.
+    if state.key_usable:  # type: ignore[attr-defined]
+        return
+    current = ApiKey.objects.filter(pk=api_key.pk).first()
+    if current is None:
+        raise InvalidApiKey()
+    api_key_check_usable(api_key=current, now=now)
+    raise InvalidApiKey()  # usable again a moment later (an expiry moved): this create still refused
 
 
 def voice_session_create(
@@ -127,22 +145,19 @@ def voice_session_create(
     with transaction.atomic():
         # Serialise admission so two racing creates cannot both pass the caps; every create takes
         # the lock first, so the key lookup below sees any winner.
-        locked = _admission_state(organization=organization, api_key=api_key, now=now)
+        state = _admission_state(organization=organization, api_key=api_key, now=now)
         if api_key is not None:
-            _check_key_still_valid(locked=locked, now=now)
+            _check_key_still_valid(state=state, api_key=api_key, now=now)
         if idempotency_key:
             earlier = _bound_session(organization=organization, idempotency_key=idempotency_key, now=now)
             if earlier is not None:
                 return _replay(earlier, fingerprint, now=now)
-        if locked.org_overdue:  # type: ignore[attr-defined]
+        if state.org_overdue:  # type: ignore[attr-defined]
             # Sessions nobody joined stop counting at once (the counts above leave them out);
             # ending them here too means no deployment needs beat to close them.
             lifecycle.voice_sessions_expire_unjoined(organization=organization, now=now)
-        billing_services.session_admission_check(
-            account=locked.billing_account,
-            live_sessions=locked.org_live,  # type: ignore[attr-defined]
-        )
-        if locked.provider_live >= settings.PROVIDER_MAX_LIVE_SESSIONS:  # type: ignore[attr-defined]
+        billing_services.session_admission_check(account=state, live_sessions=state.org_live)  # type: ignore[attr-defined]
+        if state.provider_live >= settings.PROVIDER_MAX_LIVE_SESSIONS:  # type: ignore[attr-defined]
             raise CapacityExhausted(retry_after=CAPACITY_RETRY_AFTER_SECONDS)
         session = VoiceSession(
             organization=organization,
