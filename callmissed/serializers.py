@@ -209,6 +209,14 @@ class ContractSerializer(serializers.Serializer):
     def get_fields(self) -> dict[str, serializers.Field]:
         return {**contract_fields(self.contract, output=self.contract_output), **super().get_fields()}
 
+    def to_representation(self, instance: Any) -> Any:
+        # An instance of the contract is written by pydantic's own JSON dump, the very fields
+        # above in one call (DRF visits each field, nested ones too, for every row of a page).
+        # Anything else (a stored dict, a subclass with fields of its own) goes field by field.
+        if self.contract_output and type(instance) is self.contract and not self._declared_fields:
+            return instance.model_dump(mode="json")
+        return super().to_representation(instance)
+
 
 @cache
 def contract_serializer(model: type[BaseModel], *, output: bool = False) -> type[serializers.Serializer]:

@@ -35,6 +35,13 @@ class SessionConfigOutputSerializer(ContractSerializer):
     contract = contracts.SessionConfig
     contract_output = True
 
+    def get_attribute(self, instance: Any) -> Any:
+        # The session's ``config()`` called at once: DRF would inspect its signature first, on
+        # every row of a page.
+        for name in self.source_attrs[:-1]:
+            instance = getattr(instance, name)
+        return getattr(instance, self.source_attrs[-1])()
+
 
 # Reads a ``VoiceSession``.
 class SessionSummarySerializer(serializers.ModelSerializer):

@@ -206,3 +206,28 @@ def test_delete_of_an_ended_session_does_not_call_livekit(api: Any, livekit_serv
     assert api.delete(f"{SESSIONS}/{session_id}").status_code == 204
     assert livekit_server.calls == []
     assert VoiceSession.objects.get(pk=session_id).end_reason == "completed"
+
+
+def test_a_sessions_config_reads_the_same_whichever_way_it_is_written() -> None:
+    """The config of a session as pydantic writes it (sessions read from the database) is what
+    its serializer's fields write from the same values held in a plain dict."""
+    from voice.api.serializers import SessionConfigOutputSerializer
+
+    session = VoiceSessionFactory.build(
+        tools=[
+            {
+                "name": "book_slot",
+                "description": "Book a slot.",
+                "url": "https://example.com/tools/book",
+                "parameters": {"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]},
+                "timeout_ms": 4000,
+            }
+        ],
+        backchannels={"enabled": False, "extra_phrases": ["haan ji", "achha"]},
+        max_duration_seconds=900,
+    )
+    config = session.config()
+    by_pydantic = SessionConfigOutputSerializer(config).data
+    field_by_field = SessionConfigOutputSerializer(config.model_dump()).data
+    assert json.dumps(by_pydantic) == json.dumps(field_by_field)
+    assert by_pydantic["tools"][0]["parameters"]["required"] == ["day"]
