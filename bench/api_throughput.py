@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import psycopg
+from psycopg import sql
 
 from testsupport.processes import stop_process
 
@@ -67,8 +68,18 @@ class Cell:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
+def _create_database(database_url: str) -> None:
+    """The bench's database, created (empty) when it does not exist yet; migrate fills it."""
+    parts = urlsplit(database_url)
+    name = parts.path.lstrip("/")
+    with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
 def _setup(database_url: str) -> tuple[str, str]:
     """A fresh organization with a key, caps out of the way, and one session to read."""
+    _create_database(database_url)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.api_settings")
     os.environ["DATABASE_POOL_MAX_SIZE"] = "0"
     import django
