@@ -10,7 +10,9 @@ endpoint and level: each client sends its next request when the previous answer 
 given seconds after a one-second warm-up. Per cell it prints req/s, the ratio to the bare view at
 the same level on the same server, p50/p99, the count of 5xx answers and of failed connections,
 and the most PostgreSQL connections the database saw (``pg_stat_activity``, polled every 100 ms,
-the bench's own excluded). Then an open loop at half the peak create rate: requests start on a
+the bench's own excluded), and the server's CPU per answered request (all its processes, warm-up
+included) with the bare view's CPU per request divided by it: on a shared machine the CPU figures
+hold where req/s and latencies do not. Then an open loop at half the peak create rate: requests start on a
 fixed schedule whatever the answers do, latency counted from the scheduled start (no coordinated
 omission), p99 printed.
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -56,6 +59,14 @@ class Cell:
     other: int = 0
     seconds: float = 0.0
     max_connections: int = 0
+    # The server's CPU (every process of it) over the whole cell, warm-up included, and the
+    # requests it answered in that time: CPU per request is what a shared machine does not skew.
+    server_cpu_seconds: float = 0.0
+    answered: int = 0
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return self.server_cpu_seconds / self.answered * 1000 if self.answered else float("nan")
 
     @property
     def rate(self) -> float:
@@ -135,8 +146,18 @@ class ConnectionWatch:
         self._thread.join()
 
 
+def _cpu_seconds(process: psutil.Process) -> float:
+    """User and system CPU of the server: its process and every worker process under it."""
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = each.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 @contextlib.contextmanager
-def serving(kind: str, port: int, env: dict[str, str], log: Path) -> Iterator[None]:
+def serving(kind: str, port: int, env: dict[str, str], log: Path) -> Iterator[psutil.Process]:
     if kind == "daphne":
         argv = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
     else:
@@ -161,7 +182,7 @@ def serving(kind: str, port: int, env: dict[str, str], log: Path) -> Iterator[No
                 if process.poll() is not None:
                     raise RuntimeError(f"{kind} exited; see {log}") from None
                 time.sleep(0.2)
-        yield
+        yield psutil.Process(process.pid)
     finally:
         stop_process(process)
 
@@ -176,7 +197,9 @@ def _request(endpoint: str, base: str, session_id: str) -> tuple[str, str, bytes
     return "GET", f"{base}/v1/voice/sessions/{session_id}", None
 
 
-async def _one(http: aiohttp.ClientSession, method: str, url: str, body: bytes | None, cell: Cell, t0: float) -> None:
+async def _one(
+    http: aiohttp.ClientSession, method: str, url: str, body: bytes | None, cell: Cell, t0: float, total: Cell
+) -> None:
     try:
         async with http.request(method, url, data=body) as response:
             await response.read()
@@ -184,6 +207,7 @@ async def _one(http: aiohttp.ClientSession, method: str, url: str, body: bytes |
     except (TimeoutError, aiohttp.ClientError):
         cell.failures += 1
         return
+    total.answered += 1
     if status >= 500:
         cell.server_errors += 1
     elif status >= 400:
@@ -209,7 +233,7 @@ async def closed_loop(cell: Cell, base: str, key: str, session_id: str, seconds:
 
         async def client() -> None:
             while (now := time.perf_counter()) < stop_at:
-                await _one(http, method, url, body, counting if now >= warm_until else Cell("", "", 0), now)
+                await _one(http, method, url, body, counting if now >= warm_until else Cell("", "", 0), now, cell)
 
         await asyncio.gather(*(client() for _ in range(cell.level)))
         cell.latencies, cell.server_errors = counting.latencies, counting.server_errors
@@ -224,7 +248,7 @@ async def open_loop(cell: Cell, base: str, key: str, session_id: str, rate: floa
         for i in range(int(rate * seconds)):
             scheduled = start + i / rate
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            tasks.append(asyncio.create_task(_one(http, method, url, body, cell, scheduled)))
+            tasks.append(asyncio.create_task(_one(http, method, url, body, cell, scheduled, cell)))
         await asyncio.gather(*tasks)
         cell.seconds = seconds
 
@@ -258,39 +282,48 @@ def main() -> None:
     half_rate: list[Cell] = []
     port = 18700 + os.getpid() % 1000
     for server in args.servers.split(","):
-        with serving(server, port, env, log):
+        with serving(server, port, env, log) as process:
             base = f"http://127.0.0.1:{port}"
             for endpoint in ENDPOINTS:
                 for level in levels:
                     if endpoint == "create":
                         _end_sessions(database_url, org_id)
                     cell = Cell(server, endpoint, level)
+                    cpu_before = _cpu_seconds(process)
                     with ConnectionWatch(database_url) as watch:
                         asyncio.run(closed_loop(cell, base, key, session_id, args.seconds))
+                    cell.server_cpu_seconds = _cpu_seconds(process) - cpu_before
                     cell.max_connections = watch.peak
                     cells.append(cell)
             peak = max(c.rate for c in cells if c.server == server and c.endpoint == "create")
             _end_sessions(database_url, org_id)
             half = Cell(server, "create (open loop, half peak)", 0)
+            cpu_before = _cpu_seconds(process)
             asyncio.run(open_loop(half, base, key, session_id, peak / 2, args.seconds))
+            half.server_cpu_seconds = _cpu_seconds(process) - cpu_before
             half.level = round(peak / 2)
             half_rate.append(half)
     _end_sessions(database_url, org_id)
     print(f"# done {time.strftime('%H:%M:%S')} load average {os.getloadavg()[0]:.2f}")
-    print("| server | endpoint | c | req/s | ratio to bare | p50 / p99 ms | 5xx | failed | max PG conns |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| server | endpoint | c | req/s | ratio to bare | p50 / p99 ms | 5xx | failed | max PG conns "
+        "| server CPU ms/req | CPU ratio bare/this |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         bare = next(c for c in cells if c.server == cell.server and c.endpoint == "bare" and c.level == cell.level)
         ratio = cell.rate / bare.rate if bare.rate else float("nan")
+        cpu_ratio = bare.cpu_ms_per_request / cell.cpu_ms_per_request if cell.server_cpu_seconds else float("nan")
         print(
             f"| {cell.server} | {cell.endpoint} | {cell.level} | {cell.rate:.0f} | {ratio:.2f} | "
             f"{cell.pct(50):.1f} / {cell.pct(99):.1f} | {cell.server_errors} | {cell.failures} | "
-            f"{cell.max_connections} |"
+            f"{cell.max_connections} | {cell.cpu_ms_per_request:.2f} | {cpu_ratio:.2f} |"
         )
     for half in half_rate:
         print(
             f"| {half.server} | {half.endpoint} | rate {half.level}/s | {half.rate:.0f} | | "
-            f"{half.pct(50):.1f} / {half.pct(99):.1f} | {half.server_errors} | {half.failures} | |"
+            f"{half.pct(50):.1f} / {half.pct(99):.1f} | {half.server_errors} | {half.failures} | | "
+            f"{half.cpu_ms_per_request:.2f} | |"
         )
     if args.json:
         args.json.write_text(
@@ -306,6 +339,7 @@ def main() -> None:
                         "5xx": c.server_errors,
                         "failed": c.failures,
                         "max_connections": c.max_connections,
+                        "server_cpu_ms_per_request": c.cpu_ms_per_request,
                     }
                     for c in [*cells, *half_rate]
                 ],
