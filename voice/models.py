@@ -23,8 +23,9 @@ class VoiceSessionQuerySet(models.QuerySet["VoiceSession"]):
         return self.filter(holding_capacity_condition(now=now))
 
 
-def holding_capacity_condition(*, now: datetime) -> models.Q:
-    """The condition of ``holding_capacity``, for counts that filter an aggregate on it."""
+def holding_capacity_condition(*, now: datetime | models.Expression) -> models.Q:
+    """The condition of ``holding_capacity``, for counts that filter an aggregate on it (``now``
+    may be an expression: a statement compiled once takes each call's time as a parameter)."""
     return models.Q(status=VoiceSession.Status.ACTIVE) | models.Q(
         status=VoiceSession.Status.CREATED, join_deadline__gte=now
     )

@@ -144,3 +144,27 @@ def test_recording_a_keys_last_use_keeps_every_processs_cache() -> None:
     assert ApiKey.objects.get(pk=created.api_key.pk).last_used_at is not None
     assert cache.get(key_cache.GENERATION_KEY) == generation
     assert _key_reads(client) == (200, 0)
+
+
+def test_a_key_revoked_elsewhere_creates_nothing_even_while_this_process_still_holds_it(clock: list[float]) -> None:
+    """The one window the cache leaves (a generation bump lost) reads at most: admission reads the
+    key's state itself, in the statement that counts the sessions."""
+    created = make_key(make_org())
+    client = _client(created.plaintext)
+    assert client.get(SESSIONS).status_code == 200
+    _revoked_elsewhere(created.api_key)  # and no bump reaches this process
+    assert client.get(SESSIONS).status_code == 200  # within API_KEY_CACHE_SECONDS
+    response = client.post(SESSIONS, {}, format="json")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "revoked_api_key"
+    assert not created.api_key.organization.voice_sessions.exists()
+
+
+def test_a_key_that_expired_since_it_was_cached_creates_nothing() -> None:
+    created = services.api_key_create(organization=make_org(), expires_at=timezone.now() + timedelta(hours=1))
+    client = _client(created.plaintext)
+    assert client.get(SESSIONS).status_code == 200
+    ApiKey.objects.filter(pk=created.api_key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    response = client.post(SESSIONS, {}, format="json")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "expired_api_key"
