@@ -78,8 +78,10 @@ def _admission_statement(using: str) -> CompiledStatement:
     holding = holding_capacity_condition(now=now)
     live = VoiceSession.objects.using(using).live()
     mine = live.filter(organization_id=organization_id)
-    usable_key = ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True).filter(
-        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    usable_key = (
+        ApiKey.objects.using(using)
+        .filter(pk=key_id, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
     )
     return compile_statement(
         BillingAccount.objects.using(using)

@@ -209,4 +209,6 @@ class VoiceSessionTranscriptApi(APIView):
     def get(self, request: Request, session_id: str) -> Response:
         organization = request_api_key(request).organization
         transcript = selectors.voice_session_transcript(organization=organization, session_id=session_id)
+        if lifecycle.voice_sessions_expire_shown([transcript.session]):
+            transcript = selectors.voice_session_transcript(organization=organization, session_id=session_id)
         return Response(self.OutputSerializer(transcript).data)

@@ -118,6 +118,14 @@ def test_the_failed_filter_finds_sessions_past_their_deadline_the_reaper_has_not
     assert [(s["id"], s["end_reason"]) for s in failed] == [(str(overdue.pk), "unjoined")]
 
 
+def test_a_sessions_transcripts_never_show_it_waiting_past_its_deadline(api: Any) -> None:
+    session = VoiceSessionFactory.create(organization=api.org, join_deadline=timezone.now() - timedelta(seconds=1))
+
+    body = api.get(f"{SESSIONS}/{session.pk}/transcripts").json()
+
+    assert (body["status"], body["segments"]) == ("failed", [])
+
+
 def test_a_read_ends_only_the_overdue_sessions_it_shows(api: Any) -> None:
     """Reads cost no sweep: a session past its deadline that a page does not show is left to the
     reaper and the next admission (neither of which a read waits for)."""
