@@ -161,7 +161,7 @@ if REDIS_URL:
     # The cache holds only rate-limit counters, which fail open (accounts/throttling.py).
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "callmissed.cache.ProcessRedisCache",  # one connection pool per process
             "LOCATION": REDIS_URL,
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }

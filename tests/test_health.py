@@ -28,7 +28,7 @@ def _fresh_readiness() -> Iterator[None]:
 def _point_redis_at(settings: Any, url: str) -> None:
     settings.CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "callmissed.cache.ProcessRedisCache",
             "LOCATION": url,
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }

@@ -104,7 +104,7 @@ def test_while_the_shared_cache_is_down_every_request_reads_its_key(settings: An
     assert _key_reads(client) == (200, 1)
     settings.CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "callmissed.cache.ProcessRedisCache",
             "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
             "OPTIONS": {"socket_connect_timeout": 0.2},
         }

@@ -83,7 +83,7 @@ def test_an_unreachable_cache_lets_requests_through_and_says_so_once(
     settings.API_RATE_LIMIT = "1/min"
     settings.CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "callmissed.cache.ProcessRedisCache",
             "LOCATION": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }

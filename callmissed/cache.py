@@ -1,0 +1,31 @@
+"""The Redis cache backend, with one client per process.
+
+Django keeps a cache object per request context, and under ASGI every request is a new context:
+the stock ``RedisCache`` then built a new redis-py connection pool, and opened a new TCP
+connection (with its handshake) for every request's rate-limit and key-cache reads. Here every
+context of a process shares one client, and with it one pool, per location and options;
+redis-py's pool notices a fork and starts over in the child.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import Any
+
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+
+_CLIENTS: dict[str, RedisCacheClient] = {}
+_LOCK = threading.Lock()
+
+
+class ProcessRedisCache(RedisCache):
+    @cached_property
+    def _cache(self) -> RedisCacheClient:
+        options: dict[str, Any] = self._options
+        key = repr((self._servers, sorted(options.items())))
+        with _LOCK:
+            client = _CLIENTS.get(key)
+            if client is None:
+                client = _CLIENTS[key] = self._class(self._servers, **options)
+            return client
