@@ -9,6 +9,7 @@ redis-py's pool notices a fork and starts over in the child.
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import cached_property
 from typing import Any
@@ -20,12 +21,16 @@ _LOCK = threading.Lock()
 
 
 class ProcessRedisCache(RedisCache):
+    def __init__(self, server: str, params: dict[str, Any]) -> None:
+        super().__init__(server, params)
+        self._location = server
+        self._client_options: dict[str, Any] = params.get("OPTIONS", {})
+
     @cached_property
     def _cache(self) -> RedisCacheClient:
-        options: dict[str, Any] = self._options
-        key = repr((self._servers, sorted(options.items())))
+        key = repr((self._location, sorted(self._client_options.items())))
         with _LOCK:
             client = _CLIENTS.get(key)
             if client is None:
-                client = _CLIENTS[key] = self._class(self._servers, **options)
+                client = _CLIENTS[key] = RedisCacheClient(re.split("[;,]", self._location), **self._client_options)
             return client
