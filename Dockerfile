@@ -1,4 +1,5 @@
-# One image for every CallMissed process: Daphne (API, dashboard, legacy WebSocket), the Celery
+# One image for every CallMissed process: the web server (API, dashboard, legacy WebSocket:
+# WEB_CONCURRENCY Daphne processes behind port 8000, callmissed/serve.py), the Celery
 # worker and beat, and the LiveKit agent worker. docker-compose.yml picks the command.
 FROM python:3.11-slim
 
@@ -22,4 +23,4 @@ RUN useradd --create-home --uid 1000 callmissed
 USER callmissed
 
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--websocket-max-message-size", "1048576", "--websocket-max-frame-size", "1048576", "callmissed.asgi:application"]
+CMD ["python", "-m", "callmissed.serve", "--host", "0.0.0.0", "--port", "8000"]

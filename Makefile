@@ -20,7 +20,8 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
-## Run the platform on embedded defaults: SQLite, in-memory channels, eager Celery, offline speech.
+## Run the platform on embedded defaults: SQLite, in-memory channels, eager Celery, offline speech;
+## one Daphne process (WEB_CONCURRENCY unset in development).
 ## Prints a dashboard login and an API key of one organization ("Demo"), and the commands to try them.
 run: install
 	$(PY) manage.py migrate --noinput -v0
@@ -39,7 +40,7 @@ run: install
 	echo "  $(PY) -m clients.voice_ws_client --url ws://$(HOST):$(PORT)/ws/voice-agent --key $$KEY --say \"What time do you open tomorrow\" --out agent.wav" && \
 	echo "API docs: http://$(HOST):$(PORT)/v1/docs" && \
 	echo ""
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 1048576 --websocket-max-frame-size 1048576 callmissed.asgi:application
+	$(PY) -m callmissed.serve --host $(HOST) --port $(PORT)
 
 ## Lint, type-check and run every test (PostgreSQL/Redis when DATABASE_URL/REDIS_URL are set).
 test: install-dev browser lint typecheck pytest

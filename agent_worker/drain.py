@@ -2,8 +2,9 @@
 
 On shutdown the process refuses new calls, gives live ones a bounded wait to finish by
 themselves, then ends the rest with a spoken goodbye. Every process that runs conversations
-uses it: the platform's Daphne (legacy socket calls; ``callmissed/asgi.py`` runs it before Daphne
-cancels its connections) and each agent worker job process (the job's shutdown callback, which
+uses it: each of the platform's Daphne processes, for its own legacy socket calls
+(``callmissed/asgi.py`` runs it before Daphne cancels its connections), and each agent worker job
+process (the job's shutdown callback, which
 livekit-agents runs once its own drain timeout has passed).
 
 The bounded wait plus the goodbye is what ``docker-compose.yml``'s ``stop_grace_period`` covers,

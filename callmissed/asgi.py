@@ -1,5 +1,8 @@
 """ASGI entry point (Daphne): Django for HTTP, Channels for the legacy voice WebSocket.
 
+Served by ``python -m callmissed.serve``: one Daphne process, or ``WEB_CONCURRENCY`` of them behind
+one port, each running this module, draining its own calls on SIGTERM.
+
 WebSockets pass an origin check and the ``?key=`` authentication middleware before routing.
 The origin check is ``AllowedHostsOriginValidator`` except that a connection with no ``Origin``
 header is let through: the socket is authenticated by the key in its URL, never by cookies, so

@@ -8,6 +8,7 @@ values (production, Redis), which settings.py resolves.
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from typing import Literal
 
@@ -29,6 +30,10 @@ class PlatformSettings(SharedSettings):
     django_secure_ssl_redirect: bool | None = None  # unset: on in production
     django_hsts_seconds: int | None = None  # unset: a year in production
     log_level: str = "INFO"
+    # Server processes behind the one port (callmissed/serve.py): legacy calls run in the server
+    # process, so a machine's cores serve them only with a process each. Unset: one per CPU in
+    # production, one in development (`make run`). More than one needs REDIS_URL.
+    web_concurrency: int | None = Field(None, ge=1)
 
     database_url: str = ""  # unset: SQLite in the checkout
     # Persistent connections; 0 with pooling (Django's pool requires it). Under ASGI each request
@@ -140,6 +145,15 @@ class PlatformSettings(SharedSettings):
         except ImproperlyConfigured as error:
             raise ValueError(str(error)) from None
         return value
+
+
+def web_processes(web_concurrency: int | None, *, production: bool) -> int:
+    """How many server processes serve the port: ``WEB_CONCURRENCY``, else one per CPU this
+    process may run on in production and one in development. Read by settings.py and by
+    callmissed/serve.py, which starts them before Django is set up."""
+    if web_concurrency is not None:
+        return web_concurrency
+    return len(os.sched_getaffinity(0)) if production else 1
 
 
 def platform_settings() -> PlatformSettings:

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from agent_worker import logs
 from agent_worker.provider_settings import SpeechMode
 from agent_worker.settings import DEV_TOOL_SIGNING_KEY
-from callmissed.config import DEV_SECRET_KEY, platform_settings
+from callmissed.config import DEV_SECRET_KEY, platform_settings, web_processes
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -169,6 +169,15 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Server processes behind the port (callmissed/serve.py). Each holds its own calls: a call's control
+# messages (REST DELETE, billing stops) reach it from any process only through Redis.
+WEB_CONCURRENCY = web_processes(_env.web_concurrency, production=_PRODUCTION)
+if WEB_CONCURRENCY > 1 and "InMemory" in CHANNEL_LAYERS["default"]["BACKEND"]:
+    raise ImproperlyConfigured(
+        f"WEB_CONCURRENCY={WEB_CONCURRENCY} needs REDIS_URL: with the in-memory channel layer a call "
+        "could not be ended from another server process, and each process would keep its own rate limits"
+    )
 
 CELERY_BROKER_URL = _env.celery_broker_url or REDIS_URL or "memory://"
 CELERY_TASK_ALWAYS_EAGER = _env.celery_task_always_eager if _env.celery_task_always_eager is not None else not REDIS_URL

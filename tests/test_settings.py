@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from callmissed.config import web_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 PROD_ENV = {
     "DJANGO_ENV": "production",
@@ -105,6 +107,19 @@ def test_production_refuses_to_start_on_development_parts(env: dict[str, str], n
     result = _manage("check", env=env)
     assert result.returncode != 0, result.stdout
     assert "ImproperlyConfigured" in result.stderr and named in result.stderr
+
+
+def test_more_than_one_server_process_is_refused_without_redis() -> None:
+    # A REST DELETE served by one process could not reach a call held by another.
+    result = _manage("check", env={"WEB_CONCURRENCY": "2"})
+    assert result.returncode != 0, result.stdout
+    assert "WEB_CONCURRENCY=2 needs REDIS_URL" in result.stderr
+
+
+def test_unset_web_concurrency_is_one_process_in_development_and_one_per_cpu_in_production() -> None:
+    assert web_processes(None, production=False) == 1
+    assert web_processes(None, production=True) == len(os.sched_getaffinity(0))
+    assert web_processes(3, production=True) == 3
 
 
 def test_production_may_serve_the_offline_voices_when_asked_by_name() -> None:

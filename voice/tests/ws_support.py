@@ -1,6 +1,6 @@
 """A real Daphne server on loopback for legacy-WebSocket tests, and a caller that talks to it.
 
-``DaphneServer`` runs ``daphne callmissed.asgi:application`` as a subprocess on the test
+``DaphneServer`` runs ``python -m callmissed.serve`` (Daphne, as in production) as a subprocess on the test
 database (PostgreSQL, so both processes see committed rows) with the provider settings pointed
 at the loopback fakes. ``WsCaller`` is a client on the ``websockets`` library that streams PCM in
 real time like a phone (silence unless told to speak), and records every event and audio frame.
@@ -29,7 +29,6 @@ from websockets.exceptions import ConnectionClosed
 from testsupport.fakes.openai_chat import FakeChatServer
 from testsupport.fakes.sarvam import FakeSarvam, silence, tone
 from testsupport.processes import free_port, stop_process, wait_for_listener
-from voice.legacy.protocol import MAX_MESSAGE_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_SECONDS = 0.02
@@ -95,21 +94,10 @@ class DaphneServer:
     def start(self) -> DaphneServer:
         with self.log_path.open("wb") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    # As the Makefile and the image start it: a larger message is refused with 1009.
-                    "--websocket-max-message-size",
-                    str(MAX_MESSAGE_BYTES),
-                    "--websocket-max-frame-size",
-                    str(MAX_MESSAGE_BYTES),
-                    self.application,
-                ],
+                # As production, the image and `make run` start it (the legacy socket's limits
+                # included: a larger message is refused with 1009); WEB_CONCURRENCY in ``env``
+                # runs several processes behind the port.
+                [sys.executable, "-m", "callmissed.serve", "--port", str(self.port), self.application],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,

@@ -1,0 +1,161 @@
+"""The platform's web server: ``WEB_CONCURRENCY`` Daphne processes behind one port.
+
+    python -m callmissed.serve [--host 127.0.0.1] [--port 8000] [application]
+
+A legacy-socket call runs its whole conversation in the server process that accepted it, and one
+Python process uses one core: a machine's cores serve calls (and REST requests) only with a
+process each. Daphne with this small supervisor rather than another server's own process manager
+(measured in bench/README.md, ``ws_sessions``): Uvicorn closes every WebSocket (1012) the moment a
+stop begins and Hypercorn cancels them after its grace period, both before the application hears
+of the stop (the ASGI lifespan ``shutdown`` comes last), so a live caller would be cut off
+mid-sentence instead of hearing the goodbye; and the socket's close behaviour
+(callmissed/asgi.py) is Daphne's.
+
+This process binds the port once and starts the children with the listening socket inherited
+(``daphne --fd``); the kernel hands each new connection to one of them. Nothing else is shared:
+a call's control messages (REST ``DELETE``, billing stops, key revocation) reach it over the
+Redis channel layer whichever process holds it, which is why settings refuse more than one
+process without ``REDIS_URL``.
+
+SIGTERM or SIGINT is passed to every child; each drains its own calls (refuses new ones, waits
+``DRAIN_WAIT_SECONDS``, ends the rest with a spoken goodbye and close 4503) and exits, and this
+process exits once all have. A child that dies by itself (the OOM killer, a crash) is started
+again, unless it exited with an error while starting (a broken configuration would be restarted
+for ever): then the whole server stops. A child whose supervisor is killed drains and exits too.
+
+With one process (development, ``make run``) there is no supervisor: this process is the Daphne.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from callmissed.config import platform_settings, web_processes
+
+logger = logging.getLogger("callmissed.serve")
+
+APPLICATION = "callmissed.asgi:application"
+# A child that exits with an error sooner than this after its start failed to start (a bad
+# setting, a missing module): restarting it would fail again, for ever.
+STARTUP_SECONDS = 20.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def run_daphne(listen: list[str], application: str) -> None:
+    """Daphne in this process, listening as ``listen`` says, with the legacy socket's limits."""
+    from daphne.cli import CommandLineInterface
+
+    from voice.legacy.protocol import MAX_MESSAGE_BYTES
+
+    size = str(MAX_MESSAGE_BYTES)
+    CommandLineInterface().run(
+        [*listen, "--websocket-max-message-size", size, "--websocket-max-frame-size", size, application]
+    )
+
+
+def _stop_with_the_supervisor() -> None:
+    """A child whose supervisor is killed gets SIGTERM (it drains and exits) instead of serving on
+    alone, holding the port, where nothing would ever stop it."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _fresh_metrics_directory() -> None:
+    # The server processes write their metrics to files there; a previous run's files would be
+    # added to this run's (prometheus_client: wipe the directory before the processes start).
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink(missing_ok=True)
+
+
+def supervise(sock: socket.socket, processes: int, application: str) -> int:
+    """Run ``processes`` Daphne children on ``sock`` until a stop signal; their worst exit code."""
+    fd = sock.fileno()
+    argv = [sys.executable, "-m", "callmissed.serve", "--fd", str(fd), application]
+    children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    stopping = False
+    failed = 0
+
+    def start() -> None:
+        # A process group of its own: a terminal's Ctrl-C reaches the children once, from here.
+        child = subprocess.Popen(argv, pass_fds=(fd,), process_group=0)  # noqa: S603  (our own argv)
+        children[child.pid] = (child, time.monotonic())
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            logger.info("Stopping %d server process(es): each drains its calls", len(children))
+        stopping = True
+        for child, _ in children.values():
+            child.send_signal(signal.SIGTERM)
+
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, stop)
+    for _ in range(processes):
+        start()
+    logger.info("Serving on %s with %d processes", sock.getsockname(), processes)
+    while children:
+        pid, status = os.wait()
+        if pid not in children:
+            continue
+        child, started = children.pop(pid)
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+        _forget_metrics_of(pid)
+        if stopping:
+            failed = max(failed, 1 if code else 0)
+            continue
+        if code > 0 and time.monotonic() - started < STARTUP_SECONDS:
+            logger.error("Server process %d failed while starting (exit %d): stopping", pid, code)
+            stop(signal.SIGTERM, None)
+            failed = 1
+            continue
+        logger.error("Server process %d exited (%d): starting another", pid, code)
+        start()
+    return failed
+
+
+def _forget_metrics_of(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a child: the inherited listening socket
+    parser.add_argument("application", nargs="?", default=APPLICATION)
+    args = parser.parse_args(argv)
+    if args.fd is not None:
+        _stop_with_the_supervisor()
+        run_daphne(["--fd", str(args.fd)], args.application)
+        return 0
+    env = platform_settings()
+    processes = web_processes(env.web_concurrency, production=env.django_env == "production")
+    _fresh_metrics_directory()
+    if processes == 1:
+        run_daphne(["-b", args.host, "-p", str(args.port)], args.application)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    with socket.create_server((args.host, args.port), family=family, backlog=2048) as sock:
+        return supervise(sock, processes, args.application)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
