@@ -1,10 +1,13 @@
 """REST API throughput: session create, list and get against a bare JSON view, same server, same run.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/cm_bench REDIS_URL=redis://127.0.0.1:6379/9 \\
-        .venv/bin/python -m bench.api_throughput [--servers daphne,uvicorn:2] [--levels 1,8,32,64] [--seconds 4]
+        .venv/bin/python -m bench.api_throughput [--servers daphne,daphne:2,uvicorn:2,hypercorn:2] \\
+        [--levels 1,8,32,64] [--seconds 4]
 
-For each server (``daphne`` is one Daphne process; ``uvicorn:N`` is Uvicorn with N worker
-processes), the script starts it on ``bench.api_settings`` (the platform's settings with debug off
+For each server (``daphne`` is one Daphne process; ``daphne:N`` is production's start,
+``python -m callmissed.serve`` with ``WEB_CONCURRENCY=N``; ``uvicorn:N`` is Uvicorn with N worker
+processes; ``hypercorn:N`` Hypercorn with N workers, installed outside the venv as bench/README.md
+says, ``--hypercorn-path``), the script starts it on ``bench.api_settings`` (the platform's settings with debug off
 plus ``/bench/bare``, a JSON view that touches nothing), then runs a closed loop of C clients per
 endpoint and level: each client sends its next request when the previous answer arrives, for the
 given seconds after a one-second warm-up. Per cell it prints req/s, the ratio to the bare view at
@@ -157,14 +160,20 @@ def _cpu_seconds(process: psutil.Process) -> float:
 
 
 @contextlib.contextmanager
-def serving(kind: str, port: int, env: dict[str, str], log: Path) -> Iterator[psutil.Process]:
+def serving(kind: str, port: int, env: dict[str, str], log: Path, hypercorn_path: str) -> Iterator[psutil.Process]:
+    name, _, workers = kind.partition(":")
+    env = {**env, "WEB_CONCURRENCY": workers or "1"}
     if kind == "daphne":
         argv = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
+    elif name == "daphne":  # production's start: WEB_CONCURRENCY Daphne processes behind the port
+        argv = [sys.executable, "-m", "callmissed.serve", "--port", str(port)]
+    elif name == "hypercorn":
+        argv = [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}", "--workers", workers or "1"]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [hypercorn_path, env.get("PYTHONPATH")]))
     else:
-        workers = kind.partition(":")[2] or "1"
         argv = [
             sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", workers, "--no-access-log", "--log-level", "warning",
+            "--workers", workers or "1", "--no-access-log", "--log-level", "warning",
             "--loop", "uvloop", "--http", "httptools", "--lifespan", "off",
         ]  # fmt: skip
     argv.append("callmissed.asgi:application")
@@ -259,6 +268,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32,64")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--json", type=Path, help="also write the cells here")
+    parser.add_argument("--hypercorn-path", default="/tmp/hyper", help="where hypercorn was pip-installed (--target)")
     args = parser.parse_args()
     database_url = os.environ["DATABASE_URL"]
     server_env = dict(os.environ)  # before _setup turns pooling off for this process
@@ -282,7 +292,7 @@ def main() -> None:
     half_rate: list[Cell] = []
     port = 18700 + os.getpid() % 1000
     for server in args.servers.split(","):
-        with serving(server, port, env, log) as process:
+        with serving(server, port, env, log, args.hypercorn_path) as process:
             base = f"http://127.0.0.1:{port}"
             for endpoint in ENDPOINTS:
                 for level in levels:

@@ -1,4 +1,5 @@
-"""The ASGI app bench.ws_sessions runs in Daphne: CallMissed's, plus a paced echo at ``ECHO_PATH``.
+"""The ASGI app bench.ws_sessions serves: CallMissed's, plus a paced echo at ``ECHO_PATH`` and the
+legacy consumer on Channels' stock loop at ``STOCK_LOOP_PATH``.
 
 The echo is the baseline the legacy consumer's figures are divided by. It speaks the same
 protocol to the same callers — config, binary frames, ``end`` → ``session.ended`` and close
@@ -6,6 +7,10 @@ protocol to the same callers — config, binary frames, ``end`` → ``session.en
 back, paced as ``CallbackAudioOutput`` paces agent audio (at most ``SEND_AHEAD_SECONDS`` ahead of
 the listener's playhead). What it costs is Daphne, the WebSocket framing and the pacing, on the
 same process, at the same moment; whatever the real consumer costs above it is the pipeline's.
+
+``STOCK_LOOP_PATH`` serves ``VoiceAgentConsumer`` with ``AsyncConsumer.__call__`` put back, behind
+the same key authentication: the A/B baseline for the consumer's own lean loop, in the same
+server process and run. It exists only here, never in production's routing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 from typing import Any
 
 from agent_worker.audio_io import SEND_AHEAD_SECONDS
-from bench.ws_sessions import ECHO_PATH
+from bench.ws_sessions import ECHO_PATH, STOCK_LOOP_PATH
 from callmissed.asgi import application as callmissed_application
 
 
@@ -64,8 +69,26 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await player
 
 
+# The stock-loop baseline; imported here, after callmissed.asgi has set Django up.
+from channels.consumer import AsyncConsumer  # noqa: E402
+
+from accounts.ws_auth import ApiKeyQueryAuthMiddleware  # noqa: E402
+from voice.consumers import VoiceAgentConsumer  # noqa: E402
+
+
+class StockLoopConsumer(VoiceAgentConsumer):
+    """The legacy consumer on Channels' own receive loop (a task and an ``asyncio.wait`` per message)."""
+
+    __call__ = AsyncConsumer.__call__
+
+
+stock_loop = ApiKeyQueryAuthMiddleware(StockLoopConsumer.as_asgi())
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "websocket" and scope["path"] == ECHO_PATH:
         await echo(scope, receive, send)
+    elif scope["type"] == "websocket" and scope["path"] == STOCK_LOOP_PATH:
+        await stock_loop(scope, receive, send)
     else:
         await callmissed_application(scope, receive, send)

@@ -1,14 +1,24 @@
-"""How many concurrent legacy-WebSocket sessions one Daphne process holds in real time.
+"""How many concurrent legacy-WebSocket sessions a server holds in real time, per server and process count.
 
-    DATABASE_URL=postgres://… [REDIS_URL=redis://…] .venv/bin/python -m bench.ws_sessions \
-        [--levels 25,50,100,150] [--seconds 30] [--rate 4] [--client-procs 2] [--offline-levels 2,4,8]
+    DATABASE_URL=postgres://… REDIS_URL=redis://… .venv/bin/python -m bench.ws_sessions \
+        [--servers daphne:1,daphne:2,uvicorn:2,hypercorn:2] [--levels 25,50] [--seconds 30] [--rate 4] \
+        [--client-procs 2] [--loops lean,stock] [--offline-levels 2,4,8] [--hypercorn-path /tmp/hyper]
 
-One ``daphne callmissed.asgi:application`` process serves every session; nothing else runs in
-it. The provider fakes (Sarvam STT/TTS and the chat completions, on loopback) run in their own
-process, and the callers in ``--client-procs`` other processes, so the server's figures are its
-own cost. Each caller streams 20 ms PCM frames in real time: silence, and every 8 s a 0.8 s tone
-the fake's VAD hears as an utterance, so the agent greets and then answers again and again
-(speaking about a third of the time, at a realistic 60 ms of audio per character).
+Each ``--servers`` entry is ``server:processes``, one after the other in the same run:
+
+* ``daphne:N`` — production's own start, ``python -m callmissed.serve`` with ``WEB_CONCURRENCY=N``
+  (one Daphne process, or N children on the port, a ``SO_REUSEPORT`` socket each);
+* ``uvicorn:N`` — ``uvicorn --workers N`` (its process manager; uvloop, httptools, websockets);
+* ``hypercorn:N`` — ``hypercorn --workers N``. Hypercorn is no project dependency: install it
+  outside the venv (``.venv/bin/pip install --target /tmp/hyper hypercorn``), the bench puts
+  ``--hypercorn-path`` on the server's ``PYTHONPATH``.
+
+Every server serves ``bench.ws_echo:application`` (CallMissed's app plus the two baselines below);
+nothing else runs in it. The provider fakes (Sarvam STT/TTS and the chat completions, on loopback)
+run in their own process, and the callers in ``--client-procs`` other processes, so the server's
+figures are its own cost. Each caller streams 20 ms PCM frames in real time: silence, and every
+8 s a 0.8 s tone the fake's VAD hears as an utterance, so the agent greets and then answers again
+and again (speaking about a third of the time, at a realistic 60 ms of audio per character).
 
 Per level, N callers start at ``--rate`` per second, then all N stay live together for
 ``--seconds``, then hang up (``end``). Figures:
@@ -22,7 +32,8 @@ Per level, N callers start at ``--rate`` per second, then all N stay live togeth
 * server RSS growth per session: (RSS with all sessions live − RSS before the level) / N;
 * server CPU (share of one core) while all sessions were live, and the callers' processes' CPU,
   which says whether the machine, not the server, was the limit. The server's RSS and CPU are
-  Daphne's with its child processes' (the offline STT decoders).
+  the sum over all its processes (a supervisor, its workers, the offline STT decoders);
+* spread: how many of the live connections each server process held.
 
 ``--offline-levels`` repeats the run with the embedded offline providers (pocketsphinx, piper,
 the scripted LLM) in the server — their models run on the server's CPU, so the figure is far
@@ -31,10 +42,14 @@ no word to pocketsphinx) and take turns: each speaks a second after the agent st
 database must be PostgreSQL (the sessions write their rows concurrently); a new organization and
 key are created for each run.
 
-Baseline: the machine is shared, so absolute figures drift from run to run. Every level first
-runs the same callers, at the same N, against a paced echo (``bench.ws_echo``) served by the same
-Daphne process — Daphne, WebSocket framing and real-time pacing, no session — and the summary
-gives the voice agent's server CPU per session and live p99 lateness as ratios to the echo's.
+Baselines: the machine is shared, so absolute figures drift from run to run. Every level runs, on
+the same server processes and in this order, the same callers at the same N against
+
+* ``echo`` — a paced echo (``bench.ws_echo``): the server, WebSocket framing and real-time
+  pacing, no session. The summary divides the voice agent's CPU per session by the echo's;
+* ``lean`` — the legacy consumer as production runs it (``/ws/voice-agent``);
+* ``stock`` — the same consumer on Channels' stock ``AsyncConsumer.__call__`` loop, served only by
+  ``bench.ws_echo``: whether the consumer's own loop pays (``--loops lean`` skips it).
 """
 
 from __future__ import annotations
@@ -74,8 +89,9 @@ LATENESS_LIMIT_MS = 40.0
 SARVAM_KEY = "bench-sarvam"
 CLARIFAI_PAT = "bench-clarifai"
 TTS_MS_PER_CHAR = 60.0
-DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
-ECHO_PATH = "/bench/echo"  # bench.ws_echo's baseline, beside the voice agent in the same Daphne
+ECHO_PATH = "/bench/echo"  # bench.ws_echo's baseline, beside the voice agent in the same server
+STOCK_LOOP_PATH = "/bench/voice-agent-stock-loop"  # bench.ws_echo: the consumer on Channels' own loop
+MAX_MESSAGE_BYTES = 1024 * 1024  # the legacy protocol's limit, as callmissed.serve gives Daphne
 REPLY = "Sure. We are open from nine in the morning to six in the evening, every day."
 
 
@@ -230,37 +246,65 @@ def manage(*args: str, env: dict[str, str]) -> str:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    """``kind:processes`` serving ``bench.ws_echo:application`` on a free port."""
+
+    def __init__(self, spec: str, env: dict[str, str], log: Path, *, hypercorn_path: str) -> None:
+        self.kind, _, procs = spec.partition(":")
+        self.procs = int(procs or "1")
         self.port = free_port()
-        self.env = env
+        self.env = {**env, "WEB_CONCURRENCY": str(self.procs)}
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        app = "bench.ws_echo:application"
+        port = str(self.port)
+        if self.kind == "daphne":
+            self.argv = [sys.executable, "-m", "callmissed.serve", "--port", port, app]
+        elif self.kind == "uvicorn":
+            self.argv = [
+                sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", port,
+                "--workers", str(self.procs), "--ws-max-size", str(MAX_MESSAGE_BYTES),
+                "--lifespan", "off", "--no-access-log", "--log-level", "warning", app,
+            ]  # fmt: skip
+        elif self.kind == "hypercorn":
+            self.argv = [
+                sys.executable,
+                "-m",
+                "hypercorn",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(self.procs),
+                app,
+            ]
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [hypercorn_path, self.env.get("PYTHONPATH")]))
+        else:
+            raise SystemExit(f"unknown server {spec!r}: daphne, uvicorn or hypercorn")
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.procs}"
 
     def __enter__(self) -> Server:
         with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [*DAPHNE, "-p", str(self.port), "bench.ws_echo:application"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            self.process = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         if not wait_for_listener(self.process, self.port):
-            raise RuntimeError(f"Daphne did not start; see {self.log}")
+            raise RuntimeError(f"{self.label} did not start; see {self.log}")
+        time.sleep(5.0 if self.procs > 1 else 0.0)  # the other workers finish importing
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
         self.process.terminate()
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
 
 
 @dataclass
 class Level:
-    baseline: bool  # the paced echo, not the voice agent
+    server: str  # kind:processes
+    kind: str  # "echo", "lean" (the voice agent as production runs it) or "stock" (Channels' loop)
     sessions: int
     lateness_p50: float
     lateness_p99: float  # every frame, ramp included
@@ -272,6 +316,11 @@ class Level:
     rss_per_session_mb: float
     server_cpu: float
     callers_cpu: float
+    spread: str  # live connections per server process
+
+    @property
+    def baseline(self) -> bool:
+        return self.kind == "echo"
 
     @property
     def real_time(self) -> bool:
@@ -282,26 +331,41 @@ class Level:
         return self.server_cpu / self.sessions
 
 
-def server_tree(daphne: psutil.Process) -> list[psutil.Process]:
-    # The offline STT decodes in child processes of Daphne's: their cost is the server's too.
-    return [daphne, *daphne.children(recursive=True)]
+def server_tree(root: psutil.Process) -> list[psutil.Process]:
+    # Workers, and the offline STT's decoder processes: their cost is the server's too.
+    return [root, *root.children(recursive=True)]
 
 
-def tree_cpu(daphne: psutil.Process) -> dict[int, float]:
+def tree_cpu(root: psutil.Process) -> dict[int, float]:
     seconds = {}
-    for process in server_tree(daphne):
+    for process in server_tree(root):
         with contextlib.suppress(psutil.NoSuchProcess):
             times = process.cpu_times()
             seconds[process.pid] = times.user + times.system
     return seconds
 
 
-def tree_rss(daphne: psutil.Process) -> int:
+def tree_rss(root: psutil.Process) -> int:
     total = 0
-    for process in server_tree(daphne):
+    for process in server_tree(root):
         with contextlib.suppress(psutil.NoSuchProcess):
             total += process.memory_info().rss
     return total
+
+
+def spread(root: psutil.Process, port: int) -> str:
+    """Accepted connections per server process: how evenly the shared socket hands them out."""
+    held = []
+    for process in server_tree(root):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            count = sum(
+                1
+                for c in process.net_connections(kind="tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+            )
+            if count:
+                held.append(count)
+    return "+".join(str(n) for n in sorted(held, reverse=True)) or "0"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -312,14 +376,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_level(
-    server: Server, path: str, caller: Caller, sessions: int, *, steady_s: float, rate: float, procs: int
+    server: Server, kind: str, path: str, caller: Caller, sessions: int, *, steady_s: float, rate: float, procs: int
 ) -> Level:
     """Start ``sessions`` callers at ``rate`` per second, hold them all live for ``steady_s``."""
     assert server.process is not None
-    baseline = path.startswith(ECHO_PATH)
-    daphne = psutil.Process(server.process.pid)
+    baseline = kind == "echo"
+    root = psutil.Process(server.process.pid)
     time.sleep(3.0)  # let the previous level's sessions finish closing
-    rss_before = tree_rss(daphne)
+    rss_before = tree_rss(root)
     url = f"ws://127.0.0.1:{server.port}{path}"
     spawn = multiprocessing.get_context("spawn")
     t0 = time.monotonic() + 3.0  # the callers' processes start meanwhile
@@ -338,12 +402,15 @@ def run_level(
         pipes.append(parent)
         workers.append(worker)
     time.sleep(max(0.0, steady[0] - time.monotonic()))
-    cpu_before, wall_before = tree_cpu(daphne), time.monotonic()
+    cpu_before, wall_before = tree_cpu(root), time.monotonic()
     samples = []
+    held = ""
     while time.monotonic() < steady[1]:
         time.sleep(0.5)
-        samples.append(tree_rss(daphne))
-    cpu_after = tree_cpu(daphne)
+        samples.append(tree_rss(root))
+        if not held and time.monotonic() > (steady[0] + steady[1]) / 2:
+            held = spread(root, server.port)
+    cpu_after = tree_cpu(root)
     used = sum(seconds - cpu_before.get(pid, 0.0) for pid, seconds in cpu_after.items())
     server_cpu = used / (time.monotonic() - wall_before)
     results: list[dict[str, Any]] = []
@@ -371,7 +438,8 @@ def run_level(
             ok += 1
     rss_live = statistics.median(samples) if samples else rss_before
     return Level(
-        baseline=baseline,
+        server=server.label,
+        kind=kind,
         sessions=sessions,
         lateness_p50=percentile(lateness, 0.50),
         lateness_p99=percentile(lateness, 0.99),
@@ -383,26 +451,28 @@ def run_level(
         rss_per_session_mb=(rss_live - rss_before) / sessions / 2**20,
         server_cpu=server_cpu,
         callers_cpu=callers_cpu,
+        spread=held,
     )
 
 
 def print_levels(title: str, levels: list[Level]) -> None:
     print(f"\n{title}")
     print(
-        f"{'':>4} {'sessions':>8} {'ok':>5} {'frames':>7} {'late p50':>9} {'p99 ms':>7} {'max ms':>7} "
+        f"{'':>12} {'':>5} {'sessions':>8} {'ok':>5} {'frames':>7} {'late p50':>9} {'p99 ms':>7} {'max ms':>7} "
         f"{'live p99':>8} {'MB/sess':>8} {'srv CPU':>8} {'callers':>8}  real time"
     )
     for level in levels:
         print(
-            f"{'echo' if level.baseline else 'real':>4} {level.sessions:>8} {level.ok_sessions:>5} {level.frames:>7} "
+            f"{level.server:>12} {level.kind:>5} {level.sessions:>8} {level.ok_sessions:>5} {level.frames:>7} "
             f"{level.lateness_p50:>9.1f} {level.lateness_p99:>7.1f} {level.lateness_max:>7.0f} "
             f"{level.steady_p99:>8.1f} {level.rss_per_session_mb:>8.2f} "
             f"{level.server_cpu:>8.2f} {level.callers_cpu:>8.2f}  {'yes' if level.real_time else 'NO'}"
-            + (f"  {level.failures}" if level.failures else "")
+            f"  {level.spread}" + (f"  {level.failures}" if level.failures else "")
         )
-    held = [level.sessions for level in levels if level.real_time and not level.baseline]
     limit = f"p99 lateness with all live < {LATENESS_LIMIT_MS:g} ms"
-    print(f"voice agent held in real time: {max(held) if held else 0} concurrent sessions ({limit})")
+    for server in dict.fromkeys(level.server for level in levels):
+        held = [lv.sessions for lv in levels if lv.server == server and lv.kind == "lean" and lv.real_time]
+        print(f"{server}: voice agent held in real time: {max(held) if held else 0} concurrent sessions ({limit})")
 
 
 def ratio(real: float, base: float) -> str:
@@ -410,19 +480,36 @@ def ratio(real: float, base: float) -> str:
     return f"{real / base:.1f}x" if base > 0 else "-"
 
 
-def print_comparison(pairs: list[tuple[Level, Level]]) -> None:
-    """The voice agent against the echo at the same N: on a shared machine, only these hold still."""
-    print(f"\n{'sessions':>8} {'CPU/sess echo':>14} {'real':>6} {'ratio':>6}", end="")
-    print(f"   {'live p99 echo':>13} {'real':>6} {'ratio':>6}")
-    for base, real in pairs:
+def print_comparison(levels: list[Level]) -> None:
+    """Server x processes x level, each against its own echo: on a shared machine only ratios hold still.
+
+    ``x echo`` is CPU per session over the echo's at the same N on the same processes; ``lean/stock``
+    is the consumer's own loop over Channels' stock loop (below 1: the lean loop pays)."""
+    echo: dict[tuple[str, int], Level] = {}  # the latest of each, in run order: a level may repeat
+    loop: dict[tuple[str, int, str], Level] = {}
+    print(
+        f"\n{'server':>12} {'N':>4} {'kind':>5} {'ok':>7} {'live p99':>8} {'CPU/sess':>9} {'x echo':>7} "
+        f"{'MB/sess':>8} {'lean/stock':>10}  spread"
+    )
+    for lv in levels:
+        at = (lv.server, lv.sessions)
+        if lv.baseline:
+            echo[at] = lv
+            loop = {k: v for k, v in loop.items() if k[:2] != at}
+        else:
+            loop[(*at, lv.kind)] = lv
+        base = echo.get(at)
+        lean, stock = loop.get((*at, "lean")), loop.get((*at, "stock"))
+        x_echo = ratio(lv.cpu_per_session, base.cpu_per_session) if base and not lv.baseline else ""
+        # On the second of the pair after the echo.
+        lean_stock = ratio(lean.cpu_per_session, stock.cpu_per_session) if lean and stock else ""
         print(
-            f"{real.sessions:>8} {base.cpu_per_session:>14.4f} {real.cpu_per_session:>6.3f} "
-            f"{ratio(real.cpu_per_session, base.cpu_per_session):>6}   "
-            f"{base.steady_p99:>13.1f} {real.steady_p99:>6.1f} {ratio(real.steady_p99, base.steady_p99):>6}"
-            + ("" if real.real_time else "   *")
+            f"{lv.server:>12} {lv.sessions:>4} {lv.kind:>5} {f'{lv.ok_sessions}/{lv.sessions}':>7} "
+            f"{lv.steady_p99:>8.1f} {lv.cpu_per_session:>9.4f} {x_echo:>7} {lv.rss_per_session_mb:>8.2f} "
+            f"{lean_stock:>10}  {lv.spread}" + ("" if lv.real_time else "   *")
         )
-    if not all(real.real_time for _, real in pairs):
-        print("* the voice agent fell behind: its CPU there is what it was given, not what it needed")
+    if not all(lv.real_time for lv in levels):
+        print("* fell behind or failed: its CPU there is what it was given, not what it needed")
 
 
 def caller_speech(mode: str) -> Caller:
@@ -438,9 +525,19 @@ def caller_speech(mode: str) -> Caller:
 
 
 def bench(
-    mode: str, levels: list[int], *, base_env: dict[str, str], steady_s: float, rate: float, procs: int
-) -> list[tuple[Level, Level]]:
-    """Each level twice on one Daphne process: the echo first, then the voice agent."""
+    mode: str,
+    servers: list[str],
+    levels: list[int],
+    loops: list[str],
+    *,
+    base_env: dict[str, str],
+    steady_s: float,
+    rate: float,
+    procs: int,
+    hypercorn_path: str,
+) -> list[Level]:
+    """On each server in turn, each level: the echo first, then the voice agent on each loop (repeat a
+    level, ``--levels 50,50``, for an A/B whose order alternates)."""
     caller = caller_speech(mode)
     spawn = multiprocessing.get_context("spawn")
     parent, child = spawn.Pipe()
@@ -466,32 +563,38 @@ def bench(
     else:
         env |= {"SPEECH_PROVIDERS": "offline", "SARVAM_API_KEY": ""}
     key = manage("create_api_key", f"bench-ws-{uuid.uuid4().hex[:8]}", env=env).strip().splitlines()[-1]
-    log = Path(f"/tmp/bench-ws-{mode}-{os.getpid()}.log")
-    pairs = []
-    with Server(env, log) as server:
-        for sessions in levels:
-            base, real = (
-                run_level(server, path, caller, sessions, steady_s=steady_s, rate=rate, procs=procs)
-                for path in (ECHO_PATH, f"/ws/voice-agent?key={key}")
-            )
-            pairs.append((base, real))
-            print_levels(f"[{mode}] so far", [level for pair in pairs for level in pair])
+    paths = {"echo": ECHO_PATH, "lean": f"/ws/voice-agent?key={key}", "stock": f"{STOCK_LOOP_PATH}?key={key}"}
+    done: list[Level] = []
+    logs = []
+    for spec in servers:
+        log = Path(f"/tmp/bench-ws-{mode}-{spec.replace(':', '-')}-{os.getpid()}.log")
+        logs.append(str(log))
+        with Server(spec, env, log, hypercorn_path=hypercorn_path) as server:
+            for round_, sessions in enumerate(levels):
+                # The loops alternate their order from level to level: neither always runs first.
+                for kind in ("echo", *(loops if round_ % 2 == 0 else loops[::-1])):
+                    done.append(
+                        run_level(
+                            server, kind, paths[kind], caller, sessions, steady_s=steady_s, rate=rate, procs=procs
+                        )
+                    )
+                print_levels(f"[{mode}] so far", done)
     parent.send("stop")
     violations, fakes_cpu = parent.recv()
     fakes.join()
-    print_levels(
-        f"Legacy WebSocket sessions on the {mode}, each level after the paced echo's (one Daphne process; "
-        f"server log {log})",
-        [level for pair in pairs for level in pair],
-    )
+    print_levels(f"Legacy WebSocket sessions on the {mode}, each level after the paced echo's", done)
+    print(f"server logs: {' '.join(logs)}")
     print(f"fakes' process CPU: {fakes_cpu:.2f} of a core on average; protocol violations: {violations}")
-    print_comparison(pairs)
-    return pairs
+    print_comparison(done)
+    return done
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--levels", default="25,50,100,150", help="concurrent sessions per level, on the fakes")
+    parser.add_argument("--servers", default="daphne:1,daphne:2,uvicorn:2,hypercorn:2", help="kind:processes, ...")
+    parser.add_argument("--levels", default="25,50", help="concurrent sessions per level, on the fakes")
+    parser.add_argument("--loops", default="lean,stock", help="the consumer's loops to run after the echo")
+    parser.add_argument("--hypercorn-path", default="/tmp/hyper", help="where hypercorn was pip-installed (--target)")
     parser.add_argument("--offline-levels", default="2,4,8", help="levels on the offline providers ('' to skip)")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long every session is live at once")
     parser.add_argument("--rate", type=float, default=4.0, help="sessions started per second")
@@ -504,11 +607,22 @@ def main() -> None:
     base_env.setdefault("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
     manage("migrate", "--noinput", "-v0", env=base_env)
     print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    servers = [spec for spec in args.servers.split(",") if spec]
+    loops = [loop for loop in args.loops.split(",") if loop]
+    options: dict[str, Any] = {
+        "base_env": base_env,
+        "steady_s": args.seconds,
+        "rate": args.rate,
+        "procs": args.client_procs,
+        "hypercorn_path": args.hypercorn_path,
+    }
     levels = [int(n) for n in args.levels.split(",") if n]
-    bench("fakes", levels, base_env=base_env, steady_s=args.seconds, rate=args.rate, procs=args.client_procs)
+    bench("fakes", servers, levels, loops, **options)
     offline = [int(n) for n in args.offline_levels.split(",") if n]
     if offline:
-        bench("offline", offline, base_env=base_env, steady_s=args.seconds, rate=args.rate, procs=args.client_procs)
+        bench("offline", servers, offline, loops, **options)
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
