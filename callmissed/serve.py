@@ -11,11 +11,14 @@ of the stop (the ASGI lifespan ``shutdown`` comes last), so a live caller would 
 mid-sentence instead of hearing the goodbye; and the socket's close behaviour
 (callmissed/asgi.py) is Daphne's.
 
-This process binds the port once and starts the children with the listening socket inherited
-(``daphne --fd``); the kernel hands each new connection to one of them. Nothing else is shared:
-a call's control messages (REST ``DELETE``, billing stops, key revocation) reach it over the
-Redis channel layer whichever process holds it, which is why settings refuse more than one
-process without ``REDIS_URL``.
+This process opens one listening socket per child on the same port (``SO_REUSEPORT``) and starts
+each child with its socket inherited (``daphne --fd``): the kernel spreads new connections evenly
+over the sockets. One socket shared by all would hand a new call to whichever process wakes
+first, which is most often the one already busy with calls. A replacement child takes over its
+predecessor's socket, so connections waiting there are served, a few seconds late. Nothing else
+is shared: a call's control messages (REST ``DELETE``, billing stops, key revocation) reach it
+over the Redis channel layer whichever process holds it, which is why settings refuse more than
+one process without ``REDIS_URL``.
 
 SIGTERM or SIGINT is passed to every child; each drains its own calls (refuses new ones, waits
 ``DRAIN_WAIT_SECONDS``, ends the rest with a spoken goodbye and close 4503) and exits, and this
@@ -81,37 +84,51 @@ def _fresh_metrics_directory() -> None:
             stale.unlink(missing_ok=True)
 
 
-def supervise(sock: socket.socket, processes: int, application: str) -> int:
-    """Run ``processes`` Daphne children on ``sock`` until a stop signal; their worst exit code."""
-    fd = sock.fileno()
-    argv = [sys.executable, "-m", "callmissed.serve", "--fd", str(fd), application]
-    children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on the same address; the kernel balances connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sockets.append(sock)
+    return sockets
+
+
+def supervise(sockets: list[socket.socket], application: str) -> int:
+    """Run one Daphne child per socket until a stop signal; 1 if any of them failed, else 0."""
+    children: dict[int, tuple[subprocess.Popen[bytes], float, int]] = {}
     stopping = False
     failed = 0
 
-    def start() -> None:
+    def start(slot: int) -> None:
+        fd = sockets[slot].fileno()
+        argv = [sys.executable, "-m", "callmissed.serve", "--fd", str(fd), application]
         # A process group of its own: a terminal's Ctrl-C reaches the children once, from here.
         child = subprocess.Popen(argv, pass_fds=(fd,), process_group=0)  # noqa: S603  (our own argv)
-        children[child.pid] = (child, time.monotonic())
+        children[child.pid] = (child, time.monotonic(), slot)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         if not stopping:
             logger.info("Stopping %d server process(es): each drains its calls", len(children))
         stopping = True
-        for child, _ in children.values():
+        for child, _, _ in children.values():
             child.send_signal(signal.SIGTERM)
 
     for sig in _STOP_SIGNALS:
         signal.signal(sig, stop)
-    for _ in range(processes):
-        start()
-    logger.info("Serving on %s with %d processes", sock.getsockname(), processes)
+    for slot in range(len(sockets)):
+        start(slot)
+    logger.info("Serving on %s with %d processes", sockets[0].getsockname(), len(sockets))
     while children:
         pid, status = os.wait()
         if pid not in children:
             continue
-        child, started = children.pop(pid)
+        child, started, slot = children.pop(pid)
         child.returncode = code = os.waitstatus_to_exitcode(status)
         _forget_metrics_of(pid)
         if stopping:
@@ -123,7 +140,7 @@ def supervise(sock: socket.socket, processes: int, application: str) -> int:
             failed = 1
             continue
         logger.error("Server process %d exited (%d): starting another", pid, code)
-        start()
+        start(slot)
     return failed
 
 
@@ -152,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         run_daphne(["-b", args.host, "-p", str(args.port)], args.application)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    with socket.create_server((args.host, args.port), family=family, backlog=2048) as sock:
-        return supervise(sock, processes, args.application)
+    sockets = listening_sockets(args.host, args.port, processes)
+    try:
+        return supervise(sockets, args.application)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ order waits for the migrations, and a stop is bounded by the drain instead of th
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 from pathlib import Path
@@ -116,6 +117,18 @@ def test_a_stop_waits_for_the_drain_and_the_goodbye_not_for_the_longest_call(nam
     goodbye_and_report = WorkerSettings.model_fields["agent_goodbye_lead_seconds"].default + 10
     grace = _seconds(SERVICES[name]["stop_grace_period"])
     assert drain_wait + goodbye_and_report <= grace < 3600
+
+
+def test_web_runs_several_server_processes_whose_metrics_add_up() -> None:
+    web = SERVICES["web"]
+    assert web["command"][:3] == ["python", "-m", "callmissed.serve"]
+    assert int(re.search(r"\d+", web["environment"]["WEB_CONCURRENCY"]).group()) > 1  # type: ignore[union-attr]
+    # Without one shared directory a scrape would see only the process that answered it.
+    assert web["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert web["environment"]["REDIS_URL"]
+    # The image starts the same server when run on its own.
+    cmd = re.search(r"^CMD (.+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert cmd is not None and json.loads(cmd.group(1))[:3] == web["command"][:3]
 
 
 def test_the_probe_answers_for_a_url_and_a_fresh_file(tmp_path: Path) -> None:

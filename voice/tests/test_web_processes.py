@@ -104,10 +104,10 @@ def test_sigterm_drains_the_calls_of_every_server_process(django_db_blocker: Any
         supervisor = psutil.Process(server.process.pid)
 
         async def scenario() -> tuple[list[WsCaller], WsCaller, set[int]]:
-            # New connections go to whichever process accepts first: call until both hold one.
+            # The kernel spreads new connections over the processes: call until both hold one.
             calls: list[WsCaller] = []
             holders: set[int] = set()
-            while len(holders) < 2 and len(calls) < 8:
+            while len(holders) < 2 and len(calls) < 12:
                 calls.append(await _open_call(server.ws_url(key)))
                 holders.add(_holder(supervisor, calls[-1]))
             await asyncio.gather(*(_greeted(call) for call in calls))

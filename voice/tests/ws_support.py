@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,10 +104,22 @@ class DaphneServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        if not wait_for_listener(self.process, self.port):
+        # With several processes the supervisor listens before its children have loaded Django:
+        # a served request says they have.
+        if not (wait_for_listener(self.process, self.port) and self._answers_http()):
             self.stop()
             raise RuntimeError(f"Daphne did not start:\n{self.log()[-4000:]}")
         return self
+
+    def _answers_http(self, timeout: float = 120.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.process is not None and self.process.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=10):
+                    return True
+            except OSError:
+                time.sleep(0.2)
+        return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
