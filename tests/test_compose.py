@@ -141,3 +141,25 @@ def test_the_probe_answers_for_a_url_and_a_fresh_file(tmp_path: Path) -> None:
     assert not probe.http_ok("http://127.0.0.1:9/", timeout=1)  # nothing listens on discard
     with pytest.raises(ValueError):
         probe.http_ok("file:///etc/passwd")
+
+
+def _deploy_variables() -> list[str]:
+    """The variables README's Deploy step 1 tells an operator to set in .env."""
+    readme = (ROOT / "README.md").read_text()
+    step = readme[readme.index("## Deploy") :].split("\n2. ", 1)[0]
+    return sorted(set(re.findall(r"`([A-Z][A-Z0-9_]+)(?:=[^`]*)?`", step)) - {"LIVEKIT_URL", "SPEECH_PROVIDERS"})
+
+
+def test_what_the_deploy_steps_put_in_env_reaches_the_containers() -> None:
+    """Compose reads .env only for ${...} substitution: a value written there but not named in a
+    service's environment never reaches the process, and production would run on dev defaults."""
+    names = _deploy_variables()
+    assert {"DJANGO_ENV", "DJANGO_SECRET_KEY", "TOOL_SIGNING_KEY", "LIVEKIT_API_SECRET"} <= set(names)
+    web = SERVICES["web"]["environment"]
+    for name in names:
+        assert "${" + name in str(web.get(name, "")) or name == "LIVEKIT_PUBLIC_URL", f"web never sees {name}"
+    assert "${LIVEKIT_PUBLIC_URL" in web["LIVEKIT_URL"]
+    agent = SERVICES["agent"]["environment"]
+    for shared in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "TOOL_SIGNING_KEY"):
+        # Sealed dispatches and signed tool calls need the same value on both sides.
+        assert agent[shared] == web[shared], shared
