@@ -107,3 +107,23 @@ class ProductErrorPageMiddleware:
         from callmissed.errors import ensure_product_page  # errors.py reads the request id from here
 
         return ensure_product_page(request, response)
+
+
+class SyncStackMiddleware:
+    """Last in ``MIDDLEWARE``, so the whole stack runs synchronously under ASGI.
+
+    Django builds the stack from the inside out in the mode of the handler below each middleware;
+    under ASGI the innermost handler is async, so every middleware that can run either way
+    (Django's own: sessions, CSRF, auth, messages, ...) ran async, and each of their
+    ``process_request``/``process_response`` hooks crossed into a thread and back, as did the
+    sync ones around them (ours, WhiteNoise). One sync-only middleware at the bottom makes Django
+    adapt once there and once at the top; everything between runs in one thread."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)

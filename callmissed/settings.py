@@ -75,6 +75,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "callmissed.middleware.SyncStackMiddleware",  # keep last: the stack runs in one thread
 ]
 
 ROOT_URLCONF = "callmissed.urls"
