@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. Keep your answers short and conversational, and speak in the user's language."
@@ -79,8 +79,31 @@ class UsageComponent(StrEnum):
     LLM_OUTPUT_TOKENS = "llm_output_tokens"
 
 
+def _storable(value: Any) -> Any:
+    """Strings as PostgreSQL stores them: no NUL (text refuses it) and no lone surrogate (UTF-8
+    cannot encode one). Callers' words and customers' tool answers reach these payloads, and one
+    such character made the database refuse a whole batch of other sessions' lines and usage."""
+    if isinstance(value, str):
+        value = value.replace("\x00", "")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {key: _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
 class _Payload(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_strings(cls, data: Any) -> Any:
+        return _storable(data)
 
 
 @dataclass(frozen=True)
