@@ -9,14 +9,16 @@ import logging
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from decimal import InvalidOperation
 from typing import Any
 
-from django.db import transaction
+from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Organization
 from agent_worker import contracts
 from billing import services as billing_services
+from billing.pricing import PriceMissing
 from callmissed import queueing
 from voice import events, livekit, ws_control
 from voice.models import ProcessedEvent, TranscriptSegment, VoiceSession
@@ -319,29 +321,61 @@ def worker_events_apply(*, batch: contracts.EventBatch) -> billing_services.Usag
     Usage whose price is missing raises ``PriceMissing`` (the task retries) once everything else
     is committed: the transcript and the other usage must not wait for an admin, and the retry
     inserts nothing twice."""
+    try:
+        applied = _events_apply(batch=batch)
+    except (DataError, IntegrityError, InvalidOperation) as refused:
+        # Nothing of the batch was written. A batch carries every session of a worker process:
+        # apply each event alone, so one the database refuses drops only itself.
+        events = [*batch.segments, *batch.usage]
+        if len(events) == 1:
+            logger.error("Dropped a worker event the database refuses: %s", type(refused).__name__)
+            return billing_services.UsageApplied()
+        applied = billing_services.UsageApplied()
+        for event in events:
+            alone = contracts.EventBatch(
+                segments=[event] if isinstance(event, contracts.TranscriptSegment) else [],
+                usage=[event] if isinstance(event, contracts.UsageReported) else [],
+            )
+            try:
+                one = worker_events_apply(batch=alone)
+            except PriceMissing as missing:
+                applied.price_missing = applied.price_missing or missing
+                continue
+            applied.records.extend(one.records)
+            applied.exhausted.update(one.exhausted)
+    if applied.price_missing is not None:
+        raise applied.price_missing
+    return applied
+
+
+def _events_apply(*, batch: contracts.EventBatch) -> billing_services.UsageApplied:
     events = [*batch.segments, *batch.usage]
-    sessions = {
-        session.pk: session
-        for session in VoiceSession.objects.select_related("organization").filter(
-            pk__in={uuid.UUID(e.session_id) for e in events}
-        )
-    }
-    known = {e.session_id: sessions[key] for e in events if (key := uuid.UUID(e.session_id)) in sessions}
-    unknown = {e.session_id for e in events} - known.keys()
-    if unknown:
-        logger.warning("Events of unknown sessions %s dropped", ", ".join(sorted(unknown)))
-    segments = [s for s in batch.segments if s.session_id in known and known[s.session_id].content_deleted_at is None]
-    usage = [u for u in batch.usage if u.session_id in known]
     applied = billing_services.UsageApplied()
     with transaction.atomic():
+        # Locked (in key order) for the transaction: a DELETE that drops a session's content
+        # commits either before this reads content_deleted_at or after these lines are in, to be
+        # deleted with the rest; never in between, which brought deleted lines back.
+        sessions = {
+            session.pk: session
+            for session in VoiceSession.objects.select_related("organization")
+            .select_for_update(no_key=True, of=("self",))
+            .filter(pk__in={uuid.UUID(e.session_id) for e in events})
+            .order_by("pk")
+        }
+        known = {e.session_id: sessions[key] for e in events if (key := uuid.UUID(e.session_id)) in sessions}
+        unknown = {e.session_id for e in events} - known.keys()
+        if unknown:
+            logger.warning("Events of unknown sessions %s dropped", ", ".join(sorted(unknown)))
+        segments = [
+            s for s in batch.segments if s.session_id in known and known[s.session_id].content_deleted_at is None
+        ]
+        usage = [u for u in batch.usage if u.session_id in known]
         if segments:
             _segments_insert(segments=segments, sessions=known)
         if usage:
             applied = billing_services.usage_events_apply(
                 events=usage, organizations={sid: session.organization for sid, session in known.items()}
             )
-    if applied.price_missing is not None:
-        raise applied.price_missing
     return applied
 
 

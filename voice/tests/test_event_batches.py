@@ -338,3 +338,46 @@ def test_two_workers_applying_the_same_events_at_once_count_each_once() -> None:
     )  # one post per round: whoever inserted the events
     charged = records.aggregate(t=Sum("cost"))["t"]
     assert before - _balance(session) == charged == rounds * 4 * Decimal("0.0487184")
+
+
+def test_what_callers_and_tools_say_is_stored_whatever_characters_it_holds(api: Any) -> None:
+    """A NUL (PostgreSQL text refuses it) or a lone surrogate (UTF-8 cannot hold it) in a caller's
+    words or a customer's tool answer is dropped or replaced, and the line is stored."""
+    session = VoiceSessionFactory.create(organization=api.org)
+    line = _segment(session, 0, "haan\x00ji \ud800theek")
+    tool = contracts.TranscriptSegment(
+        session_id=str(session.id),
+        role="tool",
+        text="lookup_order",
+        start_offset_ms=1000,
+        end_offset_ms=1000,
+        tool_call=contracts.ToolCallRecord(name="lookup_order", result='{"status": "sh\x00ipped"}'),
+    )
+    _send_batch(session, line, tool)
+    stored = {s.role: s for s in TranscriptSegment.objects.filter(session=session)}
+    assert stored["user"].text == "haanji ?theek"
+    assert stored["tool"].tool_call is not None and stored["tool"].tool_call["result"] == '{"status": "shipped"}'
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="SQLite stores any number in a decimal column")
+def test_an_event_the_database_refuses_drops_only_itself(api: Any, make_client: Any) -> None:
+    """A batch carries every session of a worker process; one impossible event must not cost the
+    other callers their lines and their usage."""
+    other = make_client("Other Org")
+    mine, theirs = VoiceSessionFactory.create(organization=api.org), VoiceSessionFactory.create(organization=other.org)
+    before = _balance(theirs)
+    overflow = usage_event(mine, (contracts.UsageComponent.STT_SECONDS, "saaras:v3", 1e16))  # beyond the column
+    events: list[contracts.WorkerEvent] = [
+        _segment(mine, 0, "mine"),
+        overflow,
+        _segment(theirs, 0, "theirs"),
+        usage_event(theirs, *KIMI_TURN),
+    ]
+    batch = contracts.EventBatch(
+        segments=[e for e in events if isinstance(e, contracts.TranscriptSegment)],
+        usage=[e for e in events if isinstance(e, contracts.UsageReported)],
+    )
+    assert tasks.event_batch.apply(kwargs={"payload": batch.model_dump(mode="json")}).successful()
+    assert sorted(TranscriptSegment.objects.values_list("text", flat=True)) == ["mine", "theirs"]
+    assert before - _balance(theirs) == Decimal("0.0487184")
+    assert not UsageRecord.objects.filter(event_id=overflow.event_id).exists()
