@@ -8,8 +8,10 @@ values (production, Redis), which settings.py resolves.
 
 from __future__ import annotations
 
+import math
 import os
 from decimal import Decimal
+from pathlib import Path
 from typing import Literal
 
 from django.core.exceptions import ImproperlyConfigured
@@ -153,7 +155,24 @@ def web_processes(web_concurrency: int | None, *, production: bool) -> int:
     callmissed/serve.py, which starts them before Django is set up."""
     if web_concurrency is not None:
         return web_concurrency
-    return len(os.sched_getaffinity(0)) if production else 1
+    return usable_cpus() if production else 1
+
+
+def usable_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its affinity, bounded by a cgroup v2 quota (a container's
+    ``--cpus``, a pod's limit), which the affinity does not show: a 2-CPU container on a 64-core
+    host would otherwise start 64 processes, each with its own database pool."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    try:
+        return max(1, min(cpus, math.ceil(int(quota) / int(period))))
+    except (ValueError, ZeroDivisionError):
+        return cpus
 
 
 def platform_settings() -> PlatformSettings:

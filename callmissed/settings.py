@@ -288,8 +288,12 @@ TOOL_SIGNING_KEY = _env.tool_signing_key
 TOOL_FILLER_DELAY_SECONDS = _env.tool_filler_delay_seconds
 TOOLS_ALLOW_HTTP = _env.tools_allow_http
 
-if _PRODUCTION and (LIVEKIT_API_KEY, LIVEKIT_API_SECRET) == ("devkey", "secret"):
-    raise ImproperlyConfigured("LIVEKIT_API_KEY / LIVEKIT_API_SECRET must be set in production")
+# Either dev value alone is enough to refuse: the secret mints room tokens and seals each
+# session's prompt and tools (agent_worker/sealing.py), so "secret" with a real key is no safer.
+if _PRODUCTION and (LIVEKIT_API_KEY == "devkey" or LIVEKIT_API_SECRET == "secret" or len(LIVEKIT_API_SECRET) < 32):
+    raise ImproperlyConfigured(
+        "LIVEKIT_API_KEY / LIVEKIT_API_SECRET must be set in production (the secret at least 32 characters)"
+    )
 if _PRODUCTION and (TOOL_SIGNING_KEY == DEV_TOOL_SIGNING_KEY or len(TOOL_SIGNING_KEY) < 32):
     raise ImproperlyConfigured("TOOL_SIGNING_KEY must be set to a long random value in production")
 

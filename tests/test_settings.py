@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from callmissed.config import web_processes
+from callmissed.config import usable_cpus, web_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROD_ENV = {
@@ -71,6 +71,15 @@ def test_production_refuses_livekit_dev_credentials() -> None:
     assert "LIVEKIT_API_KEY" in result.stderr
 
 
+@pytest.mark.parametrize("secret", ["secret", "short-but-not-the-dev-value"])
+def test_production_refuses_a_weak_livekit_secret_beside_a_real_key(secret: str) -> None:
+    """An .env that sets only the key would otherwise let anyone mint room tokens and open every
+    sealed dispatch with the public dev secret."""
+    result = _manage("check", env={**PROD_ENV, "LIVEKIT_API_SECRET": secret})
+    assert result.returncode != 0
+    assert "LIVEKIT_API_SECRET" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("name", "value", "said"),
     [
@@ -118,8 +127,20 @@ def test_more_than_one_server_process_is_refused_without_redis() -> None:
 
 def test_unset_web_concurrency_is_one_process_in_development_and_one_per_cpu_in_production() -> None:
     assert web_processes(None, production=False) == 1
-    assert web_processes(None, production=True) == len(os.sched_getaffinity(0))
+    assert web_processes(None, production=True) == usable_cpus()
     assert web_processes(3, production=True) == 3
+
+
+def test_a_container_cpu_quota_bounds_the_default_process_count(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == affinity
+    cpu_max.write_text("50000 100000\n")  # half a CPU: still one process
+    assert usable_cpus(cpu_max) == 1
+    cpu_max.write_text(f"{(affinity + 8) * 100000} 100000\n")  # a quota above the host's CPUs
+    assert usable_cpus(cpu_max) == affinity
+    assert usable_cpus(tmp_path / "missing") == affinity  # cgroup v1 or no cgroup
 
 
 def test_production_may_serve_the_offline_voices_when_asked_by_name() -> None:
