@@ -192,12 +192,17 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=503)
 
 
+# Headers a reverse proxy adds (nginx's X-Real-IP, RFC 7239, RFC 9110's Via): their presence says
+# the peer address is the proxy's.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP", "Via")
+
+
 def _scraper_allowed(request: HttpRequest) -> bool:
     token = settings.METRICS_BEARER_TOKEN
     presented = request.headers.get("Authorization", "")
     if token and presented.startswith("Bearer "):
         return secrets.compare_digest(presented.removeprefix("Bearer ").strip().encode(), token.encode())
-    if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
+    if any(header in request.headers for header in PROXY_HEADERS):
         # Through a proxy, the peer address is the proxy's (often 127.0.0.1): it says nothing
         # about who is asking, so only the token opens the door.
         return False

@@ -55,10 +55,6 @@ def _problem(argv: list[str]) -> str | None:
         return None if args[1] in get_commands() else f"no manage.py command {args[1]!r}"
     if program == "python" and args[:1] == ["-m"]:
         return None if _module_runs(args[1]) else f"no runnable module {args[1]!r}"
-    if program == "daphne":
-        module, _, attribute = args[-1].partition(":")
-        ok = importlib.util.find_spec("daphne") is not None and importlib.util.find_spec(module) is not None
-        return None if ok and attribute == "application" else f"no ASGI application {args[-1]!r}"
     if program == "celery":
         app = args[args.index("-A") + 1]
         sub = next((a for a in args[args.index("-A") + 2 :] if not a.startswith("-")), "")
@@ -156,10 +152,11 @@ def test_what_the_deploy_steps_put_in_env_reaches_the_containers() -> None:
     names = _deploy_variables()
     assert {"DJANGO_ENV", "DJANGO_SECRET_KEY", "TOOL_SIGNING_KEY", "LIVEKIT_API_SECRET"} <= set(names)
     web = SERVICES["web"]["environment"]
-    for name in names:
-        assert "${" + name in str(web.get(name, "")) or name == "LIVEKIT_PUBLIC_URL", f"web never sees {name}"
+    for name in set(names) - {"LIVEKIT_PUBLIC_URL", "LIVEKIT_AGENT_URL"}:  # web's LIVEKIT_URL; the agent's
+        assert "${" + name in str(web.get(name, "")), f"web never sees {name}"
     assert "${LIVEKIT_PUBLIC_URL" in web["LIVEKIT_URL"]
     agent = SERVICES["agent"]["environment"]
+    assert "${LIVEKIT_AGENT_URL" in agent["LIVEKIT_URL"]  # your own LiveKit, not only the bundled one
     for shared in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "TOOL_SIGNING_KEY"):
         # Sealed dispatches and signed tool calls need the same value on both sides.
         assert agent[shared] == web[shared], shared
