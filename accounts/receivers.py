@@ -13,15 +13,12 @@ from django.dispatch import receiver
 from accounts import key_cache
 from accounts.models import ApiKey
 
-# Writes that change nothing authentication reads: recording its last use must not empty every cache.
-_NOT_AUTH_FIELDS = frozenset({"last_used_at"})
-
 
 @receiver(post_save, sender=ApiKey, dispatch_uid="accounts.key_cache_on_save")
-def _key_saved(sender: Any, created: bool, update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
-    if created or (update_fields is not None and update_fields <= _NOT_AUTH_FIELDS):
-        return
-    _changed()
+def _key_saved(sender: Any, created: bool, **kwargs: Any) -> None:
+    # Recording a key's last use is a queryset update (no signal), so every save here matters.
+    if not created:
+        _changed()
 
 
 def _changed() -> None:

@@ -287,8 +287,6 @@ class EventBatch(_Payload):
     reporter's window, sent as one task; Django applies each event id in it once, to the session
     the event names, as if it had come alone."""
 
-    # The session when every event is one session's, else empty: Django reads each event's own.
-    session_id: str = ""
     segments: list[TranscriptSegment] = Field(default_factory=list)
     usage: list[UsageReported] = Field(default_factory=list)
 

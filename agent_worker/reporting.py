@@ -160,7 +160,6 @@ class EventReporter:
     def _publish_batch(self, events: list[contracts.WorkerEvent]) -> bool:
         sessions = {e.session_id for e in events}
         batch = contracts.EventBatch(
-            session_id=next(iter(sessions)) if len(sessions) == 1 else "",
             segments=[e for e in events if isinstance(e, contracts.TranscriptSegment)],
             usage=[e for e in events if isinstance(e, contracts.UsageReported)],
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 
 from cryptography.exceptions import InvalidTag
@@ -29,6 +30,7 @@ class SealError(ValueError):
     """Metadata that is not sealed, or not by a holder of this secret."""
 
 
+@functools.lru_cache(maxsize=4)  # one secret per deployment: derived once, not on every create
 def _key(secret: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(secret.encode())
 

@@ -160,21 +160,28 @@ def count_task_failure(sender: Any = None, **_: Any) -> None:
     CELERY_TASK_FAILURES.labels(task=getattr(sender, "name", None) or "unknown").inc()
 
 
+def fresh_multiprocess_directory() -> str:
+    """``PROMETHEUS_MULTIPROC_DIR`` made empty (``""`` when unset), before the processes that
+    write there start: a previous run's files would be added to this run's (prometheus_client's
+    rule: wipe it per run)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(directory, name))
+    return directory
+
+
 def serve_worker_metrics(port: int, *, address: str) -> WSGIServer:
     """The Celery worker's own ``/metrics`` (its task children in multiprocess mode), served
     from a daemon thread; the server is returned for whoever must close it."""
     from prometheus_client import start_http_server
 
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = fresh_multiprocess_directory()
     if directory:
         from prometheus_client import multiprocess
 
-        # A previous run's files would be added to this one's (prometheus_client: wipe per run).
-        # No task has run yet, and every metric here has labels, so no file of ours is open.
-        os.makedirs(directory, exist_ok=True)
-        for name in os.listdir(directory):
-            if name.endswith(".db"):
-                os.unlink(os.path.join(directory, name))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         server, _ = start_http_server(port, addr=address, registry=registry)

@@ -39,8 +39,8 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from callmissed import metrics
 from callmissed.config import platform_settings, web_processes
 
 logger = logging.getLogger("callmissed.serve")
@@ -74,16 +74,6 @@ def _stop_with_the_supervisor() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _fresh_metrics_directory() -> None:
-    # The server processes write their metrics to files there; a previous run's files would be
-    # added to this run's (prometheus_client: wipe the directory before the processes start).
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        for stale in Path(directory).glob("*.db"):
-            stale.unlink(missing_ok=True)
-
-
 def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """``count`` sockets listening on the same address; the kernel balances connections over them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -110,6 +100,8 @@ def supervise(sockets: list[socket.socket], application: str) -> int:
         # A process group of its own: a terminal's Ctrl-C reaches the children once, from here.
         child = subprocess.Popen(argv, pass_fds=(fd,), process_group=0)  # noqa: S603  (our own argv)
         children[child.pid] = (child, time.monotonic(), slot)
+        if stopping:  # a stop that arrived while this one was being replaced: it must drain too
+            child.send_signal(signal.SIGTERM)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -164,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = platform_settings()
     processes = web_processes(env.web_concurrency, production=env.django_env == "production")
-    _fresh_metrics_directory()
+    metrics.fresh_multiprocess_directory()
     if processes == 1:
         run_daphne(["-b", args.host, "-p", str(args.port)], args.application)
         return 0

@@ -1,9 +1,10 @@
 """The reaper: closes sessions whose agent never came or went silent, so none stays live forever,
 and sees every ended session's LiveKit room deleted.
 
-Run by Celery beat (``voice.reap_sessions``). Join deadlines are also expired at admission and at
-read (``lifecycle.voice_sessions_expire_unjoined``), so a deployment without beat never has a
-session counting against the caps past its deadline. Every close goes through
+Run by Celery beat (``voice.reap_sessions``). Join deadlines are also expired at admission
+(``lifecycle.voice_sessions_expire_unjoined``, the organization's) and by API reads for the
+sessions they show (``lifecycle.voice_sessions_expire_shown``), so a deployment without beat never
+has a session counting against the caps, or shown waiting, past its deadline. Every close goes through
 ``voice_session_end``, so a session the worker ends at the same moment is closed exactly once.
 """
 

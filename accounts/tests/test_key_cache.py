@@ -38,8 +38,8 @@ def _key_reads(client: APIClient) -> tuple[int, int]:
 
 
 def _revoked_elsewhere(api_key: ApiKey) -> None:
-    """What another server process's revocation leaves this one: the row revoked and, once it
-    committed, the shared generation bumped; this process's entries untouched."""
+    """What another server process's revocation leaves this one: the row revoked, this process's
+    entries untouched; the caller bumps the shared generation (or, to model a lost bump, not)."""
     ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=timezone.now())
 
 

@@ -33,7 +33,6 @@ def _segment(session: VoiceSession, start: int, text: str) -> contracts.Transcri
 
 def _send_batch(session: VoiceSession, *events: contracts.WorkerEvent) -> None:
     batch = contracts.EventBatch(
-        session_id=str(session.id),
         segments=[e for e in events if isinstance(e, contracts.TranscriptSegment)],
         usage=[e for e in events if isinstance(e, contracts.UsageReported)],
     )
@@ -298,15 +297,14 @@ def test_two_workers_applying_the_same_events_at_once_count_each_once() -> None:
     """A redelivery racing the first delivery (acks late, a worker presumed lost): both workers
     insert the same event ids at the same moment, in different orders and batches."""
     session = VoiceSessionFactory.create()
-    sid = str(session.id)
     before = _balance(session)
     rounds = 6
     for round_ in range(rounds):
         segments = [_segment(session, 10_000 * round_ + 1000 * i, f"r{round_} line {i}") for i in range(6)]
         usage = [usage_event(session, *KIMI_TURN) for _ in range(4)]
         batches = [
-            contracts.EventBatch(session_id=sid, segments=segments, usage=usage),
-            contracts.EventBatch(session_id=sid, segments=segments[::-1], usage=usage[::-1]),
+            contracts.EventBatch(segments=segments, usage=usage),
+            contracts.EventBatch(segments=segments[::-1], usage=usage[::-1]),
         ]
         barrier = threading.Barrier(len(batches))
         errors: list[BaseException] = []
