@@ -110,7 +110,9 @@ def _admission_state(*, organization: Organization, api_key: ApiKey | None, now:
     [account] = _admission_statement(connection.alias).raw(
         now=now, organization_id=organization.pk, key_id=api_key.pk if api_key is not None else None
     )
-    account.organization = organization  # the caller's, already loaded
+    # The caller's organization, already loaded, cached on the account only: assigning it would
+    # also cache this account on the organization, which the key cache shares across requests.
+    BillingAccount.organization.field.set_cached_value(account, organization)
     return account
 
 
