@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import time
 
+from agent_worker import logs
 from callmissed import metrics
 from callmissed.config import platform_settings, web_processes
 
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if processes == 1:
         run_daphne(["-b", args.host, "-p", str(args.port)], args.application)
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The same lines as every other process writes (JSON by default, secrets redacted).
+    logging.config.dictConfig(logs.dict_config(level=env.log_level, json_lines=env.log_format == "json"))
     sockets = listening_sockets(args.host, args.port, processes)
     try:
         return supervise(sockets, args.application)
