@@ -149,7 +149,8 @@ def test_a_proxied_request_from_loopback_is_no_operator(settings: Any) -> None:
     proxied = Client(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.4")
     assert proxied.get("/metrics").status_code == 403
     for header in ("HTTP_X_REAL_IP", "HTTP_VIA", "HTTP_FORWARDED"):
-        assert Client(REMOTE_ADDR="127.0.0.1", **{header: "198.51.100.4"}).get("/metrics").status_code == 403
+        via_proxy: dict[str, Any] = {"REMOTE_ADDR": "127.0.0.1", header: "198.51.100.4"}
+        assert Client(**via_proxy).get("/metrics").status_code == 403
     assert "checks" not in proxied.get("/readyz").json()
     token = proxied.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-0123456789")
     assert token.status_code == 200
