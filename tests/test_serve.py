@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,14 +29,6 @@ def _until(condition: Callable[[], bool], *, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _answers(server: DaphneServer) -> bool:
-    try:
-        with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=10) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @needs_redis
 def test_a_server_process_that_dies_is_replaced_and_the_port_keeps_answering(tmp_path: Path) -> None:
     with DaphneServer(env={"WEB_CONCURRENCY": "2"}, log_path=tmp_path / "serve.log") as server:
@@ -49,7 +40,7 @@ def test_a_server_process_that_dies_is_replaced_and_the_port_keeps_answering(tmp
         victim.kill()  # as the OOM killer would
         _until(lambda: len(supervisor.children()) == 2 and victim.pid not in {c.pid for c in supervisor.children()})
         assert len(first & {child.pid for child in supervisor.children()}) == 1
-        _until(lambda: _answers(server), timeout=120)
+        assert server.answers_http(timeout=120)
 
 
 def test_a_configuration_that_cannot_start_stops_the_server(tmp_path: Path) -> None:

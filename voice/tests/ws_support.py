@@ -106,12 +106,13 @@ class DaphneServer:
             )
         # With several processes the supervisor listens before its children have loaded Django:
         # a served request says they have.
-        if not (wait_for_listener(self.process, self.port) and self._answers_http()):
+        if not (wait_for_listener(self.process, self.port) and self.answers_http()):
             self.stop()
             raise RuntimeError(f"Daphne did not start:\n{self.log()[-4000:]}")
         return self
 
-    def _answers_http(self, timeout: float = 120.0) -> bool:
+    def answers_http(self, timeout: float = 120.0) -> bool:
+        """Whether the server answers ``/healthz`` within ``timeout`` (false once it has exited)."""
         deadline = time.monotonic() + timeout
         while self.process is not None and self.process.poll() is None and time.monotonic() < deadline:
             try:
