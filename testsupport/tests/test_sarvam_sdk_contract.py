@@ -268,6 +268,21 @@ async def test_a_wrong_key_is_refused_at_the_handshake(sarvam: FakeSarvam) -> No
     assert sarvam.tts_connections == []
 
 
+async def _first_answer_to_hello(sarvam: FakeSarvam, config: dict[str, Any]) -> dict[str, Any]:
+    """The fake's first message after this TTS config, the text "Hello." and a flush."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            f"{sarvam.ws_url}/text-to-speech/ws?model=bulbul:v3", headers={"api-subscription-key": KEY}
+        ) as ws,
+    ):
+        await ws.send_json({"type": "config", "data": config})
+        await ws.send_json({"type": "text", "data": {"text": "Hello."}})
+        await ws.send_json({"type": "flush"})
+        first: dict[str, Any] = await ws.receive_json()
+        return first
+
+
 @pytest.mark.parametrize(
     ("fields", "accepted"),
     [
@@ -282,16 +297,7 @@ async def test_a_wrong_key_is_refused_at_the_handshake(sarvam: FakeSarvam) -> No
 async def test_the_config_language_is_taken_under_either_name_but_must_be_one_language(
     sarvam: FakeSarvam, fields: dict[str, str], accepted: bool
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.ws_connect(
-            f"{sarvam.ws_url}/text-to-speech/ws?model=bulbul:v3", headers={"api-subscription-key": KEY}
-        ) as ws,
-    ):
-        await ws.send_json({"type": "config", "data": {"speaker": "shubh", "output_audio_codec": "linear16", **fields}})
-        await ws.send_json({"type": "text", "data": {"text": "Hello."}})
-        await ws.send_json({"type": "flush"})
-        first = await ws.receive_json()
+    first = await _first_answer_to_hello(sarvam, {"speaker": "shubh", "output_audio_codec": "linear16", **fields})
     assert (first["type"] == "audio") is accepted
     assert (sarvam.violations == []) is accepted
 
@@ -303,17 +309,8 @@ async def test_the_config_sample_rate_is_taken_as_a_number_or_a_decimal_string(
     sarvam: FakeSarvam, rate: int | str, accepted: bool
 ) -> None:
     # Pipecat's SarvamTTSService sends it as a string (bench/peers runs it against this fake).
-    async with (
-        aiohttp.ClientSession() as http,
-        http.ws_connect(
-            f"{sarvam.ws_url}/text-to-speech/ws?model=bulbul:v3", headers={"api-subscription-key": KEY}
-        ) as ws,
-    ):
-        config = {"target_language_code": "en-IN", "speaker": "shubh", "output_audio_codec": "linear16"}
-        await ws.send_json({"type": "config", "data": {**config, "speech_sample_rate": rate}})
-        await ws.send_json({"type": "text", "data": {"text": "Hello."}})
-        await ws.send_json({"type": "flush"})
-        first = await ws.receive_json()
+    config = {"target_language_code": "en-IN", "speaker": "shubh", "output_audio_codec": "linear16"}
+    first = await _first_answer_to_hello(sarvam, {**config, "speech_sample_rate": rate})
     assert (first["type"] == "audio") is accepted
     assert (sarvam.violations == []) is accepted
     if accepted:
