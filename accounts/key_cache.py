@@ -96,5 +96,5 @@ def api_keys_changed() -> None:
 
 
 def clear() -> None:
-    """Forget this process's entries (tests)."""
+    """Forget this process's entries now (a key changing in this process's own transaction)."""
     _entries.clear()
